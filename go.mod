@@ -1,0 +1,3 @@
+module github.com/gembatch/gembatch
+
+go 1.26.8
