@@ -1,0 +1,194 @@
+package accumulator
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/record"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// sink collects what the accumulator seals and rejects.
+type sink struct {
+	mu       sync.Mutex
+	sealed   []*record.Record
+	rejected []*gemini.Status
+}
+
+func (s *sink) seal(r *record.Record) { s.mu.Lock(); s.sealed = append(s.sealed, r); s.mu.Unlock() }
+func (s *sink) reject(_ record.Group, _ record.Request, st *gemini.Status) {
+	s.mu.Lock()
+	s.rejected = append(s.rejected, st)
+	s.mu.Unlock()
+}
+func (s *sink) snapshot() ([]*record.Record, []*gemini.Status) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*record.Record(nil), s.sealed...), append([]*gemini.Status(nil), s.rejected...)
+}
+
+var gen = record.Group{Kind: gemini.KindGenerate, Model: "models/m", Priority: 0}
+
+func req(key string, size int64) record.Request {
+	return record.Request{ID: key, Key: key, Reply: "r." + key, Size: size}
+}
+
+func TestCloseReasons(t *testing.T) {
+	tests := []struct {
+		name    string
+		limits  Limits
+		sizes   []int64
+		advance time.Duration
+		want    []string // close reason per sealed batch
+		counts  []int
+	}{
+		{"count", Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}, []int64{1, 1, 1, 1}, 0, []string{"count", "count"}, []int{2, 2}},
+		{"bytes reached", Limits{MaxRequests: 100, MaxBytes: 10, MaxWait: time.Hour}, []int64{5, 5, 5}, 0, []string{"bytes"}, []int{2}},
+		{"bytes would pass", Limits{MaxRequests: 100, MaxBytes: 10, MaxWait: time.Hour}, []int64{6, 6}, 0, []string{"bytes"}, []int{1}},
+		{"wait", Limits{MaxRequests: 100, MaxBytes: 1 << 20, MaxWait: time.Minute}, []int64{1, 1, 1}, time.Minute, []string{"wait"}, []int{3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var s sink
+				a := New(Config{Limits: tt.limits}, s.seal, s.reject, nil)
+				for i, size := range tt.sizes {
+					if err := a.Add(gen, req(fmt.Sprint(i), size)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				synctest.Wait()
+				time.Sleep(tt.advance)
+				synctest.Wait()
+				sealed, _ := s.snapshot()
+				if len(sealed) != len(tt.want) {
+					t.Fatalf("sealed %d batches, want %d", len(sealed), len(tt.want))
+				}
+				for i, r := range sealed {
+					if r.CloseReason != tt.want[i] || len(r.Requests) != tt.counts[i] || r.State != record.Sealed {
+						t.Errorf("batch %d: reason %q with %d requests in state %s; want %q with %d",
+							i, r.CloseReason, len(r.Requests), r.State, tt.want[i], tt.counts[i])
+					}
+				}
+				a.Close()
+			})
+		})
+	}
+}
+
+func TestWaitIsFromFirstRequestNotLast(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 100, MaxBytes: 1 << 20, MaxWait: time.Minute}}, s.seal, s.reject, nil)
+		defer a.Close()
+		_ = a.Add(gen, req("a", 1))
+		time.Sleep(50 * time.Second)
+		_ = a.Add(gen, req("b", 1))
+		time.Sleep(10*time.Second + time.Millisecond)
+		synctest.Wait()
+		if sealed, _ := s.snapshot(); len(sealed) != 1 || len(sealed[0].Requests) != 2 {
+			t.Fatalf("after 60s from the first request: %d batches sealed, want 1 with 2 requests", len(sealed))
+		}
+	})
+}
+
+func TestGroupsAreSeparate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}}, s.seal, s.reject, nil)
+		groups := []record.Group{gen, {Kind: gemini.KindEmbed, Model: "models/m"}, {Kind: gemini.KindGenerate, Model: "models/m", Priority: 5}, {Kind: gemini.KindGenerate, Model: "models/other"}}
+		for _, g := range groups {
+			_ = a.Add(g, req("same-key", 1))
+		}
+		synctest.Wait()
+		if sealed, rejected := s.snapshot(); len(sealed) != 0 || len(rejected) != 0 {
+			t.Fatalf("one request per group: %d sealed, %d rejected; want none", len(sealed), len(rejected))
+		}
+		a.Close()
+		sealed, _ := s.snapshot()
+		if len(sealed) != len(groups) {
+			t.Fatalf("Close sealed %d batches, want %d", len(sealed), len(groups))
+		}
+		seen := map[record.Group]bool{}
+		for _, r := range sealed {
+			if r.CloseReason != "shutdown" || len(r.Requests) != 1 {
+				t.Errorf("batch %+v: reason %q, %d requests; want shutdown, 1", r.Group, r.CloseReason, len(r.Requests))
+			}
+			seen[r.Group] = true
+		}
+		if len(seen) != len(groups) {
+			t.Fatalf("batches cover %d groups, want %d", len(seen), len(groups))
+		}
+	})
+}
+
+func TestDuplicateKeyRejected(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}}, s.seal, s.reject, nil)
+		_ = a.Add(gen, req("k", 1))
+		_ = a.Add(gen, req("k", 1))
+		_ = a.Add(gen, req("j", 1))
+		// The batch with k was sealed; k may be used again in the next batch.
+		_ = a.Add(gen, req("k", 1))
+		a.Close()
+		sealed, rejected := s.snapshot()
+		if len(rejected) != 1 || rejected[0].Code != gemini.CodeAlreadyExists {
+			t.Fatalf("rejected %v, want one ALREADY_EXISTS", rejected)
+		}
+		if len(sealed) != 2 || len(sealed[0].Requests) != 2 || len(sealed[1].Requests) != 1 {
+			t.Fatalf("sealed %d batches, want [k j] and [k]", len(sealed))
+		}
+		if p, b := a.Pending(); p != 0 || b != 0 {
+			t.Fatalf("pending after close = %d requests, %d bytes; want 0", p, b)
+		}
+	})
+}
+
+func TestIdleGroupRetiresAndComesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 10, MaxBytes: 1 << 20, MaxWait: time.Second}, IdleAfter: time.Minute}, s.seal, s.reject, nil)
+		_ = a.Add(gen, req("a", 1))
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		a.mu.Lock()
+		n := len(a.groups)
+		a.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d groups alive after idling, want 0", n)
+		}
+		_ = a.Add(gen, req("b", 1))
+		a.Close()
+		if sealed, _ := s.snapshot(); len(sealed) != 2 {
+			t.Fatalf("sealed %d batches, want 2", len(sealed))
+		}
+	})
+}
+
+func TestAddAfterClose(t *testing.T) {
+	var s sink
+	a := New(Config{Limits: Limits{MaxRequests: 1, MaxBytes: 1, MaxWait: time.Second}}, s.seal, s.reject, nil)
+	a.Close()
+	if err := a.Add(gen, req("a", 1)); err != ErrClosed {
+		t.Fatalf("Add after Close = %v, want ErrClosed", err)
+	}
+}
+
+func BenchmarkAdd(b *testing.B) {
+	var n int
+	a := New(Config{Limits: Limits{MaxRequests: 1000, MaxBytes: 1 << 30, MaxWait: time.Hour}},
+		func(r *record.Record) { n += len(r.Requests) }, func(record.Group, record.Request, *gemini.Status) {}, nil)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		_ = a.Add(gen, req(fmt.Sprint(i), 1024))
+	}
+	a.Close()
+}

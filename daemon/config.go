@@ -1,0 +1,203 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Config is gembatchd's configuration, read from GEMBATCH_* environment variables.
+type Config struct {
+	NATSURL           string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	NATSUser          string `envconfig:"NATS_USER" desc:"NATS user name (with NATS_PASSWORD)"`
+	NATSPassword      Secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
+	NATSToken         Secret `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
+	NATSNKeyFile      string `envconfig:"NATS_NKEY_FILE" desc:"file holding an NKey seed"`
+	NATSCredsFile     string `envconfig:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file"`
+	NATSTLSCA         string `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS server"`
+	NATSTLSCert       string `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS TLS"`
+	NATSTLSKey        string `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS TLS"`
+	NATSTLSServerName string `envconfig:"NATS_TLS_SERVER_NAME" desc:"server name expected in the NATS server's certificate"`
+
+	SubjectGenerate string `envconfig:"SUBJECT_GENERATE" default:"gembatch.generate" desc:"subject of GenerateContentRequest messages"`
+	SubjectEmbed    string `envconfig:"SUBJECT_EMBED" default:"gembatch.embed" desc:"subject of EmbedContentRequest messages"`
+	Queue           string `envconfig:"QUEUE" default:"gembatch" desc:"NATS queue group shared by all replicas"`
+	DefaultModel    string `envconfig:"DEFAULT_MODEL" default:"gemini-2.5-flash" desc:"model for requests that name none"`
+
+	BatchMaxRequests int           `envconfig:"BATCH_MAX_REQUESTS" default:"10000" desc:"a batch closes at this many requests"`
+	BatchMaxBytes    ByteSize      `envconfig:"BATCH_MAX_BYTES" default:"100MiB" desc:"a batch closes at this many encoded bytes (at most 2GB)"`
+	BatchMaxWait     time.Duration `envconfig:"BATCH_MAX_WAIT" default:"1m" desc:"a batch closes this long after its first request"`
+	InlineMaxBytes   ByteSize      `envconfig:"INLINE_MAX_BYTES" default:"19MiB" desc:"batches up to this size are sent inline, larger ones as a JSONL file (the API's inline limit is 20MB)"`
+
+	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"15s" desc:"first wait before polling a submitted batch"`
+	PollMaxInterval  time.Duration `envconfig:"POLL_MAX_INTERVAL" default:"5m" desc:"longest wait between polls of one batch"`
+	PollConcurrency  int           `envconfig:"POLL_CONCURRENCY" default:"8" desc:"batch get calls in flight at once"`
+	SubmitConcurrent int           `envconfig:"SUBMIT_CONCURRENCY" default:"4" desc:"batches being submitted at once"`
+	CreateGrace      time.Duration `envconfig:"CREATE_GRACE" default:"1m" desc:"how long a create with a lost answer may take to appear in the batch list before it is sent again"`
+
+	GeminiBaseURL    string `envconfig:"GEMINI_BASE_URL" default:"https://generativelanguage.googleapis.com" desc:"Gemini API base URL (point it at gemini-emulator for tests)"`
+	GeminiAPIKey     Secret `envconfig:"GEMINI_API_KEY" desc:"Gemini API key; GEMINI_API_KEY (no prefix) is read too"`
+	GeminiAPIKeyFile string `envconfig:"GEMINI_API_KEY_FILE" desc:"file holding the Gemini API key"`
+
+	ReplyAllow      []string `envconfig:"REPLY_ALLOW" default:"_INBOX.>" desc:"comma-separated subject patterns replies may be sent to ($SYS.> and the request subjects never)"`
+	MaxRequestBytes ByteSize `envconfig:"MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
+	MaxPending      int64    `envconfig:"MAX_PENDING" default:"100000" desc:"requests held in open batches before new ones are refused"`
+	MaxPendingBytes ByteSize `envconfig:"MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in open batches before new requests are refused"`
+
+	MetricsAddr   string        `envconfig:"METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
+	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat     string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console"`
+	ShutdownGrace time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"on SIGTERM, time to flush and submit open batches before exiting"`
+}
+
+// Prefix is the environment prefix of every variable.
+const Prefix = "GEMBATCH"
+
+// fileLimit is the API's input file limit.
+const fileLimit = 2 << 30
+
+// LoadConfig reads the environment. Its error is one line naming the variable at fault.
+func LoadConfig() (Config, error) {
+	var c Config
+	if err := envconfig.Process(Prefix, &c); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("%s=%q: %v", pe.KeyName, pe.Value, unwrapParse(pe.Err))
+		}
+		return c, err
+	}
+	if c.GeminiAPIKey == "" {
+		c.GeminiAPIKey = Secret(os.Getenv("GEMINI_API_KEY"))
+	}
+	if c.GeminiAPIKeyFile != "" {
+		b, err := os.ReadFile(c.GeminiAPIKeyFile)
+		if err != nil {
+			return c, fmt.Errorf("%s_GEMINI_API_KEY_FILE: %w", Prefix, err)
+		}
+		c.GeminiAPIKey = Secret(strings.TrimSpace(string(b)))
+	}
+	return c, c.Validate()
+}
+
+// Validate checks values that parse but make no sense.
+func (c *Config) Validate() error {
+	bad := func(name, format string, args ...any) error {
+		return fmt.Errorf("%s_%s: %s", Prefix, name, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.BatchMaxRequests < 1:
+		return bad("BATCH_MAX_REQUESTS", "must be at least 1, got %d", c.BatchMaxRequests)
+	case c.BatchMaxBytes < 1 || c.BatchMaxBytes > fileLimit:
+		return bad("BATCH_MAX_BYTES", "must be between 1 and 2GiB, got %d", c.BatchMaxBytes)
+	case c.BatchMaxWait <= 0:
+		return bad("BATCH_MAX_WAIT", "must be positive, got %s", c.BatchMaxWait)
+	case c.InlineMaxBytes < 0 || c.InlineMaxBytes > 20<<20:
+		return bad("INLINE_MAX_BYTES", "must be between 0 and 20MiB (the API's inline limit), got %d", c.InlineMaxBytes)
+	case c.PollInterval <= 0:
+		return bad("POLL_INTERVAL", "must be positive, got %s", c.PollInterval)
+	case c.PollMaxInterval < c.PollInterval:
+		return bad("POLL_MAX_INTERVAL", "must be at least POLL_INTERVAL (%s), got %s", c.PollInterval, c.PollMaxInterval)
+	case c.PollConcurrency < 1:
+		return bad("POLL_CONCURRENCY", "must be at least 1, got %d", c.PollConcurrency)
+	case c.SubmitConcurrent < 1:
+		return bad("SUBMIT_CONCURRENCY", "must be at least 1, got %d", c.SubmitConcurrent)
+	case c.MaxRequestBytes < 1 || c.MaxRequestBytes > c.BatchMaxBytes:
+		return bad("MAX_REQUEST_BYTES", "must be between 1 and BATCH_MAX_BYTES (%d), got %d", c.BatchMaxBytes, c.MaxRequestBytes)
+	case c.MaxPending < 1:
+		return bad("MAX_PENDING", "must be at least 1, got %d", c.MaxPending)
+	case c.MaxPendingBytes < c.MaxRequestBytes:
+		return bad("MAX_PENDING_BYTES", "must be at least MAX_REQUEST_BYTES (%d), got %d", c.MaxRequestBytes, c.MaxPendingBytes)
+	case c.ShutdownGrace <= 0:
+		return bad("SHUTDOWN_GRACE", "must be positive, got %s", c.ShutdownGrace)
+	case c.SubjectGenerate == "" || c.SubjectEmbed == "" || c.SubjectGenerate == c.SubjectEmbed:
+		return bad("SUBJECT_GENERATE", "and SUBJECT_EMBED must be set and differ")
+	case len(c.ReplyAllow) == 0:
+		return bad("REPLY_ALLOW", "must name at least one subject pattern")
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return bad("LOG_LEVEL", "%v", err)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		return bad("LOG_FORMAT", "must be json or console, got %q", c.LogFormat)
+	}
+	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
+		return bad("NATS_TLS_CERT", "and NATS_TLS_KEY go together")
+	}
+	return nil
+}
+
+func unwrapParse(err error) error {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		return fmt.Errorf("not a number")
+	}
+	return err
+}
+
+// Effective returns every variable with its value as the daemon uses it, secrets redacted,
+// for the start-up log line.
+func (c Config) Effective() map[string]string {
+	out := make(map[string]string)
+	v := reflect.ValueOf(c)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Tag.Get("envconfig")
+		f := v.Field(i).Interface()
+		if l, ok := f.([]string); ok {
+			f = strings.Join(l, ",")
+		}
+		out[Prefix+"_"+name] = fmt.Sprint(f)
+	}
+	return out
+}
+
+// Usage writes every variable with its default and description.
+func Usage() string {
+	var b strings.Builder
+	_ = envconfig.Usagef(Prefix, &Config{}, &b, "{{range .}}  {{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
+	return b.String()
+}
+
+// ByteSize is a size in bytes read from "1048576", "512KiB", "100MiB", "2GiB" or "20MB".
+type ByteSize int64
+
+// Decode implements envconfig.Decoder.
+func (s *ByteSize) Decode(v string) error {
+	v = strings.TrimSpace(v)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("not a size: use bytes or a number with KiB, MiB, GiB, KB, MB or GB")
+	}
+	*s = ByteSize(n * mult)
+	return nil
+}
+
+// Secret is a string that never prints.
+type Secret string
+
+// String redacts the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// MarshalText redacts the secret in logs and JSON.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }

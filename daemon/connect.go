@@ -1,0 +1,108 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// connect opens the NATS connection with the configured credentials. It reconnects forever with
+// capped, jittered waits and logs every disconnect and reconnect.
+func (m *Main) connect() (*nats.Conn, error) {
+	cfg := m.Config
+	log := m.Log.With().Str("component", "nats").Logger()
+	opts := []nats.Option{
+		nats.Name("gembatchd"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.ReconnectJitter(500*time.Millisecond, 2*time.Second),
+		nats.ReconnectBufSize(64 << 20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("NATS async error")
+		}),
+	}
+	if cfg.NATSUser != "" {
+		opts = append(opts, nats.UserInfo(cfg.NATSUser, string(cfg.NATSPassword)))
+	}
+	if cfg.NATSToken != "" {
+		opts = append(opts, nats.Token(string(cfg.NATSToken)))
+	}
+	if cfg.NATSCredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCredsFile))
+	}
+	if cfg.NATSNKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(cfg.NATSNKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s_NATS_NKEY_FILE: %w", Prefix, err)
+		}
+		opts = append(opts, opt)
+	}
+	if cfg.NATSTLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
+	}
+	if cfg.NATSTLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
+	}
+	if cfg.NATSTLSServerName != "" {
+		opts = append(opts, nats.Secure(nil), func(o *nats.Options) error {
+			if o.TLSConfig != nil {
+				o.TLSConfig.ServerName = cfg.NATSTLSServerName
+			}
+			return nil
+		})
+	}
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach NATS at %s: %w (is NATS running? set %s_NATS_URL)", redactURL(cfg.NATSURL), err, Prefix)
+	}
+	log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("connected to NATS")
+	return nc, nil
+}
+
+// redactURL hides passwords in NATS URLs before they reach a log or an error.
+func redactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		if at := strings.LastIndex(u, "@"); at >= 0 {
+			if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+				parts[i] = u[:scheme+3] + "[redacted]" + u[at:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// NewLogger builds the zerolog logger the configuration asks for.
+func NewLogger(cfg Config, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := parseLevel(cfg.LogLevel)
+	if err != nil {
+		return zerolog.Nop(), err
+	}
+	out := w
+	if cfg.LogFormat == "console" {
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func parseLevel(s string) (zerolog.Level, error) {
+	switch s {
+	case "debug", "info", "warn", "error":
+		return zerolog.ParseLevel(s)
+	}
+	return zerolog.NoLevel, fmt.Errorf("must be debug, info, warn or error, got %q", s)
+}

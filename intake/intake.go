@@ -1,0 +1,170 @@
+package intake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/record"
+)
+
+// Sink takes accepted requests; the accumulator is one.
+type Sink interface {
+	Add(record.Group, record.Request) error
+	Pending() (requests, bytes int64)
+}
+
+// Rejecter answers a request that was not accepted.
+type Rejecter interface {
+	Reject(subject, key, msgID string, st *gemini.Status) error
+}
+
+// Config sets up an Intake.
+type Config struct {
+	Rules
+	SubjectGenerate string
+	SubjectEmbed    string
+	// Queue is the NATS queue group shared by every replica.
+	Queue string
+	// MaxPending and MaxPendingBytes bound the requests held in open batches; past them new
+	// requests are refused with RESOURCE_EXHAUSTED.
+	MaxPending      int64
+	MaxPendingBytes int64
+	Now             func() time.Time
+}
+
+// Intake subscribes to the request subjects.
+type Intake struct {
+	cfg  Config
+	nc   *nats.Conn
+	sink Sink
+	rej  Rejecter
+	log  zerolog.Logger
+	m    *Metrics
+	subs []*nats.Subscription
+}
+
+// New returns an Intake; Start subscribes it.
+func New(cfg Config, nc *nats.Conn, sink Sink, rej Rejecter, log zerolog.Logger, m *Metrics) *Intake {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m}
+}
+
+// SetSink sets where accepted requests go; it must be called before Start.
+func (in *Intake) SetSink(s Sink) { in.sink = s }
+
+// Start subscribes to both request subjects in the queue group.
+func (in *Intake) Start() error {
+	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
+		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { in.Handle(kind, msg) })
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		// The accumulator applies back-pressure itself; let the client buffer generously.
+		if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		in.subs = append(in.subs, sub)
+	}
+	return in.nc.Flush()
+}
+
+// Drain stops taking new requests and returns once those already delivered are handled.
+func (in *Intake) Drain(ctx context.Context) error {
+	var closed []<-chan nats.SubStatus
+	for _, sub := range in.subs {
+		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			return fmt.Errorf("drain %s: %w", sub.Subject, err)
+		}
+	}
+	for i, ch := range closed {
+		if !in.subs[i].IsValid() {
+			continue
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("drain intake: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Handle checks one message and passes it on, or answers it with an error.
+func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
+	in.m.received.WithLabelValues(string(kind)).Inc()
+	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	if rej == nil {
+		if n, b := in.sink.Pending(); (in.cfg.MaxPending > 0 && n >= in.cfg.MaxPending) || (in.cfg.MaxPendingBytes > 0 && b+req.Size > in.cfg.MaxPendingBytes) {
+			rej = reject(ReasonOverloaded, req.Key, gemini.CodeResourceExhausted,
+				"gembatch is holding %d requests (%d bytes), its limit (GEMBATCH_MAX_PENDING, GEMBATCH_MAX_PENDING_BYTES); retry later", n, b)
+		} else if err := in.sink.Add(g, req); err != nil {
+			rej = reject(ReasonShutdown, req.Key, gemini.CodeUnavailable, "gembatch is shutting down; retry later")
+		} else {
+			in.m.accepted.WithLabelValues(string(kind), g.Model).Inc()
+			return
+		}
+	}
+	in.Reject(kind, msg.Reply, rej)
+}
+
+// Reject counts, logs and answers a request that was not accepted (where it has a reply subject
+// that may be answered).
+func (in *Intake) Reject(kind gemini.Kind, reply string, rej *Rejection) {
+	in.m.rejected.WithLabelValues(string(kind), rej.Reason).Inc()
+	ev := in.log.Warn().Str("kind", string(kind)).Str("reason", rej.Reason).Str("key", rej.Key).Str("error", rej.Status.Message)
+	if reply == "" || rej.Reason == ReasonReplyDenied {
+		ev.Msg("request refused; no reply sent")
+		return
+	}
+	ev.Str("reply", reply).Msg("request refused")
+	if err := in.rej.Reject(reply, rej.Key, "", rej.Status); err != nil {
+		in.log.Error().Err(err).Msg("error reply for a refused request")
+	}
+}
+
+// Metrics are the intake's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
+type Metrics struct {
+	received *prometheus.CounterVec
+	accepted *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+}
+
+// NewMetrics builds the intake's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		received: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_intake_requests_received_total",
+			Help: "Request messages received, by kind.",
+		}, []string{"kind"}),
+		accepted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_intake_requests_accepted_total",
+			Help: "Requests accepted into a batch, by kind and model.",
+		}, []string{"kind", "model"}),
+		rejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_intake_requests_rejected_total",
+			Help: "Requests refused with an error reply, by kind and reason.",
+		}, []string{"kind", "reason"}),
+	}
+	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {
+		m.received.WithLabelValues(k)
+		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded} {
+			m.rejected.WithLabelValues(k, r)
+		}
+	}
+	return m
+}

@@ -1,0 +1,227 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/record"
+)
+
+// API is the part of the Gemini client that answering a batch needs.
+type API interface {
+	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
+	Download(ctx context.Context, name string) (io.ReadCloser, error)
+	DeleteFile(ctx context.Context, name string) error
+}
+
+// Batches answers every request of a finished or failed batch record, then cleans it up.
+type Batches struct {
+	pub   *Publisher
+	store record.Store
+	api   API
+	log   zerolog.Logger
+	// CheckpointEvery is how many results pass between progress checkpoints.
+	CheckpointEvery int
+	Now             func() time.Time
+}
+
+// NewBatches returns a batch replier.
+func NewBatches(pub *Publisher, store record.Store, api API, log zerolog.Logger) *Batches {
+	return &Batches{pub: pub, store: store, api: api, log: log, CheckpointEvery: 1000, Now: time.Now}
+}
+
+// answering tracks one batch's replies: which requests have theirs, and how many results were
+// consumed, so that a resumed run re-reads the same results but publishes only past the checkpoint.
+type answering struct {
+	ctx      context.Context
+	b        *Batches
+	rec      *record.Record
+	byKey    map[string]int
+	answered []bool
+	seq      int
+}
+
+// Answer publishes one reply for every request of rec, which is Finished or Failed. op is the
+// job's final Operation when the caller has it; otherwise it is fetched again.
+func (b *Batches) Answer(ctx context.Context, rec *record.Record, op *gemini.Operation) error {
+	a := &answering{ctx: ctx, b: b, rec: rec, byKey: make(map[string]int, len(rec.Requests)), answered: make([]bool, len(rec.Requests))}
+	for i, r := range rec.Requests {
+		a.byKey[r.Key] = i
+	}
+	var err error
+	switch {
+	case rec.State == record.Failed:
+		err = a.all(rec.Error)
+	case rec.RemoteState == gemini.StateSucceeded:
+		err = a.results(ctx, op)
+	default:
+		err = a.all(jobError(rec))
+	}
+	if err != nil {
+		return err
+	}
+	for i, ok := range a.answered {
+		if !ok {
+			b.pub.m.missingKeys.Inc()
+			if err := a.reply(i, nil, gemini.NewStatus(gemini.CodeInternal,
+				"batch %s returned no result for key %q", rec.RemoteName, rec.Requests[i].Key), false); err != nil {
+				return err
+			}
+		}
+	}
+	if err := b.pub.Flush(); err != nil {
+		return err
+	}
+	rec.Replied = a.seq
+	rec.State = record.Replied
+	if err := b.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s replied: %w", rec.ID, err)
+	}
+	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
+	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
+		Str("state", string(rec.RemoteState)).Msg("batch answered")
+	return b.clean(ctx, rec)
+}
+
+// clean deletes the remote files and the record. A file already gone is not an error.
+func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
+	for _, f := range []string{rec.InputFile, rec.ResultsFile} {
+		if f == "" {
+			continue
+		}
+		if err := b.api.DeleteFile(ctx, f); err != nil && !gemini.IsNotFound(err) {
+			b.log.Warn().Err(err).Str("record", rec.ID).Str("file", f).Msg("could not delete remote file; it expires in 48h")
+		}
+	}
+	rec.State = record.Cleaned
+	if err := b.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s cleaned: %w", rec.ID, err)
+	}
+	if err := b.store.Delete(ctx, rec.ID); err != nil && !errors.Is(err, record.ErrNotFound) {
+		return fmt.Errorf("delete record %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// results reads a succeeded job's answers, inline or from its result file.
+func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
+	if op == nil {
+		var err error
+		if op, err = a.b.api.GetBatch(ctx, a.rec.RemoteName); err != nil {
+			return fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err)
+		}
+	}
+	out := op.Output()
+	if out == nil {
+		return a.all(gemini.NewStatus(gemini.CodeInternal, "batch %s succeeded with no output", a.rec.RemoteName))
+	}
+	if out.ResponsesFile == "" {
+		for _, r := range gemini.InlineResults(out) {
+			if err := a.result(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	a.rec.ResultsFile = out.ResponsesFile
+	body, err := a.b.api.Download(ctx, out.ResponsesFile)
+	if err != nil {
+		return fmt.Errorf("download results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err)
+	}
+	defer body.Close()
+	rr := gemini.NewResultReader(body)
+	for {
+		r, err := rr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err)
+		}
+		if err := a.result(r); err != nil {
+			return err
+		}
+	}
+	if n := rr.Malformed(); n > 0 {
+		a.b.pub.m.badLines.Add(float64(n))
+		a.b.log.Warn().Str("batch", a.rec.RemoteName).Int("lines", n).Msg("result lines without a readable key")
+	}
+	return nil
+}
+
+// result answers the request that one result is for.
+func (a *answering) result(r gemini.Result) error {
+	a.seq++
+	i, ok := a.byKey[r.Key]
+	switch {
+	case r.Key == "":
+		a.b.pub.m.badLines.Inc()
+		return nil
+	case !ok || a.answered[i]:
+		a.b.pub.m.unknownKeys.Inc()
+		a.b.log.Warn().Str("batch", a.rec.RemoteName).Str("key", r.Key).Msg("result for a key that is not waiting in this batch")
+		return nil
+	}
+	return a.reply(i, r.Response, r.Error, true)
+}
+
+// all answers every request with the same error.
+func (a *answering) all(st *gemini.Status) error {
+	for i := range a.rec.Requests {
+		a.seq++
+		if err := a.reply(i, nil, st, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reply publishes one answer unless an earlier run already did (a counted result before the
+// checkpoint), and checkpoints progress every CheckpointEvery results.
+func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) error {
+	a.answered[i] = true
+	if counted && a.seq <= a.rec.Replied {
+		return nil
+	}
+	req := a.rec.Requests[i]
+	if err := a.b.pub.Publish(Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}); err != nil {
+		return err
+	}
+	a.b.pub.m.replyLatency.Observe(a.b.Now().Sub(req.Received).Seconds())
+	if counted && a.b.CheckpointEvery > 0 && a.seq%a.b.CheckpointEvery == 0 {
+		if err := a.b.pub.Flush(); err != nil {
+			return err
+		}
+		a.rec.Replied = a.seq
+		if err := a.b.store.Update(a.ctx, a.rec); err != nil {
+			return fmt.Errorf("checkpoint record %s at %d: %w", a.rec.ID, a.seq, err)
+		}
+	}
+	return nil
+}
+
+// jobError is the error every request of a job that ended without results is answered with.
+func jobError(rec *record.Record) *gemini.Status {
+	var detail string
+	if rec.Error != nil {
+		detail = ": " + rec.Error.Message
+	}
+	switch rec.RemoteState {
+	case gemini.StateCancelled:
+		return gemini.NewStatus(gemini.CodeCancelled, "batch %s was cancelled%s", rec.RemoteName, detail)
+	case gemini.StateExpired:
+		return gemini.NewStatus(gemini.CodeDeadlineExceeded, "batch %s expired before it completed%s", rec.RemoteName, detail)
+	default:
+		code := gemini.CodeInternal
+		if rec.Error != nil && rec.Error.Code > 0 && rec.Error.Code <= gemini.CodeUnauthenticated {
+			code = rec.Error.Code
+		}
+		return gemini.NewStatus(code, "batch %s ended %s%s", rec.RemoteName, rec.RemoteState, detail)
+	}
+}

@@ -1,0 +1,56 @@
+package publisher
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics are the publisher's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
+type Metrics struct {
+	published    *prometheus.CounterVec
+	errors       prometheus.Counter
+	unknownKeys  prometheus.Counter
+	missingKeys  prometheus.Counter
+	badLines     prometheus.Counter
+	batches      *prometheus.CounterVec
+	replyLatency prometheus.Histogram
+}
+
+// NewMetrics builds the publisher's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		published: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_replies_published_total",
+			Help: "Replies published, by status (ok, error).",
+		}, []string{"status"}),
+		errors: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_publish_errors_total",
+			Help: "Reply publishes or flushes that failed (the batch is retried).",
+		}),
+		unknownKeys: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_unknown_result_keys_total",
+			Help: "Results whose key matches no request of their batch (logged and dropped).",
+		}),
+		missingKeys: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_missing_results_total",
+			Help: "Requests whose batch returned no result for their key (answered with an error).",
+		}),
+		badLines: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_malformed_result_lines_total",
+			Help: "Result lines or inline results that could not be read and named no key.",
+		}),
+		batches: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_batches_replied_total",
+			Help: "Batches whose every request has been answered, by the remote job's final state.",
+		}, []string{"state"}),
+		replyLatency: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gembatch_publisher_request_latency_seconds",
+			Help:    "Time from a request's acceptance to its final reply.",
+			Buckets: prometheus.ExponentialBuckets(0.5, 3, 12),
+		}),
+	}
+	m.published.WithLabelValues("ok")
+	m.published.WithLabelValues("error")
+	return m
+}

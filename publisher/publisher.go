@@ -1,0 +1,113 @@
+// Package publisher sends each request's one final reply to its reply subject, in the Gemini
+// result-line format with the contract's headers, and answers whole batches from their results.
+package publisher
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+// Reply headers, as the contract names them.
+const (
+	HeaderKey    = "Gembatch-Key"
+	HeaderStatus = "Gembatch-Status"
+	HeaderBatch  = "Gembatch-Batch"
+	HeaderMsgID  = nats.MsgIdHdr
+)
+
+// Conn is the part of a NATS connection the publisher uses; *nats.Conn has it.
+type Conn interface {
+	PublishMsg(*nats.Msg) error
+	FlushTimeout(time.Duration) error
+}
+
+var _ Conn = (*nats.Conn)(nil)
+
+// Reply is one final answer to one request.
+type Reply struct {
+	Subject string
+	Key     string
+	// MsgID is stable per request, so a JetStream-captured reply subject drops repeats.
+	MsgID string
+	// Batch is the remote batch name, when one was created.
+	Batch    string
+	Response json.RawMessage
+	Error    *gemini.Status
+}
+
+// Body encodes a reply as one line of the Gemini result-file format.
+func Body(key string, response json.RawMessage, st *gemini.Status) []byte {
+	k, _ := json.Marshal(key)
+	b := make([]byte, 0, len(k)+len(response)+32)
+	b = append(b, `{"key":`...)
+	b = append(b, k...)
+	if st != nil {
+		e, _ := json.Marshal(st)
+		b = append(b, `,"error":`...)
+		b = append(b, e...)
+	} else {
+		b = append(b, `,"response":`...)
+		b = append(b, response...)
+	}
+	return append(b, '}')
+}
+
+// Publisher publishes replies on a NATS connection.
+type Publisher struct {
+	nc           Conn
+	m            *Metrics
+	flushTimeout time.Duration
+}
+
+// New returns a Publisher. m may be nil.
+func New(nc Conn, m *Metrics) *Publisher {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Publisher{nc: nc, m: m, flushTimeout: 10 * time.Second}
+}
+
+// Publish sends one reply. It does not wait for the server; Flush does.
+func (p *Publisher) Publish(r Reply) error {
+	status := "ok"
+	if r.Error != nil {
+		status = "error"
+	} else if len(r.Response) == 0 {
+		r.Error = gemini.NewStatus(gemini.CodeInternal, "empty response for key %q", r.Key)
+		status = "error"
+	}
+	msg := &nats.Msg{Subject: r.Subject, Data: Body(r.Key, r.Response, r.Error), Header: nats.Header{}}
+	msg.Header.Set(HeaderKey, r.Key)
+	msg.Header.Set(HeaderStatus, status)
+	if r.Batch != "" {
+		msg.Header.Set(HeaderBatch, r.Batch)
+	}
+	if r.MsgID != "" {
+		msg.Header.Set(HeaderMsgID, r.MsgID)
+	}
+	if err := p.nc.PublishMsg(msg); err != nil {
+		p.m.errors.Inc()
+		return fmt.Errorf("publish reply for key %q to %s: %w", r.Key, r.Subject, err)
+	}
+	p.m.published.WithLabelValues(status).Inc()
+	return nil
+}
+
+// Flush waits until the server has every reply published so far.
+func (p *Publisher) Flush() error {
+	if err := p.nc.FlushTimeout(p.flushTimeout); err != nil {
+		p.m.errors.Inc()
+		return fmt.Errorf("flush replies: %w", err)
+	}
+	return nil
+}
+
+// Reject answers a request that was not accepted, at once.
+func (p *Publisher) Reject(subject, key, msgID string, st *gemini.Status) error {
+	return p.Publish(Reply{Subject: subject, Key: key, MsgID: msgID, Error: st})
+}

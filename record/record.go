@@ -1,0 +1,124 @@
+// Package record holds the batch record: a closed batch and everything needed to carry it from
+// sealed to answered, whatever state a crash leaves it in. Records live behind a Store.
+package record
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+// State is a record's place in its lifecycle.
+//
+//	sealed → submitting → submitted → finished → replied → cleaned
+//	  any of the first three → failed (the batch could not be created; every request is answered with an error)
+type State string
+
+// Lifecycle states.
+const (
+	// Sealed: closed by the accumulator and recorded; nothing sent to the API yet.
+	Sealed State = "sealed"
+	// Submitting: the create call may be in flight; the remote job may or may not exist.
+	Submitting State = "submitting"
+	// Submitted: the remote job exists (RemoteName set) and is being polled.
+	Submitted State = "submitted"
+	// Finished: the remote job reached a terminal state; replies are being published.
+	Finished State = "finished"
+	// Failed: the batch could not be created; replies with the error are being published.
+	Failed State = "failed"
+	// Replied: every request has its reply; remote files are being deleted.
+	Replied State = "replied"
+	// Cleaned: nothing remains to do.
+	Cleaned State = "cleaned"
+)
+
+// States lists every state in lifecycle order, for metrics.
+var States = []State{Sealed, Submitting, Submitted, Finished, Failed, Replied, Cleaned}
+
+// Mode is how a batch's requests were sent.
+type Mode string
+
+// Submission modes.
+const (
+	ModeInline Mode = "inline"
+	ModeFile   Mode = "file"
+)
+
+// Request is one producer request inside a batch.
+type Request struct {
+	// ID is unique per accepted request and stable across redeliveries; replies carry it as Nats-Msg-Id.
+	ID string `json:"id"`
+	// Key is the producer's key, unique within the batch.
+	Key string `json:"key"`
+	// Reply is the subject the answer goes to.
+	Reply string `json:"reply"`
+	// Body is the request JSON exactly as the producer sent it. It may be dropped once submitted.
+	Body json.RawMessage `json:"body,omitempty"`
+	// Received is when the daemon accepted the request.
+	Received time.Time `json:"received"`
+	// Deadline, if set, is when the producer stops caring about the answer.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Size is the request's encoded JSONL line size in bytes.
+	Size int64 `json:"size"`
+}
+
+// Group is what requests are batched by.
+type Group struct {
+	Kind     gemini.Kind `json:"kind"`
+	Model    string      `json:"model"`
+	Priority int64       `json:"priority"`
+}
+
+// Record is a closed batch.
+type Record struct {
+	ID          string    `json:"id"`
+	Group       Group     `json:"group"`
+	State       State     `json:"state"`
+	CloseReason string    `json:"closeReason"`
+	Sealed      time.Time `json:"sealed"`
+	Requests    []Request `json:"requests"`
+	// Bytes is the encoded JSONL size of all requests.
+	Bytes int64 `json:"bytes"`
+
+	Mode      Mode   `json:"mode,omitempty"`
+	InputFile string `json:"inputFile,omitempty"`
+	// CreateAttempted is when a create call was last sent; a record found in Submitting is
+	// resolved against the remote list before any new create.
+	CreateAttempted time.Time      `json:"createAttempted,omitzero"`
+	RemoteName      string         `json:"remoteName,omitempty"`
+	RemoteState     gemini.State   `json:"remoteState,omitempty"`
+	Submitted       time.Time      `json:"submitted,omitzero"`
+	Finished        time.Time      `json:"finished,omitzero"`
+	ResultsFile     string         `json:"resultsFile,omitempty"`
+	Error           *gemini.Status `json:"error,omitempty"`
+	// Replied counts the requests already answered, so a restart resumes near where it stopped.
+	Replied int `json:"replied,omitempty"`
+
+	// Revision is the store's version of this record, for compare-and-set updates.
+	Revision uint64 `json:"-"`
+}
+
+// DisplayName is the remote batch's displayName: it carries the record's id so that a job whose
+// create answer was lost can be found again by listing.
+func (r *Record) DisplayName() string { return "gembatch-" + r.ID }
+
+// Store errors.
+var (
+	ErrNotFound = errors.New("record: not found")
+	ErrConflict = errors.New("record: revision conflict")
+	ErrExists   = errors.New("record: already exists")
+)
+
+// Store keeps records. Update is a compare-and-set on Revision: it fails with ErrConflict when
+// the stored record has moved on, so that a writer that lost ownership cannot overwrite it.
+// Implementations set Revision on the record they are given.
+type Store interface {
+	Create(ctx context.Context, r *Record) error
+	Update(ctx context.Context, r *Record) error
+	Get(ctx context.Context, id string) (*Record, error)
+	List(ctx context.Context) ([]*Record, error)
+	Delete(ctx context.Context, id string) error
+}

@@ -1,0 +1,54 @@
+package submitter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics are the submitter's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
+type Metrics struct {
+	queued    prometheus.Gauge
+	outcomes  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	throttled prometheus.Counter
+	ambiguous prometheus.Counter
+	uploaded  prometheus.Counter
+}
+
+// NewMetrics builds the submitter's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		queued: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gembatch_submitter_queued_batches",
+			Help: "Sealed batches waiting for a submit worker.",
+		}),
+		outcomes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_submitter_batches_total",
+			Help: "Batches submitted or failed, by mode (inline, file) and outcome (submitted, failed).",
+		}, []string{"mode", "outcome"}),
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gembatch_submitter_submit_duration_seconds",
+			Help:    "Time to submit a batch, upload included, by mode.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 3, 12),
+		}, []string{"mode"}),
+		throttled: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_submitter_create_throttled_total",
+			Help: "Creates answered 429 RESOURCE_EXHAUSTED and retried after backing off.",
+		}),
+		ambiguous: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_submitter_create_unanswered_total",
+			Help: "Creates whose answer was lost, resolved by listing before any new create.",
+		}),
+		uploaded: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_submitter_uploaded_bytes_total",
+			Help: "Bytes of JSONL input uploaded to the File API.",
+		}),
+	}
+	for _, mode := range []string{"inline", "file"} {
+		for _, o := range []string{"submitted", "failed"} {
+			m.outcomes.WithLabelValues(mode, o)
+		}
+	}
+	return m
+}

@@ -1,0 +1,402 @@
+// Package submitter turns sealed batch records into remote batch jobs: inline when small, as an
+// uploaded JSONL file otherwise, and never creates the same batch twice.
+package submitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/record"
+)
+
+// API is the part of the Gemini client the submitter uses.
+type API interface {
+	CreateBatch(ctx context.Context, kind gemini.Kind, model string, b gemini.Batch) (*gemini.Operation, error)
+	UploadFile(ctx context.Context, r io.Reader, size int64, displayName, mimeType string) (*gemini.File, error)
+	ListBatches(ctx context.Context, pageSize int) iter.Seq2[*gemini.Operation, error]
+}
+
+// Config sets up a Submitter.
+type Config struct {
+	// InlineMaxBytes: a batch whose inline encoding is larger goes by file.
+	InlineMaxBytes int64
+	// FileMaxBytes: a batch whose input file would be larger is split.
+	FileMaxBytes int64
+	// Concurrency bounds the batches being submitted at once.
+	Concurrency int
+	// CreateGrace is how long a create with a lost answer is given to show in the remote list
+	// before it is sent again.
+	CreateGrace time.Duration
+	// Backoff paces retries after 429 and unreachable API.
+	Backoff backoff.Policy
+	Now     func() time.Time
+}
+
+// Submitter submits sealed records. Each record is worked on by one worker until it is submitted
+// or failed; Enqueue never blocks for long, as batches are few.
+type Submitter struct {
+	cfg       Config
+	api       API
+	store     record.Store
+	log       zerolog.Logger
+	m         *Metrics
+	submitted func(*record.Record)
+	failed    func(*record.Record)
+
+	mu     sync.Mutex
+	queue  []*record.Record
+	closed bool
+	ready  chan struct{}
+}
+
+// New returns a Submitter that hands each submitted record to submitted and each record that
+// could not be created to failed.
+func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics, submitted, failed func(*record.Record)) *Submitter {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
+	}
+	if cfg.FileMaxBytes <= 0 {
+		cfg.FileMaxBytes = 2 << 30
+	}
+	if cfg.Backoff.Initial <= 0 {
+		cfg.Backoff = backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1)}
+}
+
+// Enqueue schedules a Sealed or Submitting record for submission.
+func (s *Submitter) Enqueue(rec *record.Record) {
+	s.mu.Lock()
+	s.queue = append(s.queue, rec)
+	s.m.queued.Set(float64(len(s.queue)))
+	s.mu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// CloseQueue lets Run return once the queue is empty and every worker is done.
+func (s *Submitter) CloseQueue() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// next takes a record from the queue, waiting for one; nil when the queue is closed and empty
+// or ctx is done.
+func (s *Submitter) next(ctx context.Context) *record.Record {
+	for {
+		s.mu.Lock()
+		if len(s.queue) > 0 {
+			rec := s.queue[0]
+			s.queue[0] = nil
+			s.queue = s.queue[1:]
+			s.m.queued.Set(float64(len(s.queue)))
+			more := len(s.queue) > 0
+			s.mu.Unlock()
+			if more {
+				select {
+				case s.ready <- struct{}{}:
+				default:
+				}
+			}
+			return rec
+		}
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			select {
+			case s.ready <- struct{}{}: // wake the next worker so it sees the close too
+			default:
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.ready:
+		}
+	}
+}
+
+// Run submits queued records with bounded concurrency until ctx is done, or until CloseQueue
+// was called and the queue is empty.
+func (s *Submitter) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range s.cfg.Concurrency {
+		wg.Go(func() {
+			for rec := s.next(ctx); rec != nil; rec = s.next(ctx) {
+				if err := s.submit(ctx, rec); err != nil && ctx.Err() == nil {
+					s.log.Error().Err(err).Str("record", rec.ID).Msg("submit batch")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return nil
+}
+
+// submit carries one record from Sealed or Submitting to Submitted or Failed.
+func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
+	start := s.cfg.Now()
+	if rec.State == record.Sealed {
+		if rec.Bytes > s.cfg.FileMaxBytes && len(rec.Requests) > 1 {
+			return s.split(ctx, rec)
+		}
+		rec.Mode = record.ModeFile
+		if inlineSize(rec) <= s.cfg.InlineMaxBytes {
+			rec.Mode = record.ModeInline
+		}
+		rec.State = record.Submitting
+		if err := s.store.Update(ctx, rec); err != nil {
+			return fmt.Errorf("record %s to submitting: %w", rec.ID, err)
+		}
+	} else if !rec.CreateAttempted.IsZero() {
+		// Resumed after a crash with a create possibly sent: find it before creating again.
+		if op, err := s.resolve(ctx, rec); err != nil || op != nil {
+			if op != nil {
+				return s.adopt(ctx, rec, op, start)
+			}
+			return err
+		}
+	}
+	if rec.Mode == record.ModeFile && rec.InputFile == "" {
+		if err := s.upload(ctx, rec); err != nil {
+			return err
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		rec.CreateAttempted = s.cfg.Now()
+		if err := s.store.Update(ctx, rec); err != nil {
+			return fmt.Errorf("record %s create intent: %w", rec.ID, err)
+		}
+		op, err := s.api.CreateBatch(ctx, rec.Group.Kind, rec.Group.Model, s.batch(rec))
+		if err == nil {
+			return s.adopt(ctx, rec, op, start)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var apiErr *gemini.APIError
+		switch {
+		case errors.As(err, &apiErr) && apiErr.HTTPStatus == 429:
+			// Not created: safe to send again after the server's delay.
+			s.m.throttled.Inc()
+			hint, _ := apiErr.Status.RetryDelay()
+			d := max(apiErr.RetryAfter, hint, s.cfg.Backoff.Delay(attempt))
+			s.log.Warn().Str("record", rec.ID).Dur("retry_in", d).Msg("create throttled (429); backing off")
+			if !backoff.Sleep(ctx, d) {
+				return ctx.Err()
+			}
+		case gemini.IsRetryable(err):
+			// The job may exist though the answer was lost: look before creating again.
+			s.m.ambiguous.Inc()
+			s.log.Warn().Err(err).Str("record", rec.ID).Msg("create answer lost; checking the remote list before any new create")
+			op, err := s.resolve(ctx, rec)
+			if err != nil {
+				return err
+			}
+			if op != nil {
+				return s.adopt(ctx, rec, op, start)
+			}
+		default:
+			s.m.outcomes.WithLabelValues(string(rec.Mode), "failed").Inc()
+			return s.fail(ctx, rec, err)
+		}
+	}
+}
+
+// resolve looks for rec's job in the remote list, waiting out the list's lag: it returns the job,
+// or nil once CreateGrace has passed since the last create attempt with no job listed.
+func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
+	for attempt := 0; ; attempt++ {
+		op, err := s.find(ctx, rec.DisplayName())
+		if err == nil && op != nil {
+			s.log.Info().Str("record", rec.ID).Str("batch", op.Name).Msg("adopted an existing remote batch")
+			return op, nil
+		}
+		if err != nil {
+			s.log.Warn().Err(err).Str("record", rec.ID).Msg("list batches to resolve a create")
+		} else if s.cfg.Now().Sub(rec.CreateAttempted) >= s.cfg.CreateGrace {
+			return nil, nil
+		}
+		d := min(s.cfg.Backoff.Delay(attempt), max(time.Second, s.cfg.CreateGrace/4))
+		if !backoff.Sleep(ctx, d) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// find returns the remote batch with this displayName, if listed.
+func (s *Submitter) find(ctx context.Context, displayName string) (*gemini.Operation, error) {
+	for op, err := range s.api.ListBatches(ctx, 100) {
+		if err != nil {
+			return nil, err
+		}
+		if op.Metadata != nil && op.Metadata.DisplayName == displayName {
+			return op, nil
+		}
+	}
+	return nil, nil
+}
+
+func (s *Submitter) adopt(ctx context.Context, rec *record.Record, op *gemini.Operation, start time.Time) error {
+	rec.RemoteName = op.Name
+	rec.RemoteState = op.State()
+	rec.State = record.Submitted
+	rec.Submitted = s.cfg.Now()
+	for i := range rec.Requests {
+		rec.Requests[i].Body = nil // sent; the record keeps only what replies need
+	}
+	if err := s.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s submitted as %s: %w", rec.ID, op.Name, err)
+	}
+	s.m.outcomes.WithLabelValues(string(rec.Mode), "submitted").Inc()
+	s.m.duration.WithLabelValues(string(rec.Mode)).Observe(s.cfg.Now().Sub(start).Seconds())
+	s.log.Info().Str("record", rec.ID).Str("batch", op.Name).Str("mode", string(rec.Mode)).
+		Int("requests", len(rec.Requests)).Int64("bytes", rec.Bytes).Str("model", rec.Group.Model).Msg("batch submitted")
+	s.submitted(rec)
+	return nil
+}
+
+func (s *Submitter) fail(ctx context.Context, rec *record.Record, cause error) error {
+	st := gemini.NewStatus(gemini.CodeInternal, "create batch: %v", cause)
+	var apiErr *gemini.APIError
+	if errors.As(cause, &apiErr) && apiErr.Status.Code != 0 {
+		st = gemini.NewStatus(httpToCode(apiErr.HTTPStatus), "create batch: %s", apiErr.Status.Message)
+	}
+	rec.State = record.Failed
+	rec.Error = st
+	if err := s.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s to failed: %w", rec.ID, err)
+	}
+	s.log.Error().Err(cause).Str("record", rec.ID).Int("requests", len(rec.Requests)).Msg("batch could not be created; answering its requests with the error")
+	s.failed(rec)
+	return nil
+}
+
+// batch builds the create request body.
+func (s *Submitter) batch(rec *record.Record) gemini.Batch {
+	b := gemini.Batch{DisplayName: rec.DisplayName(), Priority: gemini.Int64(rec.Group.Priority)}
+	if rec.Mode == record.ModeFile {
+		b.InputConfig.FileName = rec.InputFile
+		return b
+	}
+	reqs := make([]gemini.InlinedRequest, len(rec.Requests))
+	for i, r := range rec.Requests {
+		reqs[i] = gemini.InlinedRequest{Request: r.Body, Metadata: &gemini.RequestMetadata{Key: r.Key}}
+	}
+	b.InputConfig.Requests = &gemini.InlinedRequests{Requests: reqs}
+	return b
+}
+
+// upload streams the record's JSONL input to the File API, never holding the file in memory.
+func (s *Submitter) upload(ctx context.Context, rec *record.Record) error {
+	pr, pw := io.Pipe()
+	go func() {
+		w := gemini.NewInputWriter(pw)
+		for _, r := range rec.Requests {
+			if err := w.Write(r.Key, r.Body); err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+		pw.Close()
+	}()
+	f, err := s.api.UploadFile(ctx, pr, rec.Bytes, rec.DisplayName(), "jsonl")
+	pr.Close()
+	if err != nil {
+		return fmt.Errorf("upload input of record %s (%d bytes): %w", rec.ID, rec.Bytes, err)
+	}
+	s.m.uploaded.Add(float64(rec.Bytes))
+	rec.InputFile = f.Name
+	if err := s.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s uploaded as %s: %w", rec.ID, f.Name, err)
+	}
+	return nil
+}
+
+// split replaces a record too large for one input file by several that fit.
+func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
+	var parts []*record.Record
+	cur := &record.Record{}
+	for _, r := range rec.Requests {
+		if len(cur.Requests) > 0 && cur.Bytes+r.Size > s.cfg.FileMaxBytes {
+			parts = append(parts, cur)
+			cur = &record.Record{}
+		}
+		cur.Requests = append(cur.Requests, r)
+		cur.Bytes += r.Size
+	}
+	parts = append(parts, cur)
+	for _, p := range parts {
+		p.ID, p.Group, p.State, p.CloseReason, p.Sealed = nuid.Next(), rec.Group, record.Sealed, rec.CloseReason, rec.Sealed
+		if err := s.store.Create(ctx, p); err != nil {
+			return fmt.Errorf("split record %s: %w", rec.ID, err)
+		}
+	}
+	if err := s.store.Delete(ctx, rec.ID); err != nil {
+		return fmt.Errorf("split record %s: %w", rec.ID, err)
+	}
+	s.log.Info().Str("record", rec.ID).Int("parts", len(parts)).Int64("bytes", rec.Bytes).Msg("batch split to fit the input file limit")
+	for _, p := range parts {
+		s.Enqueue(p)
+	}
+	return nil
+}
+
+// inlineSize is the size of the record's requests in an inline create body.
+func inlineSize(rec *record.Record) int64 {
+	const perItem = int64(len(`{"request":,"metadata":{"key":""}},`))
+	n := int64(256) // the envelope
+	for _, r := range rec.Requests {
+		n += int64(len(r.Body)) + int64(len(r.Key)) + perItem
+	}
+	return n
+}
+
+// httpToCode maps an HTTP status to its gRPC code for error replies.
+func httpToCode(status int) int {
+	switch status {
+	case 400:
+		return gemini.CodeInvalidArgument
+	case 401:
+		return gemini.CodeUnauthenticated
+	case 403:
+		return gemini.CodePermissionDenied
+	case 404:
+		return gemini.CodeNotFound
+	case 409:
+		return gemini.CodeAborted
+	case 429:
+		return gemini.CodeResourceExhausted
+	case 501:
+		return gemini.CodeUnimplemented
+	case 503:
+		return gemini.CodeUnavailable
+	case 504:
+		return gemini.CodeDeadlineExceeded
+	}
+	return gemini.CodeInternal
+}
