@@ -85,6 +85,41 @@ func LoadConfig() (Config, error) {
 	return c, c.Validate()
 }
 
+// Defaults returns the configuration with every variable at its default, whatever the
+// environment holds: the base for in-process runs (tests, the demo).
+func Defaults() Config {
+	var c Config
+	v := reflect.ValueOf(&c).Elem()
+	for i := range v.NumField() {
+		def, ok := v.Type().Field(i).Tag.Lookup("default")
+		if !ok {
+			continue
+		}
+		f := v.Field(i)
+		var err error
+		switch p := f.Addr().Interface().(type) {
+		case *ByteSize:
+			err = p.Decode(def)
+		case *time.Duration:
+			*p, err = time.ParseDuration(def)
+		case *[]string:
+			*p = strings.Split(def, ",")
+		case *string:
+			*p = def
+		case *int:
+			*p, err = strconv.Atoi(def)
+		case *int64:
+			*p, err = strconv.ParseInt(def, 10, 64)
+		default:
+			err = fmt.Errorf("no default decoder for %T", p)
+		}
+		if err != nil {
+			panic(fmt.Sprintf("daemon: default of %s: %v", v.Type().Field(i).Name, err))
+		}
+	}
+	return c
+}
+
 // Validate checks values that parse but make no sense.
 func (c *Config) Validate() error {
 	bad := func(name, format string, args ...any) error {

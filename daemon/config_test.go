@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsMatchEnvconfig(t *testing.T) {
+	for _, kv := range []string{"NATS_URL", "LOG_LEVEL", "QUEUE", "GEMINI_API_KEY"} {
+		t.Setenv(kv, "") // restored after the test
+		os.Unsetenv(kv)
+	}
+	got, err := LoadConfig()
+	if err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	want := Defaults()
+	if got.BatchMaxBytes != want.BatchMaxBytes || got.BatchMaxWait != want.BatchMaxWait || got.NATSURL != want.NATSURL ||
+		strings.Join(got.ReplyAllow, ",") != strings.Join(want.ReplyAllow, ",") || got.InlineMaxBytes != 19<<20 {
+		t.Fatalf("Defaults() = %+v\nLoadConfig() = %+v", want, got)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	tests := []struct {
+		env, value, want string
+	}{
+		{"GEMBATCH_BATCH_MAX_WAIT", "soon", `GEMBATCH_BATCH_MAX_WAIT="soon"`},
+		{"GEMBATCH_BATCH_MAX_REQUESTS", "many", `GEMBATCH_BATCH_MAX_REQUESTS="many": not a number`},
+		{"GEMBATCH_BATCH_MAX_REQUESTS", "0", "GEMBATCH_BATCH_MAX_REQUESTS: must be at least 1"},
+		{"GEMBATCH_BATCH_MAX_BYTES", "3GiB", "GEMBATCH_BATCH_MAX_BYTES: must be between 1 and 2GiB"},
+		{"GEMBATCH_INLINE_MAX_BYTES", "lots", `GEMBATCH_INLINE_MAX_BYTES="lots": not a size`},
+		{"GEMBATCH_INLINE_MAX_BYTES", "21MiB", "GEMBATCH_INLINE_MAX_BYTES: must be between 0 and 20MiB"},
+		{"GEMBATCH_POLL_MAX_INTERVAL", "1s", "GEMBATCH_POLL_MAX_INTERVAL: must be at least POLL_INTERVAL"},
+		{"GEMBATCH_LOG_LEVEL", "loud", "GEMBATCH_LOG_LEVEL: must be debug, info, warn or error"},
+		{"GEMBATCH_LOG_FORMAT", "xml", "GEMBATCH_LOG_FORMAT: must be json or console"},
+		{"GEMBATCH_MAX_REQUEST_BYTES", "200MiB", "GEMBATCH_MAX_REQUEST_BYTES: must be between 1 and BATCH_MAX_BYTES"},
+		{"GEMBATCH_GEMINI_API_KEY_FILE", "/nonexistent/key", "GEMBATCH_GEMINI_API_KEY_FILE: open /nonexistent/key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
+			t.Setenv(tt.env, tt.value)
+			_, err := LoadConfig()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("LoadConfig() error = %v, want it to contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\\n") {
+				t.Fatalf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"1024": 1024, "512KiB": 512 << 10, "19MiB": 19 << 20, "2GiB": 2 << 30, "20MB": 20e6, "7 B": 7} {
+		var b ByteSize
+		if err := b.Decode(in); err != nil || int64(b) != want {
+			t.Errorf("Decode(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "MiB", "12XB"} {
+		var b ByteSize
+		if err := b.Decode(in); err == nil {
+			t.Errorf("Decode(%q) accepted %d", in, b)
+		}
+	}
+}
+
+func TestSecretsNeverPrint(t *testing.T) {
+	t.Setenv("GEMBATCH_GEMINI_API_KEY", "AIza-secret-key")
+	t.Setenv("GEMBATCH_NATS_PASSWORD", "hunter2")
+	t.Setenv("GEMBATCH_NATS_TOKEN", "tok-secret")
+	c, err := LoadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(c.GeminiAPIKey) != "AIza-secret-key" {
+		t.Fatalf("API key not loaded")
+	}
+	for k, v := range c.Effective() {
+		for _, secret := range []string{"AIza-secret-key", "hunter2", "tok-secret"} {
+			if strings.Contains(v, secret) {
+				t.Fatalf("%s shows a secret: %q", k, v)
+			}
+		}
+	}
+	if got := c.Effective()["GEMBATCH_BATCH_MAX_WAIT"]; got != (time.Minute).String() {
+		t.Fatalf("BATCH_MAX_WAIT shows as %q", got)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	got := redactURL("nats://user:pw@a:4222,nats://b:4222")
+	if got != "nats://[redacted]@a:4222,nats://b:4222" {
+		t.Fatalf("redactURL = %q", got)
+	}
+}
