@@ -97,3 +97,32 @@ func TestRedactURL(t *testing.T) {
 		t.Fatalf("redactURL = %q", got)
 	}
 }
+
+// TestREADMEListsEveryVariable keeps the README's configuration table in step with the code.
+func TestREADMEListsEveryVariable(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Defaults()
+	for name, value := range d.Effective() {
+		row := "| `" + name + "` |"
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README.md has no row for %s", name)
+		}
+		if _, ok := reflectDefault(name); ok && value != "" && !strings.Contains(string(readme), row+" `") {
+			t.Errorf("README.md row for %s shows no default", name)
+		}
+	}
+}
+
+// reflectDefault reports whether a variable has a default tag.
+func reflectDefault(name string) (string, bool) {
+	for _, line := range strings.Split(Usage(), "\n") {
+		f := strings.Split(strings.TrimSpace(line), "\t")
+		if len(f) >= 2 && f[0] == name && f[1] != "" {
+			return f[1], true
+		}
+	}
+	return "", false
+}

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 
 // harness runs gembatchd in-process against an in-process NATS server and the emulator over HTTP.
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	ns   *server.Server
 	emu  *emulator.Server
 	http *httptest.Server
@@ -60,7 +60,7 @@ func testConfig() daemon.Config {
 	return c
 }
 
-func start(t *testing.T, cfg daemon.Config, emu emulator.Options) *harness {
+func start(t testing.TB, cfg daemon.Config, emu emulator.Options) *harness {
 	t.Helper()
 	ns, err := embedded.NATS(t.TempDir())
 	if err != nil {

@@ -5,6 +5,7 @@ package intake
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -88,16 +89,23 @@ func Parse(r *Rules, kind gemini.Kind, msg *nats.Msg, now time.Time) (record.Gro
 			"header %s must be 1 to %d printable characters", HeaderKey, MaxKeyLen)
 	}
 	body := bytes.TrimSpace(msg.Data)
-	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
-		return g, record.Request{}, reject(ReasonInvalidJSON, key, gemini.CodeInvalidArgument,
-			"body is not a JSON object: send one %s JSON object", requestType(kind))
+	notObject := reject(ReasonInvalidJSON, key, gemini.CodeInvalidArgument,
+		"body is not a JSON object: send one %s JSON object", requestType(kind))
+	if len(body) == 0 || body[0] != '{' {
+		return g, record.Request{}, notObject
 	}
 	var fields struct {
 		Model    string          `json:"model"`
 		Contents json.RawMessage `json:"contents"`
 		Content  json.RawMessage `json:"content"`
 	}
+	// One pass: Unmarshal checks the whole document is valid JSON before it decodes.
 	if err := json.Unmarshal(body, &fields); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			notObject.Status.Message += fmt.Sprintf(" (%v at byte %d)", err, syntax.Offset)
+			return g, record.Request{}, notObject
+		}
 		return g, record.Request{}, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "body: %v", err)
 	}
 	if kind == gemini.KindGenerate && isEmpty(fields.Contents) {

@@ -89,14 +89,13 @@ func (b *Batches) Answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	return b.clean(ctx, rec)
 }
 
-// clean deletes the remote files and the record. A file already gone is not an error.
+// clean deletes the uploaded input file and the record. Result files are left to expire (48h):
+// their names are longer than the 40 characters the files API addresses. A file already gone is
+// not an error.
 func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
-	for _, f := range []string{rec.InputFile, rec.ResultsFile} {
-		if f == "" {
-			continue
-		}
+	if f := rec.InputFile; f != "" {
 		if err := b.api.DeleteFile(ctx, f); err != nil && !gemini.IsNotFound(err) {
-			b.log.Warn().Err(err).Str("record", rec.ID).Str("file", f).Msg("could not delete remote file; it expires in 48h")
+			b.log.Warn().Err(err).Str("record", rec.ID).Str("file", f).Msg("could not delete the input file; it expires in 48h")
 		}
 	}
 	rec.State = record.Cleaned
