@@ -1,0 +1,204 @@
+package publisher_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/publisher"
+	"github.com/gembatch/gembatch/record"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("time.Sleep"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+}
+
+func TestBody(t *testing.T) {
+	for _, tt := range []struct {
+		key  string
+		resp string
+		st   *gemini.Status
+		want string
+	}{
+		{"k1", `{"candidates":[]}`, nil, `{"key":"k1","response":{"candidates":[]}}`},
+		{`q"uote`, "", gemini.NewStatus(3, "bad"), `{"key":"q\"uote","error":{"code":3,"message":"bad","status":"INVALID_ARGUMENT"}}`},
+	} {
+		if got := string(publisher.Body(tt.key, json.RawMessage(tt.resp), tt.st)); got != tt.want {
+			t.Errorf("Body = %s, want %s", got, tt.want)
+		}
+	}
+}
+
+// fakeAPI serves one result file and records deletions.
+type fakeAPI struct {
+	results string
+	fail    error
+	deleted []string
+}
+
+var _ publisher.API = (*fakeAPI)(nil)
+
+func (f *fakeAPI) GetBatch(context.Context, string) (*gemini.Operation, error) {
+	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
+}
+func (f *fakeAPI) Download(context.Context, string) (io.ReadCloser, error) {
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return io.NopCloser(strings.NewReader(f.results)), nil
+}
+func (f *fakeAPI) DeleteFile(_ context.Context, name string) error {
+	f.deleted = append(f.deleted, name)
+	return nil
+}
+
+type natsEnv struct {
+	nc      *nats.Conn
+	mu      sync.Mutex
+	replies map[string][]*nats.Msg
+}
+
+func natsUp(t *testing.T) *natsEnv {
+	t.Helper()
+	ns, err := embedded.NATS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &natsEnv{nc: nc, replies: map[string][]*nats.Msg{}}
+	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
+	if _, err := nc.Subscribe("r.>", func(m *nats.Msg) {
+		e.mu.Lock()
+		e.replies[m.Header.Get("Gembatch-Key")] = append(e.replies[m.Header.Get("Gembatch-Key")], m)
+		e.mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *natsEnv) settle(t *testing.T) map[string][]*nats.Msg {
+	t.Helper()
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.replies
+}
+
+func finished(keys ...string) *record.Record {
+	rec := &record.Record{ID: "rec", State: record.Finished, RemoteName: "batches/b1", RemoteState: gemini.StateSucceeded, InputFile: "files/in1"}
+	for _, k := range keys {
+		rec.Requests = append(rec.Requests, record.Request{ID: "id-" + k, Key: k, Reply: "r." + k, Received: time.Now()})
+	}
+	return rec
+}
+
+// TestAnswerFromBrokenResultFile: good lines, a line that does not parse but names its key, a
+// line with no key at all, a result for a key not in the batch, a duplicate, and a missing key.
+func TestAnswerFromBrokenResultFile(t *testing.T) {
+	e := natsUp(t)
+	api := &fakeAPI{results: strings.Join([]string{
+		`{"key":"a","response":{"candidates":[{"content":{"parts":[{"text":"A"}]}}]}}`,
+		`{"key":"b","response":{"candidates":[{"cont`,
+		`this is not json at all`,
+		`{"key":"zzz","response":{}}`,
+		`{"key":"c","status":{"code":13,"message":"internal"}}`,
+		`{"key":"a","response":{"again":true}}`,
+	}, "\n") + "\n"}
+	store := record.NewMemStore()
+	rec := finished("a", "b", "c", "d")
+	if err := store.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	b := publisher.NewBatches(publisher.New(e.nc, nil), store, api, zerolog.New(zerolog.NewTestWriter(t)))
+	if err := b.Answer(context.Background(), rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := e.settle(t)
+	want := map[string]string{"a": "ok", "b": "error", "c": "error", "d": "error"}
+	for k, status := range want {
+		if len(got[k]) != 1 {
+			t.Fatalf("key %s: %d replies, want 1", k, len(got[k]))
+		}
+		m := got[k][0]
+		if m.Header.Get("Gembatch-Status") != status || m.Header.Get("Nats-Msg-Id") != "id-"+k || m.Header.Get("Gembatch-Batch") != "batches/b1" {
+			t.Fatalf("key %s: headers %v", k, m.Header)
+		}
+	}
+	if !strings.Contains(string(got["d"][0].Data), "no result for key") {
+		t.Fatalf("missing key reply: %s", got["d"][0].Data)
+	}
+	if len(got["zzz"]) != 0 {
+		t.Fatal("a reply went out for a key not in the batch")
+	}
+	if _, err := store.Get(context.Background(), "rec"); !errors.Is(err, record.ErrNotFound) {
+		t.Fatalf("record not cleaned up: %v", err)
+	}
+	if len(api.deleted) != 1 || api.deleted[0] != "files/in1" {
+		t.Fatalf("deleted %v, want the input file", api.deleted)
+	}
+}
+
+func TestAnswerResumesAfterCheckpoint(t *testing.T) {
+	e := natsUp(t)
+	var lines []string
+	var keys []string
+	for i := range 10 {
+		k := fmt.Sprintf("k%d", i)
+		keys = append(keys, k)
+		lines = append(lines, `{"key":"`+k+`","response":{"n":`+fmt.Sprint(i)+`}}`)
+	}
+	api := &fakeAPI{results: strings.Join(lines, "\n")}
+	store := record.NewMemStore()
+	rec := finished(keys...)
+	rec.Replied = 6 // an earlier run published the first six results
+	if err := store.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	b := publisher.NewBatches(publisher.New(e.nc, nil), store, api, zerolog.Nop())
+	if err := b.Answer(context.Background(), rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := e.settle(t)
+	for i, k := range keys {
+		if want := map[bool]int{true: 0, false: 1}[i < 6]; len(got[k]) != want {
+			t.Fatalf("key %s: %d replies, want %d", k, len(got[k]), want)
+		}
+	}
+}
+
+func TestDownloadErrorLeavesBatchToRetry(t *testing.T) {
+	e := natsUp(t)
+	api := &fakeAPI{fail: &gemini.APIError{Op: "files.download", HTTPStatus: 503}}
+	store := record.NewMemStore()
+	rec := finished("a")
+	_ = store.Create(context.Background(), rec)
+	b := publisher.NewBatches(publisher.New(e.nc, nil), store, api, zerolog.Nop())
+	if err := b.Answer(context.Background(), rec, nil); err == nil {
+		t.Fatal("Answer succeeded though the results could not be read")
+	}
+	if got := e.settle(t); len(got["a"]) != 0 {
+		t.Fatal("a reply went out though the results could not be read")
+	}
+	if r, err := store.Get(context.Background(), "rec"); err != nil || r.State != record.Finished {
+		t.Fatalf("record %+v, %v; want it kept Finished for a retry", r, err)
+	}
+}
