@@ -25,7 +25,9 @@ type fakeAPI struct {
 
 var _ API = (*fakeAPI)(nil)
 
-func (f *fakeAPI) GetBatch(_ context.Context, name string) (*gemini.Operation, error) { return f.get(name) }
+func (f *fakeAPI) GetBatch(_ context.Context, name string) (*gemini.Operation, error) {
+	return f.get(name)
+}
 
 func op(name string, s gemini.State) *gemini.Operation {
 	return &gemini.Operation{Name: name, Done: s.Terminal(), Metadata: &gemini.BatchMetadata{State: s}}
