@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// runMainEnv makes the test binary run main instead of the tests, so that a test can start the
+// command as a process and signal it.
+const runMainEnv = "GEMINI_EMULATOR_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// syncBuffer is the stderr of an in-process run, read while run writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// listenAddr reads the start line's address from a log line.
+func listenAddr(line string) string {
+	var l struct{ Message, Addr string }
+	if json.Unmarshal([]byte(line), &l) != nil || l.Message != "gemini emulator listening" {
+		return ""
+	}
+	return l.Addr
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+		t.Fatalf("--help exited %d", code)
+	}
+	for _, want := range []string{
+		"--addr", "--api-key", "--job-delay", "--inline-max-bytes", "--file-max-bytes", "--log-level",
+		"--create-429-rate", "--throttle-delay", "--get-error-rate", "--upload-chunk-failures", "--item-error-rate",
+		"--stuck-pending", "--expire-after", "--fail-jobs", "--out-of-order", "--list-lag", "--lose-create-answers",
+		"--seed", "[[emulator:error=N]]", "Example",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help does not mention %s", want)
+		}
+	}
+}
+
+func TestBadArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"--nope"},
+		{"--job-delay", "soon"},
+		{"--create-429-rate", "1.5"},
+		{"--log-level", "loud"},
+		{"extra"},
+	} {
+		var out bytes.Buffer
+		if code := run(context.Background(), args, &out); code != 2 {
+			t.Errorf("%v exited %d, want 2", args, code)
+		}
+		if out.Len() == 0 {
+			t.Errorf("%v said nothing", args)
+		}
+	}
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	exit := make(chan int, 1)
+	go func() {
+		exit <- run(ctx, []string{"--addr", "127.0.0.1:0", "--log-level", "debug", "--job-delay", "50ms"}, &out)
+	}()
+	var addr string
+	for deadline := time.Now().Add(10 * time.Second); addr == ""; {
+		for _, line := range strings.Split(out.String(), "\n") {
+			if a := listenAddr(line); a != "" {
+				addr = a
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no start line: %s", out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if body := get(t, "http://"+addr+"/v1beta/batches"); body != "{}\n" {
+		t.Errorf("list answered %q", body)
+	}
+	cancel()
+	select {
+	case code := <-exit:
+		if code != 0 {
+			t.Errorf("exited %d: %s", code, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after its context ended")
+	}
+	if log := out.String(); !strings.Contains(log, `"path":"/v1beta/batches"`) || !strings.Contains(log, `"message":"stopped"`) {
+		t.Errorf("log lacks the request line or the stop line:\n%s", log)
+	}
+}
+
+// TestSIGTERM runs the command as a process and stops it with SIGTERM.
+func TestSIGTERM(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var addr string
+	timeout := time.After(10 * time.Second)
+	for addr == "" {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("exited before listening: %v", cmd.Wait())
+			}
+			addr = listenAddr(line)
+		case <-timeout:
+			_ = cmd.Process.Kill()
+			t.Fatal("no start line")
+		}
+	}
+	get(t, "http://"+addr+"/v1beta/files")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for range lines { // drain to EOF so Wait can finish
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM: %v", err)
+	}
+}

@@ -1,0 +1,545 @@
+package emulator
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+const typePrefix = "type.googleapis.com/google.ai.generativelanguage.v1main."
+
+// batchFields are the fields of the batch resource; output-only ones are accepted and ignored.
+var batchFields = []string{"name", "model", "displayName", "inputConfig", "priority", "output", "createTime", "endTime", "updateTime", "batchStats", "state"}
+
+// batch is one job. Its fields are guarded by Server.mu, except the input, which is fixed at
+// create and read without the lock when the results are made.
+type batch struct {
+	seq         int64
+	id          string // 36 characters of [a-z0-9]
+	kind        gemini.Kind
+	model       string // with "models/"
+	displayName string
+	priority    int64
+	base        string // the base URL the job was created through, for its result file's uri
+	created     time.Time
+	updated     time.Time // last update call, zero if none
+
+	// the job faults, as they were at create
+	delay         time.Duration
+	expireAfter   time.Duration
+	stuck, fail   bool
+	reverse       bool
+	itemErrorRate float64
+	seed          int64
+
+	requests  []gemini.InlinedRequest // inline input
+	inputPath string                  // file input: a hard link to the uploaded file
+	count     int64                   // number of requests
+
+	end     *ending   // set once the job has ended
+	results sync.Once // makes the results once, on the first read after success
+	deleted bool
+}
+
+// ending is how and when a job ended.
+type ending struct {
+	state             gemini.State
+	at                time.Time
+	output            *gemini.Output
+	err               *gemini.Status
+	succeeded, failed int64
+}
+
+func (b *batch) name() string { return "batches/" + b.id }
+
+// scheduled is the job's state at t and since when it holds. Jobs advance by time alone, so
+// nothing needs to run while nobody looks.
+func (b *batch) scheduled(t time.Time) (gemini.State, time.Time) {
+	if b.end != nil {
+		return b.end.state, b.end.at
+	}
+	age := t.Sub(b.created)
+	if age >= b.expireAfter && (b.stuck || b.expireAfter < b.delay) {
+		return gemini.StateExpired, b.created.Add(b.expireAfter)
+	}
+	switch {
+	case age <= 0 || b.stuck || age < b.delay/2:
+		return gemini.StatePending, b.created
+	case age < b.delay:
+		return gemini.StateRunning, b.created.Add(b.delay / 2)
+	case b.fail:
+		return gemini.StateFailed, b.created.Add(b.delay)
+	}
+	return gemini.StateSucceeded, b.created.Add(b.delay)
+}
+
+// operation renders the job at t; the caller holds Server.mu and has settled the job.
+func (b *batch) operation(t time.Time) gemini.Operation {
+	st, since := b.scheduled(t)
+	if b.updated.After(since) {
+		since = b.updated
+	}
+	md := &gemini.BatchMetadata{
+		Type:        typePrefix + "GenerateContentBatch",
+		Name:        b.name(),
+		Model:       b.model,
+		DisplayName: b.displayName,
+		CreateTime:  b.created.UTC(),
+		UpdateTime:  since.UTC(),
+		State:       st,
+		Priority:    gemini.Int64(b.priority),
+		BatchStats:  &gemini.BatchStats{RequestCount: gemini.Int64(b.count)},
+	}
+	outType := typePrefix + "GenerateContentBatchOutput"
+	if b.kind == gemini.KindEmbed {
+		md.Type, outType = typePrefix+"EmbedContentBatch", typePrefix+"EmbedContentBatchOutput"
+	}
+	op := gemini.Operation{Name: b.name(), Metadata: md}
+	if b.end == nil {
+		md.BatchStats.PendingRequestCount = gemini.Int64(b.count)
+		return op
+	}
+	md.EndTime = b.end.at.UTC()
+	md.BatchStats.SuccessfulRequestCount = gemini.Int64(b.end.succeeded)
+	md.BatchStats.FailedRequestCount = gemini.Int64(b.end.failed)
+	op.Done, op.Error = true, b.end.err
+	if out := b.end.output; out != nil {
+		md.Output = out
+		op.Response = &gemini.OperationResponse{Type: outType, Output: *out}
+	}
+	return op
+}
+
+// view returns the job as it is at now, making its results first if it has just succeeded.
+func (s *Server) view(b *batch, now time.Time) gemini.Operation {
+	s.mu.Lock()
+	if !s.settle(b, now) {
+		defer s.mu.Unlock()
+		return b.operation(now)
+	}
+	s.mu.Unlock()
+	b.results.Do(func() { s.produce(b) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return b.operation(now)
+}
+
+// settle records an end that time has brought. It reports whether the job has succeeded and
+// its results must still be made; the caller holds s.mu.
+func (s *Server) settle(b *batch, now time.Time) bool {
+	if b.end != nil {
+		return false
+	}
+	st, at := b.scheduled(now)
+	switch st {
+	case gemini.StateSucceeded:
+		return true
+	case gemini.StateFailed:
+		b.end = &ending{state: st, at: at, failed: b.count,
+			err: &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed (emulated fault)."}}
+	case gemini.StateExpired:
+		b.end = &ending{state: st, at: at,
+			err: &gemini.Status{Code: gemini.CodeDeadlineExceeded, Message: "The batch expired before it could be processed."}}
+	default:
+		return false
+	}
+	s.dropInput(b)
+	return false
+}
+
+// produce makes the results of a job that has succeeded, without holding s.mu: a big input file
+// takes a while and must not stall other requests.
+func (s *Server) produce(b *batch) {
+	end := &ending{state: gemini.StateSucceeded, at: b.created.Add(b.delay)}
+	rng := rand.New(rand.NewPCG(uint64(b.seed), uint64(b.seq)))
+	fail := func() bool { return b.itemErrorRate > 0 && rng.Float64() < b.itemErrorRate }
+	var (
+		result *file
+		err    error
+	)
+	if b.inputPath != "" {
+		result, err = s.answerFile(b, end, fail)
+	} else {
+		s.answerInline(b, end, fail)
+	}
+	if err != nil {
+		s.log.Error().Err(err).Str("batch", b.name()).Msg("make results")
+		end = &ending{state: gemini.StateFailed, at: end.at, failed: b.count,
+			err: &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed writing its results."}}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b.end != nil || b.deleted { // cancelled or deleted while the results were being made
+		if result != nil {
+			_ = os.Remove(result.path)
+		}
+		return
+	}
+	if result != nil {
+		s.addFile(result)
+	}
+	b.end = end
+	s.dropInput(b)
+}
+
+// dropInput frees a job's input once it has ended; the caller holds s.mu.
+func (s *Server) dropInput(b *batch) {
+	b.requests = nil
+	if b.inputPath != "" {
+		_ = os.Remove(b.inputPath) // gone already if the job was deleted or cancelled
+	}
+}
+
+func (s *Server) answerInline(b *batch, end *ending, fail func() bool) {
+	out := make([]gemini.InlinedResponse, len(b.requests))
+	for i, req := range b.requests {
+		resp, st := answer(b.kind, b.model, req.Request, fail())
+		out[i] = gemini.InlinedResponse{Response: resp, Error: st}
+		if req.Metadata != nil {
+			out[i].Metadata = &gemini.ResponseMetadata{Key: req.Metadata.Key}
+		}
+		if st != nil {
+			end.failed++
+		} else {
+			end.succeeded++
+		}
+	}
+	if b.reverse {
+		slices.Reverse(out)
+	}
+	end.output = &gemini.Output{InlinedResponses: &gemini.InlinedResponses{InlinedResponses: out}}
+}
+
+type createSpec struct {
+	displayName string
+	priority    int64
+	fileName    string
+	requests    []gemini.InlinedRequest
+}
+
+// parseCreate reads a create body, in camelCase or snake_case.
+func parseCreate(body []byte) (createSpec, error) {
+	var spec createSpec
+	top, err := fields(body, "", "batch")
+	if err != nil {
+		return spec, err
+	}
+	if top["batch"] == nil {
+		return spec, errorf("* batch: batch is not specified")
+	}
+	b, err := fields(top["batch"], "batch", batchFields...)
+	if err != nil {
+		return spec, err
+	}
+	var prio gemini.Int64
+	if err := decodeField(b, "displayName", "batch", &spec.displayName); err != nil {
+		return spec, err
+	}
+	if err := decodeField(b, "priority", "batch", &prio); err != nil {
+		return spec, err
+	}
+	spec.priority = int64(prio)
+	if b["inputConfig"] == nil {
+		return spec, errorf("* batch.input_config: input_config is not specified")
+	}
+	in, err := fields(b["inputConfig"], "batch.input_config", "fileName", "requests")
+	if err != nil {
+		return spec, err
+	}
+	if err := decodeField(in, "fileName", "batch.input_config", &spec.fileName); err != nil {
+		return spec, err
+	}
+	if (spec.fileName == "") == (in["requests"] == nil) {
+		return spec, errorf("* batch.input_config: exactly one of file_name and requests must be set")
+	}
+	if spec.fileName != "" {
+		return spec, nil
+	}
+	reqs, err := fields(in["requests"], "batch.input_config.requests", "requests")
+	if err != nil {
+		return spec, err
+	}
+	var items []json.RawMessage
+	if err := decodeField(reqs, "requests", "batch.input_config.requests", &items); err != nil {
+		return spec, err
+	}
+	if len(items) == 0 {
+		return spec, errorf("* batch.input_config.requests.requests: requests is not specified")
+	}
+	for i, raw := range items {
+		at := fmt.Sprintf("batch.input_config.requests.requests[%d]", i)
+		item, err := fields(raw, at, "request", "metadata")
+		if err != nil {
+			return spec, err
+		}
+		// metadata is a google.protobuf.Struct: any fields, of which "key" names the request.
+		var md map[string]any
+		if err := decodeField(item, "metadata", at, &md); err != nil {
+			return spec, err
+		}
+		req := gemini.InlinedRequest{Request: item["request"]}
+		if md != nil {
+			key, _ := md["key"].(string)
+			req.Metadata = &gemini.RequestMetadata{Key: key}
+		}
+		spec.requests = append(spec.requests, req)
+	}
+	return spec, nil
+}
+
+func (s *Server) createBatch(w http.ResponseWriter, r *http.Request, model string, kind gemini.Kind) {
+	body, err := readBody(r, s.opts.InlineMaxBytes)
+	if err != nil {
+		invalid(w, "%v", err)
+		return
+	}
+	spec, err := parseCreate(body)
+	if err != nil {
+		invalid(w, "%v", err)
+		return
+	}
+	if s.throttle(w) {
+		return
+	}
+	b := &batch{
+		id:          randomID(36),
+		kind:        kind,
+		model:       gemini.ModelName(model),
+		displayName: spec.displayName,
+		priority:    spec.priority,
+		base:        s.baseURL(r),
+		requests:    spec.requests,
+		count:       int64(len(spec.requests)),
+	}
+	if spec.fileName != "" {
+		if !s.attachInput(w, b, spec.fileName) {
+			return
+		}
+	}
+	op, lost := s.register(b)
+	if lost {
+		writeError(w, http.StatusServiceUnavailable, gemini.CodeUnavailable, "The service is currently unavailable.")
+		return
+	}
+	writeJSON(w, op)
+}
+
+// attachInput links an uploaded file as the job's input, so that deleting the file later does
+// not take the job's input with it, and counts its requests.
+func (s *Server) attachInput(w http.ResponseWriter, b *batch, name string) bool {
+	f := s.lookupFile(strings.TrimPrefix(name, "files/"))
+	if f == nil {
+		notFound(w, "File %s not found.", name)
+		return false
+	}
+	b.inputPath = filepath.Join(s.dir, "input-"+b.id)
+	if err := os.Link(f.path, b.inputPath); err != nil {
+		notFound(w, "File %s not found.", name) // deleted since the lookup
+		return false
+	}
+	n, err := countLines(b.inputPath)
+	if err == nil && n == 0 {
+		err = errorf("The input file %s holds no requests.", name)
+	}
+	if err != nil {
+		_ = os.Remove(b.inputPath)
+		invalid(w, "%v", err)
+		return false
+	}
+	b.count = n
+	return true
+}
+
+// register adds a new job with the job faults of now. It reports whether the create's answer
+// is to be lost.
+func (s *Server) register(b *batch) (gemini.Operation, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.faults
+	s.seq++
+	b.seq, b.created = s.seq, s.now()
+	b.delay, b.expireAfter = s.opts.JobDelay, cmp.Or(f.ExpireAfter, serviceExpiry)
+	b.stuck, b.fail, b.reverse = f.StuckPending, f.FailJobs, f.OutOfOrder
+	b.itemErrorRate, b.seed = f.ItemErrorRate, f.Seed
+	s.batches[b.id] = b
+	s.creates[b.displayName]++
+	lost := s.faults.LoseCreateAnswers > 0
+	if lost {
+		s.faults.LoseCreateAnswers--
+	}
+	return b.operation(b.created), lost
+}
+
+func (s *Server) batch(id string) *batch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.batches[id]
+}
+
+func (s *Server) getBatch(w http.ResponseWriter, r *http.Request, id string) {
+	if s.failGet(w) {
+		return
+	}
+	b := s.batch(id)
+	if b == nil {
+		notFound(w, "Batch batches/%s not found.", id)
+		return
+	}
+	writeJSON(w, s.view(b, s.now()))
+}
+
+// listBatches answers newest first; a page token is the sequence number of the last one sent.
+func (s *Server) listBatches(w http.ResponseWriter, r *http.Request, _ string) {
+	size, after, err := page(r, 50, 1000)
+	if err != nil {
+		invalid(w, "%v", err)
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	var all []*batch
+	for _, b := range s.batches {
+		if now.Sub(b.created) >= s.faults.ListLag && (after == 0 || b.seq < after) {
+			all = append(all, b)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(a, b *batch) int { return cmp.Compare(b.seq, a.seq) })
+	var resp gemini.ListBatchesResponse
+	if len(all) > size {
+		all = all[:size]
+		resp.NextPageToken = pageToken(all[size-1].seq)
+	}
+	for _, b := range all {
+		resp.Operations = append(resp.Operations, s.view(b, now))
+	}
+	writeJSON(w, resp)
+}
+
+// cancelBatch ends a PENDING or RUNNING job CANCELLED. A job that has already ended cannot be
+// cancelled: that answers 400 FAILED_PRECONDITION.
+func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request, id string) {
+	s.mu.Lock()
+	b := s.batches[id]
+	if b == nil {
+		s.mu.Unlock()
+		notFound(w, "Batch batches/%s not found.", id)
+		return
+	}
+	now := s.now()
+	if st, _ := b.scheduled(now); st.Terminal() {
+		s.mu.Unlock()
+		writeError(w, http.StatusBadRequest, gemini.CodeFailedPrecondition, "Batch batches/%s has already ended (%s) and cannot be cancelled.", id, st)
+		return
+	}
+	b.end = &ending{state: gemini.StateCancelled, at: now,
+		err: &gemini.Status{Code: gemini.CodeCancelled, Message: "The batch was cancelled."}}
+	s.dropInput(b)
+	s.mu.Unlock()
+	writeJSON(w, struct{}{})
+}
+
+// deleteBatch stops a job and forgets it: get answers 404 and list leaves it out.
+func (s *Server) deleteBatch(w http.ResponseWriter, r *http.Request, id string) {
+	s.mu.Lock()
+	b := s.batches[id]
+	if b != nil {
+		delete(s.batches, id)
+		b.deleted = true
+		if b.inputPath != "" {
+			_ = os.Remove(b.inputPath) // its results, if being made, are dropped when done
+		}
+	}
+	s.mu.Unlock()
+	if b == nil {
+		notFound(w, "Batch batches/%s not found.", id)
+		return
+	}
+	writeJSON(w, struct{}{})
+}
+
+// updateBatch changes displayName and priority, the fields updateMask may name, and answers
+// the batch resource (not an Operation). An empty mask updates the fields the body sets.
+func (s *Server) updateBatch(w http.ResponseWriter, r *http.Request, id string, kind gemini.Kind) {
+	body, err := readBody(r, 1<<20)
+	if err != nil {
+		invalid(w, "%v", err)
+		return
+	}
+	f, err := fields(body, "batch", batchFields...)
+	if err != nil {
+		invalid(w, "%v", err)
+		return
+	}
+	mask := r.URL.Query().Get("updateMask")
+	if mask == "" {
+		mask = r.URL.Query().Get("update_mask")
+	}
+	var paths []string
+	for _, p := range strings.Split(mask, ",") {
+		if p = camel(strings.TrimSpace(p)); p != "" {
+			paths = append(paths, p)
+		}
+	}
+	if len(paths) == 0 {
+		for _, p := range []string{"displayName", "priority"} {
+			if f[p] != nil {
+				paths = append(paths, p)
+			}
+		}
+	}
+	var (
+		name string
+		prio gemini.Int64
+	)
+	for _, p := range paths {
+		switch p {
+		case "displayName":
+			err = decodeField(f, p, "batch", &name)
+		case "priority":
+			err = decodeField(f, p, "batch", &prio)
+		default:
+			err = errorf("* update_mask: field %q cannot be updated", p)
+		}
+		if err != nil {
+			invalid(w, "%v", err)
+			return
+		}
+	}
+
+	s.mu.Lock()
+	b := s.batches[id]
+	switch {
+	case b == nil:
+		s.mu.Unlock()
+		notFound(w, "Batch batches/%s not found.", id)
+		return
+	case b.kind != kind:
+		s.mu.Unlock()
+		invalid(w, "Batch batches/%s is not a %s batch.", id, kind)
+		return
+	}
+	for _, p := range paths {
+		if p == "displayName" {
+			b.displayName = name
+		} else {
+			b.priority = int64(prio)
+		}
+	}
+	now := s.now()
+	b.updated = now
+	s.mu.Unlock()
+	md := *s.view(b, now).Metadata
+	md.Type = "" // the batch resource itself carries no @type
+	writeJSON(w, md)
+}
