@@ -176,7 +176,7 @@ func TestJobsThatEndBadly(t *testing.T) {
 			t.Fatalf("good request failed: %s", got["good"][0].Data)
 		}
 		for _, k := range []string{"bad", "unknown-field"} {
-			if r := decode(t, got[k][0]); r.Error == nil || r.Error.Code != gemini.CodeInvalidArgument {
+			if r := decode(t, got[k][0]); r.Error == nil || r.Error.Code != gemini.CodeInvalidArgument || r.Error.Status != "INVALID_ARGUMENT" {
 				t.Fatalf("%s: reply %s, want INVALID_ARGUMENT", k, got[k][0].Data)
 			}
 		}

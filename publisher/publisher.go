@@ -77,6 +77,12 @@ func (p *Publisher) Publish(r Reply) error {
 	status := "ok"
 	if r.Error != nil {
 		status = "error"
+		if r.Error.Status == "" {
+			// google.rpc.Status on the wire has no name; the contract's replies carry it.
+			st := *r.Error
+			st.Status = gemini.CodeName(st.Code)
+			r.Error = &st
+		}
 	} else if len(r.Response) == 0 {
 		r.Error = gemini.NewStatus(gemini.CodeInternal, "empty response for key %q", r.Key)
 		status = "error"

@@ -143,6 +143,9 @@ func TestAnswerFromBrokenResultFile(t *testing.T) {
 			t.Fatalf("key %s: headers %v", k, m.Header)
 		}
 	}
+	if string(got["c"][0].Data) != `{"key":"c","error":{"code":13,"message":"internal","status":"INTERNAL"}}` {
+		t.Fatalf("per-item error reply: %s", got["c"][0].Data)
+	}
 	if !strings.Contains(string(got["d"][0].Data), "no result for key") {
 		t.Fatalf("missing key reply: %s", got["d"][0].Data)
 	}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/internal/embedded"
+)
+
+// build compiles gembatchd once for the subprocess tests.
+func build(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gembatchd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"--help"}, &out); code != 0 {
+		t.Fatalf("--help exit %d", code)
+	}
+	for _, v := range []string{"GEMBATCH_NATS_URL", "GEMBATCH_BATCH_MAX_WAIT", "GEMBATCH_INLINE_MAX_BYTES", "GEMBATCH_REPLY_ALLOW", "GEMBATCH_SHUTDOWN_GRACE", "1m"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("--help does not mention %s", v)
+		}
+	}
+	if code := run([]string{"--bogus"}, io.Discard); code != 2 {
+		t.Fatalf("unknown flag: exit %d, want 2", code)
+	}
+}
+
+// TestBinary runs the real gembatchd: a bad variable stops it with one line and exit 2; a good
+// configuration serves requests and health endpoints; SIGTERM submits open batches and exits 0.
+func TestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := build(t)
+
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "GEMBATCH_BATCH_MAX_WAIT=whenever")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("bad config: %v, want exit 2", err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "GEMBATCH_BATCH_MAX_WAIT") {
+		t.Fatalf("bad config output %q: want one line naming the variable", out)
+	}
+
+	ns, err := embedded.NATS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	emu := emulator.New(emulator.Options{JobDelay: 100 * time.Millisecond})
+	srv := httptest.NewServer(emu)
+	defer func() { srv.Close(); emu.Close() }()
+
+	const key = "AIzaSy-test-key-that-must-not-leak"
+	cmd = exec.Command(bin)
+	cmd.Env = append(os.Environ(),
+		"GEMBATCH_NATS_URL="+ns.ClientURL(),
+		"GEMBATCH_GEMINI_BASE_URL="+srv.URL,
+		"GEMBATCH_GEMINI_API_KEY="+key,
+		"GEMBATCH_METRICS_ADDR=127.0.0.1:0",
+		"GEMBATCH_BATCH_MAX_WAIT=1h",
+		"GEMBATCH_LOG_LEVEL=debug",
+	)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	ready := make(chan string, 1)
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			logs.WriteString(line + "\n")
+			if strings.Contains(line, `"gembatchd ready"`) {
+				i := strings.Index(line, `"metrics":"`) + len(`"metrics":"`)
+				ready <- line[i : i+strings.Index(line[i:], `"`)]
+			}
+		}
+	}()
+	var metricsAddr string
+	select {
+	case metricsAddr = <-ready:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("gembatchd not ready:\n%s", logs.String())
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, resp, err)
+		}
+		resp.Body.Close()
+	}
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for i := range 20 {
+		if err := nc.PublishRequest("gembatch.generate", "_INBOX.bin", []byte(fmt.Sprintf(`{"contents":[{"parts":[{"text":"q%d"}]}]}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let intake take them before the signal
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-logDone
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("gembatchd after SIGTERM: %v\n%s", err, logs.String())
+	}
+	t.Logf("stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	var total int64
+	for _, op := range emu.Batches() {
+		total += int64(op.Metadata.BatchStats.RequestCount)
+	}
+	if total != 20 {
+		t.Fatalf("batches created on SIGTERM hold %d requests, want 20\n%s", total, logs.String())
+	}
+	if strings.Contains(logs.String(), key) {
+		t.Fatal("the API key appears in the log")
+	}
+	if !strings.Contains(logs.String(), `"GEMBATCH_GEMINI_API_KEY":"[redacted]"`) {
+		t.Fatalf("start line does not show the redacted key:\n%s", logs.String())
+	}
+}
