@@ -146,7 +146,7 @@ func (a *Accumulator) run(gr *group) {
 	defer a.m.openGroups.Dec()
 	p := NewPolicy(a.cfg.Limits)
 	var reqs []record.Request
-	keys := make(map[string]struct{})
+	keys := make(map[string]string) // key → request id, in the open batch
 
 	flush := func(why Reason) {
 		rec := &record.Record{
@@ -165,7 +165,7 @@ func (a *Accumulator) run(gr *group) {
 		a.m.closed.WithLabelValues(string(why)).Inc()
 		a.m.batchRequests.Observe(float64(p.Count()))
 		a.m.batchBytes.Observe(float64(p.Bytes()))
-		reqs, keys = nil, make(map[string]struct{})
+		reqs, keys = nil, make(map[string]string)
 		p.Reset()
 		a.seal(rec)
 	}
@@ -181,19 +181,21 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
-			if _, dup := keys[req.Key]; dup {
+			if id, dup := keys[req.Key]; dup {
 				a.pendingRequests.Add(-1)
 				a.pendingBytes.Add(-req.Size)
 				a.m.pendingRequests.Dec()
 				a.m.pendingBytes.Sub(float64(req.Size))
-				a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
-					"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
+				if id != req.ID {
+					a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
+						"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
+				} // else a redelivery of the request already waiting here: it is acked with its batch
 				continue
 			}
 			if !p.Fits(req.Size) {
 				flush(ReasonBytes)
 			}
-			keys[req.Key] = struct{}{}
+			keys[req.Key] = req.ID
 			reqs = append(reqs, req)
 			if full, why := p.Add(req.Size, a.cfg.Now()); full {
 				flush(why)

@@ -3,6 +3,7 @@ package accumulator
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -36,8 +37,10 @@ func (s *sink) snapshot() ([]*record.Record, []*gemini.Status) {
 
 var gen = record.Group{Kind: gemini.KindGenerate, Model: "models/m", Priority: 0}
 
+var ids atomic.Int64
+
 func req(key string, size int64) record.Request {
-	return record.Request{ID: key, Key: key, Reply: "r." + key, Size: size}
+	return record.Request{ID: fmt.Sprint(ids.Add(1)), Key: key, Reply: "r." + key, Size: size}
 }
 
 func TestCloseReasons(t *testing.T) {
@@ -148,6 +151,21 @@ func TestDuplicateKeyRejected(t *testing.T) {
 		}
 		if p, b := a.Pending(); p != 0 || b != 0 {
 			t.Fatalf("pending after close = %d requests, %d bytes; want 0", p, b)
+		}
+	})
+}
+
+func TestRedeliveryIsNotADuplicate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 10, MaxBytes: 1 << 20, MaxWait: time.Hour}}, s.seal, s.reject, nil)
+		r := req("k", 1)
+		_ = a.Add(gen, r)
+		_ = a.Add(gen, r) // the same request (same id) delivered again
+		a.Close()
+		sealed, rejected := s.snapshot()
+		if len(rejected) != 0 || len(sealed) != 1 || len(sealed[0].Requests) != 1 {
+			t.Fatalf("redelivery: %d rejected, batch of %d; want 0 and 1", len(rejected), len(sealed[0].Requests))
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,21 @@ type Config struct {
 	MaxRequestBytes ByteSize `envconfig:"MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
 	MaxPending      int64    `envconfig:"MAX_PENDING" default:"100000" desc:"requests held in open batches before new ones are refused"`
 	MaxPendingBytes ByteSize `envconfig:"MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in open batches before new requests are refused"`
+
+	Durable         string        `envconfig:"DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
+	Stream          string        `envconfig:"STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
+	StreamSubject   string        `envconfig:"STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply)"`
+	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the stream and buckets (1 to 5)"`
+	StreamStorage   string        `envconfig:"STREAM_STORAGE" default:"file" desc:"file or memory, for the stream and buckets"`
+	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"72h" desc:"oldest request the stream keeps"`
+	StreamUpdate    bool          `envconfig:"STREAM_UPDATE" default:"false" desc:"allow changing a stream gembatch did not create"`
+	Consumer        string        `envconfig:"CONSUMER" default:"gembatch" desc:"durable consumer shared by every replica"`
+	AckWait         time.Duration `envconfig:"ACK_WAIT" default:"0s" desc:"redelivery wait of unacknowledged requests (0: BATCH_MAX_WAIT plus one minute)"`
+	RecordsBucket   string        `envconfig:"RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
+	RequestsBucket  string        `envconfig:"REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
+	RecordRetention time.Duration `envconfig:"RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
+	Instance        string        `envconfig:"INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
+	LeaseTTL        time.Duration `envconfig:"LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
 
 	MetricsAddr   string        `envconfig:"METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
 	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -110,6 +126,8 @@ func Defaults() Config {
 			*p, err = strconv.Atoi(def)
 		case *int64:
 			*p, err = strconv.ParseInt(def, 10, 64)
+		case *bool:
+			*p, err = strconv.ParseBool(def)
 		default:
 			err = fmt.Errorf("no default decoder for %T", p)
 		}
@@ -155,6 +173,26 @@ func (c *Config) Validate() error {
 	case len(c.ReplyAllow) == 0:
 		return bad("REPLY_ALLOW", "must name at least one subject pattern")
 	}
+	switch {
+	case c.Durable != "auto" && c.Durable != "true" && c.Durable != "false":
+		return bad("DURABLE", "must be auto, true or false, got %q", c.Durable)
+	case c.StreamReplicas < 1 || c.StreamReplicas > 5:
+		return bad("STREAM_REPLICAS", "must be between 1 and 5, got %d", c.StreamReplicas)
+	case c.StreamStorage != "file" && c.StreamStorage != "memory":
+		return bad("STREAM_STORAGE", "must be file or memory, got %q", c.StreamStorage)
+	case c.StreamMaxAge <= 0:
+		return bad("STREAM_MAX_AGE", "must be positive, got %s", c.StreamMaxAge)
+	case c.AckWait < 0:
+		return bad("ACK_WAIT", "must not be negative, got %s", c.AckWait)
+	case c.AckWait > 0 && c.AckWait <= c.BatchMaxWait:
+		return bad("ACK_WAIT", "must be longer than BATCH_MAX_WAIT (%s), got %s", c.BatchMaxWait, c.AckWait)
+	case c.RecordRetention < 72*time.Hour:
+		return bad("RECORD_RETENTION", "must be at least 72h (a job may take 48h), got %s", c.RecordRetention)
+	case c.LeaseTTL < time.Second:
+		return bad("LEASE_TTL", "must be at least 1s, got %s", c.LeaseTTL)
+	case !natsName.MatchString(c.Stream) || !natsName.MatchString(c.Consumer):
+		return bad("STREAM", "and CONSUMER must be names of letters, digits, - and _")
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return bad("LOG_LEVEL", "%v", err)
 	}
@@ -189,6 +227,16 @@ func (c Config) Effective() map[string]string {
 		out[Prefix+"_"+name] = fmt.Sprint(f)
 	}
 	return out
+}
+
+var natsName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// EffectiveAckWait is ACK_WAIT, or BATCH_MAX_WAIT plus a minute for sealing and recording.
+func (c *Config) EffectiveAckWait() time.Duration {
+	if c.AckWait > 0 {
+		return c.AckWait
+	}
+	return c.BatchMaxWait + time.Minute
 }
 
 // Usage writes every variable with its default and description.

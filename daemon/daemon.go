@@ -7,10 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -18,6 +20,8 @@ import (
 	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/intake"
 	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/internal/failpoint"
+	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/metrics"
 	"github.com/gembatch/gembatch/poller"
 	"github.com/gembatch/gembatch/publisher"
@@ -50,14 +54,36 @@ func NewMain(cfg Config, log zerolog.Logger, build metrics.Build) *Main {
 // stops the rest, and Run returns its error.
 func (m *Main) Run(ctx context.Context) error {
 	cfg := m.Config
-	if m.Store == nil {
-		m.Store = record.NewMemStore()
+	if cfg.Instance == "" {
+		cfg.Instance, _ = os.Hostname()
 	}
 	nc, err := m.connect()
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	durable, err := m.durable(ctx, js)
+	if err != nil {
+		return err
+	}
+	var jss *jsstore.Store
+	if durable {
+		if jss, err = jsstore.Open(ctx, js, jsstore.Config{
+			RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
+			Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
+			Instance: cfg.Instance, LeaseTTL: cfg.LeaseTTL,
+		}, m.Log.With().Str("component", "store").Logger()); err != nil {
+			return err
+		}
+		m.Store = jss
+	} else if m.Store == nil {
+		m.Store = record.NewMemStore()
+	}
 
 	api := gemini.New(string(cfg.GeminiAPIKey),
 		gemini.WithBaseURL(cfg.GeminiBaseURL),
@@ -75,40 +101,45 @@ func (m *Main) Run(ctx context.Context) error {
 	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), submitter.NewMetrics(m.Registry),
 		poll.Enqueue, func(r *record.Record) { answers.enqueue(r, nil) })
 
-	in := intake.New(intake.Config{
+	icfg := intake.Config{
 		Rules: intake.Rules{
 			DefaultModel:    cfg.DefaultModel,
 			MaxRequestBytes: int(cfg.MaxRequestBytes),
 			ReplyAllow:      cfg.ReplyAllow,
-			ReplyDeny:       []string{"$SYS.>", cfg.SubjectGenerate, cfg.SubjectEmbed},
+			ReplyDeny:       []string{"$SYS.>", cfg.SubjectGenerate, cfg.SubjectEmbed, cfg.StreamSubject + ".>"},
 		},
 		SubjectGenerate: cfg.SubjectGenerate,
 		SubjectEmbed:    cfg.SubjectEmbed,
 		Queue:           cfg.Queue,
 		MaxPending:      cfg.MaxPending,
 		MaxPendingBytes: int64(cfg.MaxPendingBytes),
-	}, nc, nil, pub, m.Log.With().Str("component", "intake").Logger(), intake.NewMetrics(m.Registry))
-
-	seal := func(rec *record.Record) {
-		if err := m.Store.Create(context.Background(), rec); err != nil {
-			// The in-memory store cannot fail here; a durable one retries inside Create.
-			m.Log.Error().Err(err).Str("record", rec.ID).Msg("record sealed batch")
-			return
-		}
-		sub.Enqueue(rec)
 	}
+	ilog, imetrics := m.Log.With().Str("component", "intake").Logger(), intake.NewMetrics(m.Registry)
+	var in *intake.Intake
+	var sin *intake.StreamIntake
+	if durable {
+		sin = intake.NewStream(intake.StreamConfig{
+			Config: icfg, Stream: cfg.Stream, SubjectPrefix: cfg.StreamSubject, Replicas: cfg.StreamReplicas,
+			Storage: storageType(cfg.StreamStorage), MaxAge: cfg.StreamMaxAge, Update: cfg.StreamUpdate,
+			Consumer: cfg.Consumer, AckWait: cfg.EffectiveAckWait(),
+		}, nc, js, jss, pub, ilog, imetrics)
+		in = sin.Intake
+	} else {
+		in = intake.New(icfg, nc, nil, pub, ilog, imetrics)
+	}
+
+	seal := m.sealer(sub, durable)
 	acc := accumulator.New(accumulator.Config{Limits: accumulator.Limits{
 		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
 	}}, seal, func(g record.Group, req record.Request, st *gemini.Status) {
 		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: intake.ReasonDuplicate, Key: req.Key, Status: st})
+		if req.Ack != nil {
+			req.Ack()
+		}
 	}, accumulator.NewMetrics(m.Registry))
 	in.SetSink(acc)
 
-	if err := m.resume(ctx, sub, poll, answers); err != nil {
-		return err
-	}
-
-	srv, err := metrics.Listen(cfg.MetricsAddr, m.Registry, readiness(nc, api))
+	srv, err := metrics.Listen(cfg.MetricsAddr, m.Registry, readiness(nc, api, jss))
 	if err != nil {
 		return err
 	}
@@ -119,19 +150,46 @@ func (m *Main) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.Background())
 	defer stopWork()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	submitDone := make(chan struct{})
 	wg.Go(func() { errc <- sub.Run(workCtx); close(submitDone) })
 	wg.Go(func() { errc <- poll.Run(workCtx) })
 	wg.Go(func() { errc <- answers.run(workCtx) })
 	wg.Go(func() { errc <- srv.Serve(workCtx) })
 
-	if err := in.Start(); err != nil {
+	route := func(rec *record.Record) {
+		switch rec.State {
+		case record.Sealed, record.Submitting:
+			sub.Enqueue(rec)
+		case record.Submitted:
+			poll.Enqueue(rec)
+		case record.Finished, record.Failed, record.Replied:
+			answers.enqueue(rec, nil)
+		}
+	}
+	if durable {
+		jss.OnLost(poll.Forget)
+		watched := make(chan struct{})
+		wg.Go(func() { errc <- jss.Watch(workCtx, watched) })
+		select {
+		case <-watched:
+		case <-ctx.Done():
+		}
+		wg.Go(func() { m.ownership(workCtx, jss, route) })
+		err = sin.Start(ctx)
+	} else {
+		err = m.resume(ctx, route)
+		if err == nil {
+			err = in.Start()
+		}
+	}
+	if err != nil {
 		stopWork()
 		wg.Wait()
 		return err
 	}
-	m.Log.Info().Str("metrics", m.MetricsAddr).Str("generate", cfg.SubjectGenerate).Str("embed", cfg.SubjectEmbed).Msg("gembatchd ready")
+	m.Log.Info().Bool("durable", durable).Str("instance", cfg.Instance).Str("metrics", m.MetricsAddr).
+		Str("generate", cfg.SubjectGenerate).Str("embed", cfg.SubjectEmbed).Msg("gembatchd ready")
 	close(m.Ready)
 
 	var runErr error
@@ -144,7 +202,11 @@ func (m *Main) Run(ctx context.Context) error {
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancelGrace()
 	m.Log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: draining intake and submitting open batches")
-	if err := in.Drain(graceCtx); err != nil {
+	drain := in.Drain
+	if sin != nil {
+		drain = sin.Drain
+	}
+	if err := drain(graceCtx); err != nil {
 		m.Log.Warn().Err(err).Msg("drain intake")
 	}
 	acc.Close()
@@ -164,35 +226,111 @@ func (m *Main) Run(ctx context.Context) error {
 	return runErr
 }
 
-// resume routes every stored record to the stage that continues it.
-func (m *Main) resume(ctx context.Context, sub *submitter.Submitter, poll *poller.Poller, answers *answerer) error {
+// durable decides the mode: GEMBATCH_DURABLE=auto is durable when the server has JetStream.
+func (m *Main) durable(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	if m.Config.Durable == "false" {
+		return false, nil
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := js.AccountInfo(actx)
+	switch {
+	case err == nil:
+		return true, nil
+	case m.Config.Durable == "true":
+		return false, fmt.Errorf("%s_DURABLE=true but JetStream is not available on the NATS server: %w", Prefix, err)
+	}
+	m.Log.Warn().Err(err).Msg("JetStream not available: running in core mode (at most once across a crash)")
+	return false, nil
+}
+
+// sealer records a sealed batch and passes it to the submitter. In durable mode the batch's
+// messages are acknowledged only once the record is stored; if it cannot be stored they are
+// not, and the stream delivers them again.
+func (m *Main) sealer(sub *submitter.Submitter, durable bool) accumulator.SealFunc {
+	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	return func(rec *record.Record) {
+		for attempt := 0; ; attempt++ {
+			err := m.Store.Create(context.Background(), rec)
+			if err == nil {
+				break
+			}
+			if attempt == 5 || !durable {
+				m.Log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
+					Msg("could not record a sealed batch; its requests will be delivered again")
+				return
+			}
+			m.Log.Warn().Err(err).Str("record", rec.ID).Msg("record sealed batch; retrying")
+			time.Sleep(retry.Delay(attempt))
+		}
+		failpoint.Hit(failpoint.AfterSealBeforeAck)
+		for _, q := range rec.Requests {
+			if q.Ack != nil {
+				q.Ack()
+			}
+		}
+		sub.Enqueue(rec)
+	}
+}
+
+// resume routes every stored record (core mode: those of this process) to its stage.
+func (m *Main) resume(ctx context.Context, route func(*record.Record)) error {
 	recs, err := m.Store.List(ctx)
 	if err != nil {
 		return fmt.Errorf("list batch records: %w", err)
 	}
 	for _, rec := range recs {
-		switch rec.State {
-		case record.Sealed, record.Submitting:
-			sub.Enqueue(rec)
-		case record.Submitted:
-			poll.Enqueue(rec)
-		case record.Finished, record.Failed, record.Replied:
-			answers.enqueue(rec, nil)
-		}
-	}
-	if len(recs) > 0 {
-		m.Log.Info().Int("records", len(recs)).Msg("resuming recorded batches")
+		route(rec)
 	}
 	return nil
 }
 
-// readiness is ready while NATS is connected and the Gemini API answered within the last minute.
-func readiness(nc *nats.Conn, api *gemini.Client) func(context.Context) error {
+// ownership renews this instance's leases and takes over the records of instances that stopped
+// renewing theirs (and, at start, this instance's own from before a restart).
+func (m *Main) ownership(ctx context.Context, st *jsstore.Store, route func(*record.Record)) {
+	renew := time.NewTicker(m.Config.LeaseTTL / 3)
+	defer renew.Stop()
+	claim := time.NewTimer(0)
+	defer claim.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-renew.C:
+			st.Renew(ctx)
+		case <-claim.C:
+			recs, err := st.ClaimAll(ctx)
+			if err != nil && ctx.Err() == nil {
+				m.Log.Warn().Err(err).Msg("look for records to take over")
+			}
+			for _, rec := range recs {
+				route(rec)
+			}
+			claim.Reset(m.Config.LeaseTTL / 2)
+		}
+	}
+}
+
+func storageType(s string) jetstream.StorageType {
+	if s == "memory" {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+// readiness is ready while NATS is connected, the record buckets answer (durable mode), and the
+// Gemini API answered within the last minute.
+func readiness(nc *nats.Conn, api *gemini.Client, st *jsstore.Store) func(context.Context) error {
 	var mu sync.Mutex
 	var lastOK time.Time
 	return func(ctx context.Context) error {
 		if !nc.IsConnected() {
 			return fmt.Errorf("NATS is %s", nc.Status())
+		}
+		if st != nil {
+			if err := st.Ping(ctx); err != nil {
+				return err
+			}
 		}
 		mu.Lock()
 		defer mu.Unlock()

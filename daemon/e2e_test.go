@@ -12,11 +12,21 @@ import (
 	"github.com/gembatch/gembatch/gemini"
 )
 
+// modes runs a test in durable mode (JetStream) and in core mode.
+func modes(t *testing.T, f func(t *testing.T, durable string)) {
+	for _, durable := range []string{"true", "false"} {
+		t.Run("durable="+durable, func(t *testing.T) { f(t, durable) })
+	}
+}
+
 // TestTenThousandRequests sends 10,000 requests across two models and both kinds, some in
 // batches small enough to go inline and some large enough to go by file, and checks that each
 // is answered exactly once, with its own key and the emulator's content.
-func TestTenThousandRequests(t *testing.T) {
+func TestTenThousandRequests(t *testing.T) { modes(t, tenThousandRequests) }
+
+func tenThousandRequests(t *testing.T, durable string) {
 	cfg := testConfig()
+	cfg.Durable = durable
 	cfg.BatchMaxRequests = 1000
 	cfg.InlineMaxBytes = 200 << 10
 	h := start(t, cfg, emulator.Options{})
@@ -277,8 +287,11 @@ func TestInvalidMessages(t *testing.T) {
 
 // TestShutdownSubmitsOpenBatches stops the daemon with batches still open: every accepted
 // request must be in a created batch, each batch created once.
-func TestShutdownSubmitsOpenBatches(t *testing.T) {
+func TestShutdownSubmitsOpenBatches(t *testing.T) { modes(t, shutdownSubmitsOpenBatches) }
+
+func shutdownSubmitsOpenBatches(t *testing.T, durable string) {
 	cfg := testConfig()
+	cfg.Durable = durable
 	cfg.BatchMaxWait = time.Hour
 	h := start(t, cfg, emulator.Options{})
 	for i := range 50 {

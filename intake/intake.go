@@ -138,9 +138,10 @@ func (in *Intake) Reject(kind gemini.Kind, reply string, rej *Rejection) {
 
 // Metrics are the intake's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
 type Metrics struct {
-	received *prometheus.CounterVec
-	accepted *prometheus.CounterVec
-	rejected *prometheus.CounterVec
+	received    *prometheus.CounterVec
+	accepted    *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	redelivered prometheus.Counter
 }
 
 // NewMetrics builds the intake's metrics on reg.
@@ -159,10 +160,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_intake_requests_rejected_total",
 			Help: "Requests refused with an error reply, by kind and reason.",
 		}, []string{"kind", "reason"}),
+		redelivered: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_intake_redelivered_sealed_total",
+			Help: "Stream messages redelivered after their batch was already recorded (acked, not batched again).",
+		}),
 	}
 	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {
 		m.received.WithLabelValues(k)
-		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded} {
+		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded, ReasonUnstored} {
 			m.rejected.WithLabelValues(k, r)
 		}
 	}

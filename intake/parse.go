@@ -38,6 +38,7 @@ const (
 	ReasonDuplicate   = "duplicate_key"
 	ReasonOverloaded  = "overloaded"
 	ReasonShutdown    = "shutting_down"
+	ReasonUnstored    = "unstored"
 )
 
 // MaxKeyLen bounds a producer key; keys travel in headers and result files.

@@ -5,6 +5,7 @@ package poller
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/failpoint"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -133,6 +135,7 @@ func (p *Poller) poll(ctx context.Context, j *job) {
 	rec := j.rec
 	start := p.cfg.Now()
 	op, err := p.api.GetBatch(ctx, rec.RemoteName)
+	failpoint.Hit(failpoint.WhilePolling)
 	p.m.polls.Inc()
 	p.m.pollDuration.Observe(p.cfg.Now().Sub(start).Seconds())
 	if ctx.Err() != nil {
@@ -158,7 +161,9 @@ func (p *Poller) poll(ctx context.Context, j *job) {
 		p.reschedule(j)
 		return
 	}
-	if err := p.finish(ctx, rec, op); err != nil {
+	if err := p.finish(ctx, rec, op); errors.Is(err, record.ErrConflict) {
+		return // another instance owns it now
+	} else if err != nil {
 		p.log.Error().Err(err).Str("record", rec.ID).Msg("record finished state")
 		p.reschedule(j)
 	}
@@ -211,4 +216,17 @@ func (s *schedule) Pop() any {
 	old[len(old)-1] = nil
 	*s = old[:len(old)-1]
 	return j
+}
+
+// Forget stops polling a record another instance now owns.
+func (p *Poller) Forget(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, j := range p.sched {
+		if j.rec.ID == id {
+			heap.Remove(&p.sched, i)
+			p.m.watching.Set(float64(len(p.sched)))
+			return
+		}
+	}
 }

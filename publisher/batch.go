@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/failpoint"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -193,6 +194,9 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 		return err
 	}
 	a.b.pub.m.replyLatency.Observe(a.b.Now().Sub(req.Received).Seconds())
+	if a.seq == len(a.rec.Requests)/2 {
+		failpoint.Hit(failpoint.MidReply)
+	}
 	if counted && a.b.CheckpointEvery > 0 && a.seq%a.b.CheckpointEvery == 0 {
 		if err := a.b.pub.Flush(); err != nil {
 			return err

@@ -63,6 +63,10 @@ type Request struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Size is the request's encoded JSONL line size in bytes.
 	Size int64 `json:"size"`
+	// Seq is the request's stream sequence in durable mode, 0 in core mode.
+	Seq uint64 `json:"seq,omitempty"`
+	// Ack acknowledges the request's message once its batch is recorded (durable mode).
+	Ack func() `json:"-"`
 }
 
 // Group is what requests are batched by.
@@ -79,7 +83,7 @@ type Record struct {
 	State       State     `json:"state"`
 	CloseReason string    `json:"closeReason"`
 	Sealed      time.Time `json:"sealed"`
-	Requests    []Request `json:"requests"`
+	Requests    []Request `json:"requests,omitempty"`
 	// Bytes is the encoded JSONL size of all requests.
 	Bytes int64 `json:"bytes"`
 
@@ -96,6 +100,10 @@ type Record struct {
 	Error           *gemini.Status `json:"error,omitempty"`
 	// Replied counts the requests already answered, so a restart resumes near where it stopped.
 	Replied int `json:"replied,omitempty"`
+
+	// Owner is the gembatchd instance working on the record, until LeaseUntil (durable mode).
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
 
 	// Revision is the store's version of this record, for compare-and-set updates.
 	Revision uint64 `json:"-"`

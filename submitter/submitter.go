@@ -16,6 +16,7 @@ import (
 
 	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/internal/failpoint"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -191,8 +192,10 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		if err := s.store.Update(ctx, rec); err != nil {
 			return fmt.Errorf("record %s create intent: %w", rec.ID, err)
 		}
+		failpoint.Hit(failpoint.BeforeCreate)
 		op, err := s.api.CreateBatch(ctx, rec.Group.Kind, rec.Group.Model, s.batch(rec))
 		if err == nil {
+			failpoint.Hit(failpoint.AfterCreateBeforeRec)
 			return s.adopt(ctx, rec, op, start)
 		}
 		if ctx.Err() != nil {
@@ -316,7 +319,10 @@ func (s *Submitter) upload(ctx context.Context, rec *record.Record) error {
 	pr, pw := io.Pipe()
 	go func() {
 		w := gemini.NewInputWriter(pw)
-		for _, r := range rec.Requests {
+		for i, r := range rec.Requests {
+			if i == len(rec.Requests)/2 {
+				failpoint.Hit(failpoint.MidUpload)
+			}
 			if err := w.Write(r.Key, r.Body); err != nil {
 				pw.CloseWithError(err)
 				return
@@ -355,6 +361,10 @@ func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
 		if err := s.store.Create(ctx, p); err != nil {
 			return fmt.Errorf("split record %s: %w", rec.ID, err)
 		}
+	}
+	rec.State = record.Cleaned
+	if err := s.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("split record %s: %w", rec.ID, err)
 	}
 	if err := s.store.Delete(ctx, rec.ID); err != nil {
 		return fmt.Errorf("split record %s: %w", rec.ID, err)

@@ -1,0 +1,255 @@
+package intake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+// HeaderReply carries a request's reply subject inside the stream: JetStream does not keep a
+// message's own reply subject. Producers that publish to the stream directly set it themselves.
+const HeaderReply = "Gembatch-Reply"
+
+// Sealed reports whether a stream sequence already belongs to a recorded batch.
+type Sealed interface {
+	Sealed(seq uint64) bool
+}
+
+// StreamConfig sets up durable intake.
+type StreamConfig struct {
+	Config
+	Stream string
+	// SubjectPrefix: requests are stored on <prefix>.generate and <prefix>.embed.
+	SubjectPrefix string
+	Replicas      int
+	Storage       jetstream.StorageType
+	MaxAge        time.Duration
+	// Update allows changing a stream gembatch did not create.
+	Update   bool
+	Consumer string
+	AckWait  time.Duration
+}
+
+// StreamSubject is the stream subject of a kind.
+func (c *StreamConfig) StreamSubject(k gemini.Kind) string { return c.SubjectPrefix + "." + string(k) }
+
+// EnsureStream creates the request stream, or adopts an existing one. A stream gembatch did
+// not create is changed only with Update set; one that does not capture the request subjects is
+// an error.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c *StreamConfig, log zerolog.Logger) (jetstream.Stream, error) {
+	want := jetstream.StreamConfig{
+		Name:        c.Stream,
+		Description: "gembatch requests waiting to be batched",
+		Subjects:    []string{c.StreamSubject(gemini.KindGenerate), c.StreamSubject(gemini.KindEmbed)},
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		MaxAge:      c.MaxAge,
+		Duplicates:  2 * time.Minute,
+		Metadata:    map[string]string{"gembatch": "managed"},
+	}
+	s, err := js.Stream(ctx, c.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, want)
+		if err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", c.Stream, err)
+		}
+		log.Info().Str("stream", c.Stream).Strs("subjects", want.Subjects).Msg("created request stream")
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", c.Stream, err)
+	}
+	have := s.CachedInfo().Config
+	differs := have.MaxAge != want.MaxAge || have.Replicas != want.Replicas || !covers(have.Subjects, want.Subjects)
+	if !differs {
+		return s, nil
+	}
+	if have.Metadata["gembatch"] != "managed" && !c.Update {
+		if !covers(have.Subjects, want.Subjects) {
+			return nil, fmt.Errorf("stream %s does not capture %v and was not created by gembatch: set GEMBATCH_STREAM_UPDATE=true to let gembatch change it", c.Stream, want.Subjects)
+		}
+		log.Warn().Str("stream", c.Stream).Msg("adopting a stream gembatch did not create; leaving its settings as they are")
+		return s, nil
+	}
+	want.Storage = have.Storage // storage cannot change
+	if s, err = js.UpdateStream(ctx, want); err != nil {
+		return nil, fmt.Errorf("update stream %s: %w", c.Stream, err)
+	}
+	log.Info().Str("stream", c.Stream).Msg("updated request stream settings")
+	return s, nil
+}
+
+func covers(have, want []string) bool {
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			if SubjectMatches(h, w) {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// StreamIntake is durable intake: producer messages are forwarded into the stream (with their
+// reply subject in a header) and consumed from it through one durable pull consumer shared by
+// every replica. A message is acknowledged only when the batch it joined is recorded.
+type StreamIntake struct {
+	*Intake
+	scfg    StreamConfig
+	js      jetstream.JetStream
+	sealed  Sealed
+	futures chan forwarded
+	fwdDone chan struct{}
+	cc      jetstream.ConsumeContext
+}
+
+type forwarded struct {
+	kind  gemini.Kind
+	reply string
+	key   string
+	f     jetstream.PubAckFuture
+}
+
+// NewStream returns durable intake; Start forwards and consumes.
+func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed Sealed, rej Rejecter, log zerolog.Logger, m *Metrics) *StreamIntake {
+	in := New(cfg.Config, nc, nil, rej, log, m)
+	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{})}
+}
+
+// Start subscribes the forwarders and starts consuming the stream.
+func (in *StreamIntake) Start(ctx context.Context) error {
+	if _, err := EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
+		return err
+	}
+	go in.confirm()
+	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
+		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { in.forward(kind, msg) })
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		in.subs = append(in.subs, sub)
+	}
+	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
+		Durable:        in.scfg.Consumer,
+		Description:    "gembatchd replicas batching requests",
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        in.scfg.AckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  int(in.cfg.MaxPending),
+		FilterSubjects: []string{in.scfg.StreamSubject(gemini.KindGenerate), in.scfg.StreamSubject(gemini.KindEmbed)},
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s on stream %s: %w", in.scfg.Consumer, in.scfg.Stream, err)
+	}
+	in.cc, err = cons.Consume(in.consume, jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("consume stream %s: %w", in.scfg.Stream, err)
+	}
+	return in.nc.Flush()
+}
+
+// forward stores one producer message in the stream. A message with no reply subject cannot be
+// answered and is refused here.
+func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
+	in.m.received.WithLabelValues(string(kind)).Inc()
+	if msg.Reply == "" {
+		in.Reject(kind, "", reject(ReasonNoReply, msg.Header.Get(HeaderKey), gemini.CodeInvalidArgument, "message has no reply subject"))
+		return
+	}
+	out := &nats.Msg{Subject: in.scfg.StreamSubject(kind), Data: msg.Data, Header: nats.Header{}}
+	for k, v := range msg.Header {
+		out.Header[k] = v
+	}
+	out.Header.Set(HeaderReply, msg.Reply)
+	out.Header.Set(nats.MsgIdHdr, nuid.Next()) // a retried publish is dropped by the stream's duplicate window
+	// When the stream falls behind, wait (holding the subscription: NATS buffers the rest) rather
+	// than refuse at once.
+	f, err := in.js.PublishMsgAsync(out, jetstream.WithStallWait(10*time.Second))
+	if err != nil {
+		in.Reject(kind, msg.Reply, reject(ReasonUnstored, msg.Header.Get(HeaderKey), gemini.CodeUnavailable, "could not store the request: %v; retry later", err))
+		return
+	}
+	in.futures <- forwarded{kind: kind, reply: msg.Reply, key: msg.Header.Get(HeaderKey), f: f}
+}
+
+// confirm answers forwarded messages the stream refused.
+func (in *StreamIntake) confirm() {
+	defer close(in.fwdDone)
+	for fw := range in.futures {
+		select {
+		case <-fw.f.Ok():
+		case err := <-fw.f.Err():
+			in.Reject(fw.kind, fw.reply, reject(ReasonUnstored, fw.key, gemini.CodeUnavailable, "could not store the request: %v; retry later", err))
+		}
+	}
+}
+
+// consume checks one stored request and hands it to the accumulator with its acknowledgement.
+func (in *StreamIntake) consume(m jetstream.Msg) {
+	meta, err := m.Metadata()
+	if err != nil {
+		in.log.Error().Err(err).Str("subject", m.Subject()).Msg("stream message without metadata")
+		_ = m.Term()
+		return
+	}
+	seq := meta.Sequence.Stream
+	if in.sealed.Sealed(seq) {
+		in.m.redelivered.Inc()
+		_ = m.Ack()
+		return
+	}
+	kind := gemini.Kind(m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
+	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
+	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	if rej == nil {
+		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
+		req.Seq = seq
+		req.Ack = func() { _ = m.Ack() }
+		if err := in.sink.Add(g, req); err == nil {
+			in.m.accepted.WithLabelValues(string(kind), g.Model).Inc()
+			return
+		}
+		// Shutting down: leave it in the stream for the next consumer.
+		_ = m.Nak()
+		return
+	}
+	in.Reject(kind, msg.Reply, rej)
+	_ = m.Ack()
+}
+
+// Drain stops forwarding and consuming and returns once what was delivered is handled.
+func (in *StreamIntake) Drain(ctx context.Context) error {
+	err := in.Intake.Drain(ctx)
+	if err == nil { // no forwarder can run any more
+		close(in.futures)
+		select {
+		case <-in.fwdDone:
+		case <-ctx.Done():
+		}
+	}
+	if in.cc != nil {
+		in.cc.Drain()
+		select {
+		case <-in.cc.Closed():
+		case <-ctx.Done():
+			return fmt.Errorf("drain stream consumer: %w", ctx.Err())
+		}
+	}
+	return err
+}
