@@ -1,0 +1,82 @@
+package gemini_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"testing"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+// checkResult holds the Result contract: a key, and exactly one of a valid JSON response and an error.
+func checkResult(t *testing.T, r gemini.Result, keyed bool) {
+	t.Helper()
+	if keyed && r.Key == "" {
+		t.Errorf("result without a key: %+v", r)
+	}
+	if (r.Error == nil) == (r.Response == nil) {
+		t.Errorf("result must carry exactly one of response and error: %+v", r)
+	}
+	if r.Error != nil && r.Error.Code == gemini.CodeOK {
+		t.Errorf("error with code OK: %+v", r.Error)
+	}
+	if r.Response != nil && !json.Valid(r.Response) {
+		t.Errorf("response is not JSON: %q", r.Response)
+	}
+}
+
+// FuzzResultReader: any file reads to the end without panicking; every line is a result, a
+// skipped malformed line or blank; every result keeps the Result contract.
+func FuzzResultReader(f *testing.F) {
+	f.Add([]byte(`{"key":"a","response":{"candidates":[]}}` + "\n" + `{"key":"b","error":{"code":3,"message":"x"}}` + "\n"))
+	f.Add([]byte(`{"key":"k","status":{"code":13}}` + "\r\n\n" + `{"key":"k2","response":{"a":`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rr := gemini.NewResultReader(bytes.NewReader(data))
+		results := 0
+		for {
+			r, err := rr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("a bytes.Reader cannot fail, got %v", err)
+			}
+			checkResult(t, r, true)
+			results++
+		}
+		if lines := bytes.Count(data, []byte("\n")) + 1; results+rr.Malformed() > lines {
+			t.Errorf("%d results and %d malformed from %d lines", results, rr.Malformed(), lines)
+		}
+	})
+}
+
+// FuzzOperationDecode: an Operation that decodes re-encodes to a fixed point, and its
+// accessors and inline results hold their contracts.
+func FuzzOperationDecode(f *testing.F) {
+	f.Add([]byte(`{"name":"batches/x","metadata":{"state":"BATCH_STATE_PENDING","batchStats":{"requestCount":"3"}}}`))
+	f.Add([]byte(`{"name":"batches/x","done":true,"error":{"code":1,"message":"cancelled"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var op gemini.Operation
+		if json.Unmarshal(data, &op) != nil {
+			return
+		}
+		_ = op.State().Terminal()
+		_ = op.State().Short()
+		for _, r := range gemini.InlineResults(op.Output()) {
+			checkResult(t, r, false)
+		}
+		once, err := json.Marshal(&op)
+		if err != nil {
+			t.Fatalf("decoded operation does not encode: %v", err)
+		}
+		var again gemini.Operation
+		if err := json.Unmarshal(once, &again); err != nil {
+			t.Fatalf("re-decode of %s: %v", once, err)
+		}
+		twice, err := json.Marshal(&again)
+		if err != nil || !bytes.Equal(once, twice) {
+			t.Errorf("not a fixed point:\n%s\n%s", once, twice)
+		}
+	})
+}
