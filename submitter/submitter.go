@@ -212,7 +212,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			if !backoff.Sleep(ctx, d) {
 				return ctx.Err()
 			}
-		case gemini.IsRetryable(err):
+		case errors.Is(err, gemini.ErrOutcomeUnknown):
 			// The job may exist though the answer was lost: look before creating again.
 			s.m.ambiguous.Inc()
 			s.log.Warn().Err(err).Str("record", rec.ID).Msg("create answer lost; checking the remote list before any new create")
@@ -222,6 +222,13 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			}
 			if op != nil {
 				return s.adopt(ctx, rec, op, start)
+			}
+		case gemini.IsRetryable(err):
+			// Nothing was created (the API could not be reached): send again after a while.
+			d := s.cfg.Backoff.Delay(attempt)
+			s.log.Warn().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("create failed before reaching the API; retrying")
+			if !backoff.Sleep(ctx, d) {
+				return ctx.Err()
 			}
 		default:
 			s.m.outcomes.WithLabelValues(string(rec.Mode), "failed").Inc()

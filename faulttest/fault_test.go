@@ -1,0 +1,202 @@
+package faulttest_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/internal/failpoint"
+)
+
+// steps are where a trial kills the daemon: "accumulating" is a kill -9 while batches are open;
+// the rest are failpoints.
+var steps = []string{
+	"accumulating",
+	failpoint.AfterSealBeforeAck,
+	failpoint.BeforeCreate,
+	failpoint.MidUpload,
+	failpoint.AfterCreateBeforeRec,
+	failpoint.WhilePolling,
+	failpoint.MidReply,
+}
+
+// TestCrashAtEachStep kills gembatchd -9 at each step of a batch's life, restarts it, and checks
+// that every request is answered, no batch is created twice, and no request is answered twice.
+func TestCrashAtEachStep(t *testing.T) {
+	trials := 3 * len(steps)
+	if v, err := strconv.Atoi(os.Getenv("GEMBATCH_FAULT_TRIALS")); err == nil && v > 0 {
+		trials = v
+	}
+	const perTrial = 60
+	var requests, unanswered, dupJobs, dupReplies int
+	for i := range trials {
+		step := steps[i%len(steps)]
+		t.Run(fmt.Sprintf("%03d-%s", i, step), func(t *testing.T) {
+			w := newWorld(t, emulator.Faults{})
+			var env []string
+			if step != "accumulating" {
+				env = append(env, "GEMBATCH_FAILPOINT="+step)
+			}
+			d := w.start("a", env...)
+			w.send(perTrial, "r")
+			if step == "accumulating" {
+				time.Sleep(100 * time.Millisecond)
+				d.kill()
+			} else if !d.died(20 * time.Second) {
+				d.kill()
+				t.Fatalf("failpoint %s was never reached\n%s", step, d.log())
+			}
+			again := w.start("a")
+			w.waitAnswered(60*time.Second, func() string { return d.log() + "\n--- after restart ---\n" + again.log() })
+			again.stop(t)
+			un, dup := w.tally()
+			requests += len(w.sent)
+			unanswered += un
+			dupReplies += dup
+			dupJobs += w.duplicateJobs()
+			if un != 0 || dup != 0 || w.duplicateJobs() != 0 {
+				t.Fatalf("%s: %d unanswered, %d duplicate replies, %d duplicate jobs", step, un, dup, w.duplicateJobs())
+			}
+		})
+	}
+	summary := fmt.Sprintf("crash trials=%d requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d",
+		trials, requests, unanswered, dupJobs, dupReplies)
+	t.Log(summary)
+	fmt.Println(summary)
+}
+
+// TestLostCreateAnswersAndLaggingList: creates whose answers are lost, and a list that lags
+// behind creates: each job is adopted, none created twice.
+func TestLostCreateAnswersAndLaggingList(t *testing.T) {
+	w := newWorld(t, emulator.Faults{LoseCreateAnswers: 3, ListLag: 500 * time.Millisecond})
+	d := w.start("a")
+	w.send(120, "lost")
+	w.waitAnswered(60*time.Second, d.log)
+	d.stop(t)
+	un, dup := w.tally()
+	jobs := len(w.emu.CreateCounts())
+	fmt.Printf("lost create answers: requests=%d jobs=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n",
+		len(w.sent), jobs, un, w.duplicateJobs(), dup)
+	if w.duplicateJobs() != 0 || un != 0 || dup != 0 {
+		t.Fatalf("%d duplicate jobs, %d unanswered, %d duplicate replies", w.duplicateJobs(), un, dup)
+	}
+	if !strings.Contains(d.log(), "adopted an existing remote batch") {
+		t.Fatalf("no lost job was adopted\n%s", d.log())
+	}
+}
+
+// TestPausedOwnerIsFenced pauses the replica that owns the batches past its lease while a second
+// replica runs: the second takes them over and answers them; the first, resumed, is refused.
+func TestPausedOwnerIsFenced(t *testing.T) {
+	w := newWorldWithJobs(t, 4*time.Second, emulator.Faults{}) // jobs outlast a's lease
+	a := w.start("a")
+	w.send(80, "pause")
+	deadline := time.Now().Add(20 * time.Second)
+	for len(w.emu.Batches()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no batches submitted\n%s", a.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let a seal and submit what it holds
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	b := w.start("b")
+	w.waitAnswered(60*time.Second, func() string { return a.log() + "\n--- b ---\n" + b.log() })
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // a renews (and is refused) and polls again
+	a.stop(t)
+	b.stop(t)
+	un, dup := w.tally()
+	fmt.Printf("paused owner: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n", len(w.sent), un, w.duplicateJobs(), dup)
+	if un != 0 || dup != 0 || w.duplicateJobs() != 0 {
+		t.Fatalf("%d unanswered, %d duplicate replies, %d duplicate jobs", un, dup, w.duplicateJobs())
+	}
+	if !strings.Contains(b.log(), "took over a record") {
+		t.Fatalf("b took nothing over\n%s", b.log())
+	}
+	if !strings.Contains(a.log(), "lost the lease on a record") {
+		t.Fatalf("a's writes after its pause were not refused\n%s", a.log())
+	}
+}
+
+// TestNATSServerRestart restarts the NATS server mid-run on the same store.
+func TestNATSServerRestart(t *testing.T) {
+	w := newWorld(t, emulator.Faults{})
+	d := w.start("a")
+	w.send(60, "before")
+	time.Sleep(200 * time.Millisecond)
+	w.restartNATS(time.Second)
+	w.send(60, "after")
+	w.waitAnswered(60*time.Second, d.log)
+	d.stop(t)
+	un, dup := w.tally()
+	fmt.Printf("nats restart: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n", len(w.sent), un, w.duplicateJobs(), dup)
+	if un != 0 || dup != 0 || w.duplicateJobs() != 0 {
+		t.Fatalf("%d unanswered, %d duplicate replies, %d duplicate jobs", un, dup, w.duplicateJobs())
+	}
+}
+
+// TestAPIStorms runs through 429s on create and 5xx on get: progress continues and the backoff
+// shows in the metrics.
+func TestAPIStorms(t *testing.T) {
+	w := newWorld(t, emulator.Faults{CreateThrottleRate: 0.5, ThrottleDelay: 100 * time.Millisecond, GetErrorRate: 0.3, Seed: 7})
+	d := w.start("a")
+	w.send(120, "storm")
+	w.waitAnswered(90*time.Second, d.log)
+	metrics := scrape(t, d)
+	d.stop(t)
+	throttled := sample(metrics, "gembatch_submitter_create_throttled_total")
+	retries := sample(metrics, "gembatch_gemini_api_retries_total")
+	fmt.Printf("api storms: requests=%d duplicate_jobs=%d create_throttled=%v api_retries=%v\n", len(w.sent), w.duplicateJobs(), throttled, retries)
+	if throttled == 0 || retries == 0 {
+		t.Fatalf("backoff not visible: throttled %v, retries %v", throttled, retries)
+	}
+	if w.duplicateJobs() != 0 {
+		t.Fatalf("%d duplicate jobs", w.duplicateJobs())
+	}
+}
+
+var readyLine = regexp.MustCompile(`"metrics":"([^"]+)".*"gembatchd ready"|"gembatchd ready".*"metrics":"([^"]+)"`)
+
+func scrape(t *testing.T, d *daemon) string {
+	t.Helper()
+	m := readyLine.FindStringSubmatch(d.log())
+	if m == nil {
+		t.Fatal("no metrics address in the log")
+	}
+	addr := m[1] + m[2]
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// sample sums a metric's samples in a text exposition.
+func sample(exposition, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(exposition, "\n") {
+		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
