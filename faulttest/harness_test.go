@@ -219,7 +219,7 @@ func (d *daemon) stop(t *testing.T) {
 }
 
 // send publishes n requests to the stream with a JetStream publish (the producer's durable path)
-// and returns once each has its PubAck. Some are large enough to make file batches.
+// and returns once each has its PubAck. Half go to a model whose batches go by file.
 func (w *world) send(n int, tag string) {
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -227,8 +227,8 @@ func (w *world) send(n int, tag string) {
 	for i := range n {
 		key := fmt.Sprintf("%s-%04d", tag, i)
 		text := key
-		if i%3 == 0 {
-			text += strings.Repeat(" padding", 60)
+		if i%2 == 1 { // the pro model's batches are large enough to go by file
+			text += strings.Repeat(" padding", 80)
 		}
 		body, _ := json.Marshal(map[string]any{"contents": []any{map[string]any{"parts": []any{map[string]string{"text": text}}}}})
 		msg := nats.NewMsg("gembatch.stream.generate")
