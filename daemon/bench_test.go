@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -8,9 +9,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/emulator"
 )
+
+// deadAPI is where the benchmarks point the daemon's Gemini client: submissions fail at once and
+// back off, so that the emulator's work (it runs in this process) does not cloud the figure.
+const deadAPI = "http://127.0.0.1:1"
 
 // BenchmarkIntake publishes 1 KiB requests to the daemon and reports accepted requests per
 // second next to raw NATS publish→subscribe throughput of the same messages on the same server,
@@ -18,6 +24,9 @@ import (
 func BenchmarkIntake(b *testing.B) {
 	const n = 20000
 	cfg := testConfig()
+	cfg.Durable = "false"
+	cfg.GeminiBaseURL = deadAPI
+	cfg.LogLevel = "error"
 	cfg.BatchMaxRequests = 5000
 	cfg.BatchMaxWait = time.Second
 	cfg.MaxPending = 1 << 30
@@ -72,4 +81,104 @@ func BenchmarkIntake(b *testing.B) {
 	b.ReportMetric(daemonRate, "accepted/s")
 	b.ReportMetric(rawRate, "raw-nats-msgs/s")
 	b.ReportMetric(daemonRate/rawRate, "ratio")
+}
+
+// BenchmarkDurableIntake publishes 1 KiB requests into the request stream with JetStream and
+// reports requests per second that a durable gembatchd consumes, checks, batches, records and
+// acks, next to a plain JetStream consumer that only acks the same messages from a stream on the
+// same server, measured in the same run, and their ratio.
+func BenchmarkDurableIntake(b *testing.B) {
+	const n = 20000
+	cfg := testConfig()
+	cfg.Durable = "true"
+	cfg.GeminiBaseURL = deadAPI
+	cfg.LogLevel = "error"
+	cfg.BatchMaxRequests = 5000
+	cfg.BatchMaxWait = time.Second
+	cfg.MaxPending = 50000
+	cfg.PollInterval = time.Second
+	cfg.PollMaxInterval = 2 * time.Second
+	h := start(b, cfg, emulator.Options{JobDelay: 10 * time.Millisecond})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	raw, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCHRAW", Subjects: []string{"bench.js.>"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := []byte(generateBody(strings.Repeat("q", 1024-len(generateBody("")))))
+
+	publish := func(subject string, round int, hdr func(*nats.Msg, int)) {
+		for i := range n {
+			msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
+			hdr(msg, i)
+			if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			b.Fatal("publishes not acknowledged within a minute")
+		}
+	}
+	var rawTime, daemonTime time.Duration
+	var round int
+	for b.Loop() {
+		round++
+		// Raw JetStream: publish, then a consumer that acks every message.
+		var acked atomic.Int64
+		done := make(chan struct{})
+		cons, err := raw.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: fmt.Sprintf("c%d", round), AckPolicy: jetstream.AckExplicitPolicy,
+			FilterSubject: fmt.Sprintf("bench.js.%d", round)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		cc, err := cons.Consume(func(m jetstream.Msg) {
+			_ = m.Ack()
+			if acked.Add(1) == n {
+				close(done)
+			}
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		publish(fmt.Sprintf("bench.js.%d", round), round, func(*nats.Msg, int) {})
+		<-done
+		rawTime += time.Since(t0)
+		cc.Stop()
+
+		// gembatchd: the same messages as requests, until every one is accepted into a batch.
+		before := h.metric("gembatch_intake_requests_accepted_total")
+		t0 = time.Now()
+		publish("gembatch.stream.generate", round, func(m *nats.Msg, i int) {
+			m.Header.Set("Gembatch-Key", fmt.Sprintf("d%d-%d", round, i))
+			m.Header.Set("Gembatch-Reply", "test.reply.bench")
+		})
+		for h.metric("gembatch_intake_requests_accepted_total")-before < n || ackPending(b, js) > 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		daemonTime += time.Since(t0)
+	}
+	rawRate := float64(n*round) / rawTime.Seconds()
+	daemonRate := float64(n*round) / daemonTime.Seconds()
+	b.ReportMetric(daemonRate, "accepted/s")
+	b.ReportMetric(rawRate, "raw-js-acked/s")
+	b.ReportMetric(daemonRate/rawRate, "ratio")
+}
+
+// ackPending is the number of requests delivered to gembatchd and not yet acked (not yet recorded).
+func ackPending(b *testing.B, js jetstream.JetStream) int {
+	c, err := js.Consumer(context.Background(), "GEMBATCH", "gembatch")
+	if err != nil {
+		b.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return info.NumAckPending + int(info.NumPending)
 }

@@ -85,6 +85,8 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Store = record.NewMemStore()
 	}
 
+	m.Registry.MustRegister(metrics.NewStoreCollector(m.Store, time.Now))
+
 	api := gemini.New(string(cfg.GeminiAPIKey),
 		gemini.WithBaseURL(cfg.GeminiBaseURL),
 		gemini.WithMetrics(gemini.NewMetrics(m.Registry)),

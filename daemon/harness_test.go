@@ -75,10 +75,16 @@ func start(t testing.TB, cfg daemon.Config, emu emulator.Options) *harness {
 	h := &harness{t: t, ns: ns, emu: emulator.New(emu), replies: make(map[string][]*nats.Msg)}
 	h.http = httptest.NewServer(h.emu)
 	cfg.NATSURL = ns.ClientURL()
-	cfg.GeminiBaseURL = h.http.URL
+	if cfg.GeminiBaseURL == daemon.Defaults().GeminiBaseURL {
+		cfg.GeminiBaseURL = h.http.URL
+	}
 	t.Cleanup(h.close)
 
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	lvl, err := zerolog.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(lvl)
 	h.main = daemon.NewMain(cfg, log, metrics.Build{Version: "test"})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.stop, h.done = cancel, make(chan error, 1)
