@@ -156,6 +156,7 @@ func (a *Accumulator) run(gr *group) {
 			CloseReason: string(why),
 			Sealed:      a.cfg.Now(),
 			Requests:    reqs,
+			Count:       len(reqs),
 			Bytes:       p.Bytes(),
 		}
 		a.pendingRequests.Add(-int64(p.Count()))

@@ -51,16 +51,15 @@ type Store struct {
 }
 
 // owned is the last state of an owned record this instance wrote (without its requests, which
-// the pipeline may be changing), with its revision and its requests' count and sequences.
+// the pipeline may be changing), with its revision and its requests' sequences.
 type owned struct {
-	rec   *record.Record
-	rev   uint64
-	count int
-	seqs  []byte
+	rec  *record.Record
+	rev  uint64
+	seqs []byte
 }
 
 func newOwned(r *record.Record, rev uint64) *owned {
-	return &owned{rec: bare(r), rev: rev, count: len(r.Requests), seqs: encodeSeqs(r.Requests)}
+	return &owned{rec: bare(r), rev: rev, seqs: encodeSeqs(r.Requests)}
 }
 
 var _ record.Store = (*Store)(nil)
@@ -99,12 +98,11 @@ func (s *Store) OnLost(f func(id string)) { s.lost = f }
 // stored is a record as the KV bucket holds it: without its requests, with their sequences.
 type stored struct {
 	*record.Record
-	Count int    `json:"count"`
-	Seqs  []byte `json:"seqs,omitempty"` // delta-varint stream sequences, for redelivery checks
+	Seqs []byte `json:"seqs,omitempty"` // delta-varint stream sequences, for redelivery checks
 }
 
-func encode(r *record.Record, count int, seqs []byte) ([]byte, error) {
-	return json.Marshal(stored{Record: bare(r), Count: count, Seqs: seqs})
+func encode(r *record.Record, seqs []byte) ([]byte, error) {
+	return json.Marshal(stored{Record: bare(r), Seqs: seqs})
 }
 
 // Create writes the request lines, then the record, owned by this instance.
@@ -124,7 +122,7 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	}
 	r.Owner, r.LeaseUntil = s.cfg.Instance, s.cfg.Now().Add(s.cfg.LeaseTTL)
 	o := newOwned(r, 0)
-	b, err := encode(r, o.count, o.seqs)
+	b, err := encode(r, o.seqs)
 	if err != nil {
 		return err
 	}
@@ -168,7 +166,7 @@ func (s *Store) Update(ctx context.Context, r *record.Record) error {
 
 // write is a compare-and-set write on o's revision; the caller holds s.mu.
 func (s *Store) write(ctx context.Context, r *record.Record, o *owned) (uint64, error) {
-	b, err := encode(r, o.count, o.seqs)
+	b, err := encode(r, o.seqs)
 	if err != nil {
 		return 0, err
 	}
@@ -238,7 +236,7 @@ func (s *Store) requests(ctx context.Context, id string) ([]record.Request, erro
 	}
 }
 
-// List reads every record that is not cleaned, with its requests.
+// List reads every record that is not cleaned, without its requests (Count says how many).
 func (s *Store) List(ctx context.Context) ([]*record.Record, error) {
 	keys, err := s.kv.ListKeys(ctx)
 	if err != nil {
@@ -246,10 +244,14 @@ func (s *Store) List(ctx context.Context) ([]*record.Record, error) {
 	}
 	var out []*record.Record
 	for id := range keys.Keys() {
-		r, err := s.Get(ctx, id)
-		if errors.Is(err, record.ErrNotFound) {
+		e, err := s.kv.Get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
+		if err != nil {
+			return nil, fmt.Errorf("read record %s: %w", id, err)
+		}
+		r, err := decode(e)
 		if err != nil {
 			return nil, err
 		}

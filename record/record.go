@@ -84,6 +84,8 @@ type Record struct {
 	CloseReason string    `json:"closeReason"`
 	Sealed      time.Time `json:"sealed"`
 	Requests    []Request `json:"requests,omitempty"`
+	// Count is len(Requests), kept so that listings without the requests can count them.
+	Count int `json:"count"`
 	// Bytes is the encoded JSONL size of all requests.
 	Bytes int64 `json:"bytes"`
 
@@ -126,7 +128,9 @@ var (
 type Store interface {
 	Create(ctx context.Context, r *Record) error
 	Update(ctx context.Context, r *Record) error
+	// Get returns a record with its requests.
 	Get(ctx context.Context, id string) (*Record, error)
+	// List returns every record not cleaned; a durable store may leave out their requests.
 	List(ctx context.Context) ([]*Record, error)
 	Delete(ctx context.Context, id string) error
 }

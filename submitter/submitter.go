@@ -360,6 +360,7 @@ func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
 			cur = &record.Record{}
 		}
 		cur.Requests = append(cur.Requests, r)
+		cur.Count++
 		cur.Bytes += r.Size
 	}
 	parts = append(parts, cur)

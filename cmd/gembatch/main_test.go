@@ -1,0 +1,46 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestDemo runs the newcomer's command end to end: every request answered, both batch modes used.
+func TestDemo(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"demo", "--job-delay", "200ms", "--requests", "120"}, &out, &errb); code != 0 {
+		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	for _, want := range []string{
+		"201 sent, 200 answered ok, 1 answered with an error",
+		"by JSONL file",
+		"Every request got exactly one reply",
+		"malformed-1  error",
+		`"code":3`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "0 by JSONL file") {
+		t.Errorf("no batch went by file:\n%s", out.String())
+	}
+	if !strings.Contains(errb.String(), "answered 201/201") {
+		t.Errorf("no final progress line:\n%s", errb.String())
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(nil, &out, &errb); code != 2 || !strings.Contains(errb.String(), "gembatch demo") {
+		t.Fatalf("no command: exit %d, %q", code, errb.String())
+	}
+	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `unknown command "frobnicate"`) {
+		t.Fatalf("unknown command: exit %d", code)
+	}
+	errb.Reset()
+	if code := run([]string{"demo", "--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "Example:") {
+		t.Fatalf("demo --help: exit %d, %q", code, errb.String())
+	}
+}
