@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ func NewBatches(pub *Publisher, store record.Store, api API, log zerolog.Logger)
 // answering tracks one batch's replies: which requests have theirs, and how many results were
 // consumed, so that a resumed run re-reads the same results but publishes only past the checkpoint.
 type answering struct {
+	usage    gemini.UsageMetadata // summed over the batch's responses
 	ctx      context.Context
 	b        *Batches
 	rec      *record.Record
@@ -85,6 +87,9 @@ func (b *Batches) Answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 		return fmt.Errorf("record %s replied: %w", rec.ID, err)
 	}
 	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
+	// Counted once, when the batch becomes Replied: a resumed run re-reads every result, so the
+	// sum is whole, and a batch already Replied is never answered again.
+	b.pub.m.countTokens(rec.Group.Model, a.usage)
 	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
 		Str("state", string(rec.RemoteState)).Msg("batch answered")
 	return b.clean(ctx, rec)
@@ -167,6 +172,17 @@ func (a *answering) result(r gemini.Result) error {
 		a.b.pub.m.unknownKeys.Inc()
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Str("key", r.Key).Msg("result for a key that is not waiting in this batch")
 		return nil
+	}
+	if r.Error == nil {
+		var u struct {
+			UsageMetadata gemini.UsageMetadata `json:"usageMetadata"`
+		}
+		if json.Unmarshal(r.Response, &u) == nil {
+			a.usage.PromptTokenCount += u.UsageMetadata.PromptTokenCount
+			a.usage.CandidatesTokenCount += u.UsageMetadata.CandidatesTokenCount
+			a.usage.CachedContentTokenCount += u.UsageMetadata.CachedContentTokenCount
+			a.usage.ThoughtsTokenCount += u.UsageMetadata.ThoughtsTokenCount
+		}
 	}
 	return a.reply(i, r.Response, r.Error, true)
 }

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"github.com/gembatch/gembatch/gemini"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -14,6 +15,7 @@ type Metrics struct {
 	badLines     prometheus.Counter
 	batches      *prometheus.CounterVec
 	replyLatency prometheus.Histogram
+	tokens       *prometheus.CounterVec
 }
 
 // NewMetrics builds the publisher's metrics on reg.
@@ -49,8 +51,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a request's acceptance to its final reply.",
 			Buckets: prometheus.ExponentialBuckets(0.5, 3, 12),
 		}),
+		tokens: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_tokens_total",
+			Help: "Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts); counted once per batch.",
+		}, []string{"model", "type"}),
 	}
 	m.published.WithLabelValues("ok")
 	m.published.WithLabelValues("error")
 	return m
+}
+
+func (m *Metrics) countTokens(model string, u gemini.UsageMetadata) {
+	for typ, n := range map[string]int64{
+		"prompt": u.PromptTokenCount, "candidates": u.CandidatesTokenCount,
+		"cached": u.CachedContentTokenCount, "thoughts": u.ThoughtsTokenCount,
+	} {
+		m.tokens.WithLabelValues(model, typ).Add(float64(n))
+	}
 }

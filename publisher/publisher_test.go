@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -157,6 +159,34 @@ func TestAnswerFromBrokenResultFile(t *testing.T) {
 	}
 	if len(api.deleted) != 1 || api.deleted[0] != "files/in1" {
 		t.Fatalf("deleted %v, want the input file", api.deleted)
+	}
+}
+
+func TestTokensCountedOncePerBatch(t *testing.T) {
+	e := natsUp(t)
+	api := &fakeAPI{results: `{"key":"a","response":{"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"thoughtsTokenCount":2}}}
+{"key":"b","response":{"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":3,"cachedContentTokenCount":4}}}
+`}
+	store := record.NewMemStore()
+	rec := finished("a", "b")
+	rec.Group.Model = "models/m"
+	rec.Replied = 1 // resumed: the first result was published before a restart, its tokens still count
+	_ = store.Create(context.Background(), rec)
+	reg := prometheus.NewRegistry()
+	b := publisher.NewBatches(publisher.New(e.nc, publisher.NewMetrics(reg)), store, api, zerolog.Nop())
+	if err := b.Answer(context.Background(), rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP gembatch_publisher_tokens_total Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts); counted once per batch.
+# TYPE gembatch_publisher_tokens_total counter
+gembatch_publisher_tokens_total{model="models/m",type="cached"} 4
+gembatch_publisher_tokens_total{model="models/m",type="candidates"} 8
+gembatch_publisher_tokens_total{model="models/m",type="prompt"} 17
+gembatch_publisher_tokens_total{model="models/m",type="thoughts"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "gembatch_publisher_tokens_total"); err != nil {
+		t.Fatal(err)
 	}
 }
 
