@@ -67,18 +67,26 @@ func (in *Intake) SetSink(s Sink) { in.sink = s }
 
 // Start subscribes to both request subjects in the queue group.
 func (in *Intake) Start() error {
+	if err := in.subscribe(in.Handle); err != nil {
+		return err
+	}
+	return in.nc.Flush()
+}
+
+// subscribe delivers both request subjects, in the queue group, to handle.
+func (in *Intake) subscribe(handle func(gemini.Kind, *nats.Msg)) error {
 	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
-		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { in.Handle(kind, msg) })
+		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { handle(kind, msg) })
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
-		// The accumulator applies back-pressure itself; let the client buffer generously.
+		// The accumulator (or the stream) applies back-pressure; let the client buffer generously.
 		if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
 		in.subs = append(in.subs, sub)
 	}
-	return in.nc.Flush()
+	return nil
 }
 
 // Drain stops taking new requests and returns once those already delivered are handled.

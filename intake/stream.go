@@ -135,15 +135,8 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 		return err
 	}
 	go in.confirm()
-	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
-		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { in.forward(kind, msg) })
-		if err != nil {
-			return fmt.Errorf("subscribe %s: %w", subject, err)
-		}
-		if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
-			return fmt.Errorf("subscribe %s: %w", subject, err)
-		}
-		in.subs = append(in.subs, sub)
+	if err := in.subscribe(in.forward); err != nil {
+		return err
 	}
 	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
 		Durable:        in.scfg.Consumer,

@@ -238,28 +238,40 @@ func (s *Store) requests(ctx context.Context, id string) ([]record.Request, erro
 
 // List reads every record that is not cleaned, without its requests (Count says how many).
 func (s *Store) List(ctx context.Context) ([]*record.Record, error) {
+	var out []*record.Record
+	err := s.each(ctx, func(r *record.Record) error {
+		if r.State != record.Cleaned {
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// each calls f with every record in the bucket, without its requests.
+func (s *Store) each(ctx context.Context, f func(*record.Record) error) error {
 	keys, err := s.kv.ListKeys(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list records: %w", err)
+		return fmt.Errorf("list records: %w", err)
 	}
-	var out []*record.Record
 	for id := range keys.Keys() {
 		e, err := s.kv.Get(ctx, id)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read record %s: %w", id, err)
+			return fmt.Errorf("read record %s: %w", id, err)
 		}
 		r, err := decode(e)
 		if err != nil {
-			return nil, err
+			s.log.Error().Err(err).Str("record", id).Msg("skipping a record that does not decode")
+			continue
 		}
-		if r.State != record.Cleaned {
-			out = append(out, r)
+		if err := f(r); err != nil {
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Delete drops a record's request lines and its ownership; the record itself, Cleaned, stays
@@ -390,46 +402,26 @@ func bare(r *record.Record) *record.Record {
 // their requests. Records already owned here, cleaned, or leased by a live instance are skipped
 // without reading their requests.
 func (s *Store) ClaimAll(ctx context.Context) ([]*record.Record, error) {
-	keys, err := s.kv.ListKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list records: %w", err)
-	}
 	now := s.cfg.Now()
 	var out []*record.Record
-	for id := range keys.Keys() {
+	err := s.each(ctx, func(r *record.Record) error {
 		s.mu.Lock()
-		_, mine := s.owned[id]
+		_, mine := s.owned[r.ID]
 		s.mu.Unlock()
-		if mine {
-			continue
+		if mine || r.State == record.Cleaned || (r.Owner != s.cfg.Instance && now.Before(r.LeaseUntil)) {
+			return nil
 		}
-		e, err := s.kv.Get(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return out, fmt.Errorf("read record %s: %w", id, err)
-		}
-		r, err := decode(e)
-		if err != nil {
-			s.log.Error().Err(err).Str("record", id).Msg("skipping a record that does not decode")
-			continue
-		}
-		if r.State == record.Cleaned || (r.Owner != s.cfg.Instance && now.Before(r.LeaseUntil)) {
-			continue
-		}
-		if r.Requests, err = s.requests(ctx, id); err != nil {
-			return out, err
+		var err error
+		if r.Requests, err = s.requests(ctx, r.ID); err != nil {
+			return err
 		}
 		ok, err := s.Claim(ctx, r)
-		if err != nil {
-			return out, err
-		}
 		if ok {
 			out = append(out, r)
 		}
-	}
-	return out, nil
+		return err
+	})
+	return out, err
 }
 
 // Ping checks that the records bucket answers.
