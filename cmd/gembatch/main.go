@@ -1,6 +1,10 @@
 // Command gembatch is the command-line tool for people who use gembatch.
 //
 //	gembatch demo    run NATS, the Gemini emulator and gembatchd in-process and send sample requests
+//	gembatch submit  send a JSONL file of requests through gembatchd and write the answers
+//	gembatch jobs    list the batches gembatchd is tracking
+//	gembatch show    show one batch: its record and the remote job
+//	gembatch cancel  cancel a batch job
 package main
 
 import (
@@ -17,7 +21,11 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const usage = `gembatch: batch Gemini requests through gembatchd.
 
 Usage:
-  gembatch demo [flags]    run everything in-process (NATS, the emulator, gembatchd) and send sample requests
+  gembatch demo [flags]                          run everything in-process (NATS, the emulator, gembatchd) and send sample requests
+  gembatch submit REQUESTS.jsonl -o RESULTS.jsonl  send a Gemini batch input file through gembatchd; write the answers
+  gembatch jobs [--watch] [-o json]              list the batches gembatchd is tracking (durable mode)
+  gembatch show ID|batches/NAME                  one batch: gembatchd's record, the remote job's state and statistics
+  gembatch cancel ID|batches/NAME                cancel a batch job; its requests are answered with CANCELLED errors
 
 Run "gembatch COMMAND --help" for a command's flags.
 `
@@ -32,6 +40,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "demo":
 		return demo(ctx, args[1:], stdout, stderr)
+	case "submit":
+		return submit(ctx, args[1:], stdout, stderr)
+	case "jobs":
+		return jobs(ctx, args[1:], stdout, stderr)
+	case "show":
+		return show(ctx, args[1:], stdout, stderr)
+	case "cancel":
+		return cancelJob(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
