@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -53,23 +55,23 @@ func (m *Main) connect() (*nats.Conn, error) {
 		}
 		opts = append(opts, opt)
 	}
+	if cfg.NATSTLSServerName != "" {
+		// Before the CA and client certificate options, which fill in this configuration.
+		opts = append(opts, nats.Secure(&tls.Config{ServerName: cfg.NATSTLSServerName, MinVersion: tls.VersionTLS12}))
+	}
 	if cfg.NATSTLSCA != "" {
 		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
 	}
 	if cfg.NATSTLSCert != "" {
 		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
 	}
-	if cfg.NATSTLSServerName != "" {
-		opts = append(opts, nats.Secure(nil), func(o *nats.Options) error {
-			if o.TLSConfig != nil {
-				o.TLSConfig.ServerName = cfg.NATSTLSServerName
-			}
-			return nil
-		})
-	}
 	nc, err := nats.Connect(cfg.NATSURL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach NATS at %s: %w (is NATS running? set %s_NATS_URL)", redactURL(cfg.NATSURL), err, Prefix)
+	switch {
+	case errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked):
+		return nil, fmt.Errorf("NATS at %s refused the credentials: %w (check %s_NATS_USER and _PASSWORD, _TOKEN, _NKEY_FILE or _CREDS_FILE)",
+			redactURL(cfg.NATSURL), err, Prefix)
+	case err != nil:
+		return nil, fmt.Errorf("cannot reach NATS at %s: %w (is NATS running? set %s_NATS_URL; TLS: %s_NATS_TLS_*)", redactURL(cfg.NATSURL), err, Prefix, Prefix)
 	}
 	log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("connected to NATS")
 	return nc, nil
