@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
@@ -109,6 +110,62 @@ func TestNATSAuthentication(t *testing.T) {
 				t.Fatal("no credentials accepted")
 			}
 		})
+	}
+}
+
+// TestNATSCredentialsFile runs the server in operator mode (JWTs) and connects with a .creds file.
+func TestNATSCredentialsFile(t *testing.T) {
+	okp, _ := nkeys.CreateOperator()
+	opub, _ := okp.PublicKey()
+	oc := jwt.NewOperatorClaims(opub)
+	akp, _ := nkeys.CreateAccount()
+	apub, _ := akp.PublicKey()
+	ac := jwt.NewAccountClaims(apub)
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	ajwt, err := ac.Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	skp, _ := nkeys.CreateAccount() // the system account operator mode needs
+	spub, _ := skp.PublicKey()
+	sjwt, err := jwt.NewAccountClaims(spub).Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := &server.MemAccResolver{}
+	if err := resolver.Store(apub, ajwt); err != nil {
+		t.Fatal(err)
+	}
+	if err := resolver.Store(spub, sjwt); err != nil {
+		t.Fatal(err)
+	}
+	creds := func(signer nkeys.KeyPair) string {
+		ukp, _ := nkeys.CreateUser()
+		upub, _ := ukp.PublicKey()
+		useed, _ := ukp.Seed()
+		ujwt, err := jwt.NewUserClaims(upub).Encode(signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := jwt.FormatUserConfig(ujwt, useed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(t.TempDir(), "user.creds")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	stranger, _ := nkeys.CreateAccount() // an account the server does not know signs the bad one
+	opts := server.Options{TrustedOperators: []*jwt.OperatorClaims{oc}, AccountResolver: resolver, SystemAccount: spub}
+	goodFile, badFile := creds(akp), creds(stranger)
+	if err := runAgainst(t, &opts, plainURL, func(c *daemon.Config) { c.NATSCredsFile = goodFile }); err != nil {
+		t.Fatalf("good credentials file: %v", err)
+	}
+	err = runAgainst(t, &opts, plainURL, func(c *daemon.Config) { c.NATSCredsFile = badFile })
+	if err == nil || !strings.Contains(err.Error(), "refused the credentials") {
+		t.Fatalf("credentials file of an unknown account: %v", err)
 	}
 }
 
