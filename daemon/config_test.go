@@ -126,3 +126,31 @@ func reflectDefault(name string) (string, bool) {
 	}
 	return "", false
 }
+
+// FuzzLoadConfig feeds arbitrary values to variables of each type: LoadConfig must not panic,
+// and a refusal is one line naming the variable.
+func FuzzLoadConfig(f *testing.F) {
+	f.Add("10000", "100MiB", "1m", "auto", "_INBOX.>")
+	f.Add("-1", "3GiB", "-5s", "yes", "")
+	f.Add("9999999999999999999", "1.5MiB", "1h1h", "true", ",,,")
+	f.Fuzz(func(t *testing.T, requests, bytes, wait, durable, allow string) {
+		vars := map[string]string{
+			"GEMBATCH_BATCH_MAX_REQUESTS": requests, "GEMBATCH_BATCH_MAX_BYTES": bytes,
+			"GEMBATCH_BATCH_MAX_WAIT": wait, "GEMBATCH_DURABLE": durable, "GEMBATCH_REPLY_ALLOW": allow,
+		}
+		for k, v := range vars {
+			if strings.ContainsRune(v, 0) {
+				return // the environment cannot hold NUL
+			}
+			t.Setenv(k, v)
+		}
+		_, err := LoadConfig()
+		if err == nil {
+			return
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "\n") || !strings.Contains(msg, "GEMBATCH_") {
+			t.Fatalf("refusal %q is not one line naming a variable", msg)
+		}
+	})
+}
