@@ -11,8 +11,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/gembatch/gembatch/internal/embedded"
 	"github.com/gembatch/gembatch/intake"
+	"github.com/gembatch/gembatch/internal/embedded"
 )
 
 func TestMain(m *testing.M) {
