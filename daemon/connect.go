@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -109,4 +110,23 @@ func parseLevel(s string) (zerolog.Level, error) {
 		return zerolog.ParseLevel(s)
 	}
 	return zerolog.NoLevel, fmt.Errorf("must be debug, info, warn or error, got %q", s)
+}
+
+// connectionMetrics exports the NATS connection's state and reconnects.
+func connectionMetrics(reg prometheus.Registerer, nc *nats.Conn) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gembatch_nats_connected",
+			Help: "1 while the NATS connection is up, 0 while it is reconnecting.",
+		}, func() float64 {
+			if nc.IsConnected() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gembatch_nats_reconnects_total",
+			Help: "Reconnections to NATS since start.",
+		}, func() float64 { return float64(nc.Stats().Reconnects) }),
+	)
 }

@@ -62,6 +62,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
+	connectionMetrics(m.Registry, nc)
 
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
 	if err != nil {

@@ -140,6 +140,12 @@ func TestNATSServerRestart(t *testing.T) {
 	w.restartNATS(time.Second)
 	w.send(60, "after")
 	w.waitAnswered(60*time.Second, d.log)
+	if n := sample(scrape(t, d), "gembatch_nats_reconnects_total"); n < 1 {
+		t.Fatalf("gembatch_nats_reconnects_total = %v after a server restart", n)
+	}
+	if !strings.Contains(d.log(), "reconnected to NATS") {
+		t.Fatal("no reconnect in the log")
+	}
 	d.stop(t)
 	un, dup := w.tally()
 	fmt.Printf("nats restart: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n", len(w.sent), un, w.duplicateJobs(), dup)
