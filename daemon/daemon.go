@@ -367,6 +367,10 @@ func newAnswerer(b *publisher.Batches, log zerolog.Logger) *answerer {
 
 func (a *answerer) enqueue(rec *record.Record, op *gemini.Operation) { a.queue <- answerJob{rec, op} }
 
+// salvageAfter is how many failed attempts (about five minutes of backoff) a batch's answers get
+// before the requests whose results cannot be read are answered with an error.
+const salvageAfter = 12
+
 func (a *answerer) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	retry := backoff.Policy{Initial: time.Second, Max: time.Minute}
@@ -380,7 +384,11 @@ func (a *answerer) run(ctx context.Context) error {
 				case j = <-a.queue:
 				}
 				for attempt := 0; ; attempt++ {
-					err := a.batches.Answer(ctx, j.rec, j.op)
+					answer := a.batches.Answer
+					if attempt >= salvageAfter {
+						answer = a.batches.Salvage
+					}
+					err := answer(ctx, j.rec, j.op)
 					if err == nil || ctx.Err() != nil {
 						break
 					}
@@ -388,7 +396,7 @@ func (a *answerer) run(ctx context.Context) error {
 						a.log.Warn().Err(err).Str("record", j.rec.ID).Msg("record changed elsewhere; leaving it to its owner")
 						break
 					}
-					a.log.Error().Err(err).Str("record", j.rec.ID).Msg("answering batch; will retry")
+					a.log.Error().Err(err).Str("record", j.rec.ID).Int("attempt", attempt+1).Msg("answering batch; will retry")
 					if !backoff.Sleep(ctx, retry.Delay(attempt)) {
 						return
 					}

@@ -41,19 +41,37 @@ func NewBatches(pub *Publisher, store record.Store, api API, log zerolog.Logger)
 // answering tracks one batch's replies: which requests have theirs, and how many results were
 // consumed, so that a resumed run re-reads the same results but publishes only past the checkpoint.
 type answering struct {
-	usage    gemini.UsageMetadata // summed over the batch's responses
-	ctx      context.Context
-	b        *Batches
-	rec      *record.Record
-	byKey    map[string]int
-	answered []bool
-	seq      int
+	// salvage: results that cannot be read end the reading instead of failing the answer, and
+	// the requests left get an error saying why (unreadable).
+	salvage    bool
+	unreadable error
+	usage      gemini.UsageMetadata // summed over the batch's responses
+	ctx        context.Context
+	b          *Batches
+	rec        *record.Record
+	byKey      map[string]int
+	answered   []bool
+	seq        int
 }
 
 // Answer publishes one reply for every request of rec, which is Finished or Failed. op is the
-// job's final Operation when the caller has it; otherwise it is fetched again.
+// job's final Operation when the caller has it; otherwise it is fetched again. If the results
+// cannot be read, it returns the error and the batch can be answered again later.
 func (b *Batches) Answer(ctx context.Context, rec *record.Record, op *gemini.Operation) error {
-	a := &answering{ctx: ctx, b: b, rec: rec, byKey: make(map[string]int, len(rec.Requests)), answered: make([]bool, len(rec.Requests))}
+	return b.answer(ctx, rec, op, false)
+}
+
+// Salvage answers rec like Answer, but results that cannot be read (a download that fails or
+// breaks off, a job that cannot be fetched) do not stop it: the results read so far are
+// published and every other request gets an error that says the results were unreadable. It is
+// the last resort once Answer has failed for long enough, so that no request is left unanswered.
+// A request answered before the failure may be answered again, with the same Nats-Msg-Id.
+func (b *Batches) Salvage(ctx context.Context, rec *record.Record, op *gemini.Operation) error {
+	return b.answer(ctx, rec, op, true)
+}
+
+func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Operation, salvage bool) error {
+	a := &answering{ctx: ctx, b: b, rec: rec, salvage: salvage, byKey: make(map[string]int, len(rec.Requests)), answered: make([]bool, len(rec.Requests))}
 	for i, r := range rec.Requests {
 		a.byKey[r.Key] = i
 	}
@@ -69,13 +87,23 @@ func (b *Batches) Answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	if err != nil {
 		return err
 	}
+	if a.unreadable != nil {
+		b.pub.m.unreadable.Inc()
+		b.log.Error().Err(a.unreadable).Str("record", rec.ID).Str("batch", rec.RemoteName).
+			Msg("results unreadable; answering the requests left with an error")
+	}
 	for i, ok := range a.answered {
-		if !ok {
+		if ok {
+			continue
+		}
+		st := gemini.NewStatus(gemini.CodeInternal, "batch %s returned no result for key %q", rec.RemoteName, rec.Requests[i].Key)
+		if a.unreadable != nil {
+			st = gemini.NewStatus(gemini.CodeInternal, "the results of batch %s could not be read: %v", rec.RemoteName, a.unreadable)
+		} else {
 			b.pub.m.missingKeys.Inc()
-			if err := a.reply(i, nil, gemini.NewStatus(gemini.CodeInternal,
-				"batch %s returned no result for key %q", rec.RemoteName, rec.Requests[i].Key), false); err != nil {
-				return err
-			}
+		}
+		if err := a.reply(i, nil, st, false); err != nil {
+			return err
 		}
 	}
 	if err := b.pub.Flush(); err != nil {
@@ -119,7 +147,7 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	if op == nil {
 		var err error
 		if op, err = a.b.api.GetBatch(ctx, a.rec.RemoteName); err != nil {
-			return fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err)
+			return a.fail(fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err))
 		}
 	}
 	out := op.Output()
@@ -137,7 +165,7 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	a.rec.ResultsFile = out.ResponsesFile
 	body, err := a.b.api.Download(ctx, out.ResponsesFile)
 	if err != nil {
-		return fmt.Errorf("download results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err)
+		return a.fail(fmt.Errorf("download results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err))
 	}
 	defer body.Close()
 	rr := gemini.NewResultReader(body)
@@ -147,7 +175,10 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err)
+			if err := a.fail(fmt.Errorf("read results %s of %s: %w", out.ResponsesFile, a.rec.RemoteName, err)); err != nil {
+				return err
+			}
+			break
 		}
 		if err := a.result(r); err != nil {
 			return err
@@ -157,6 +188,15 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		a.b.pub.m.badLines.Add(float64(n))
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Int("lines", n).Msg("result lines without a readable key")
 	}
+	return nil
+}
+
+// fail is a results error: returned, or, when salvaging, kept to explain the requests left.
+func (a *answering) fail(err error) error {
+	if !a.salvage {
+		return err
+	}
+	a.unreadable = err
 	return nil
 }
 

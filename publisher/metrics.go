@@ -13,6 +13,7 @@ type Metrics struct {
 	unknownKeys  prometheus.Counter
 	missingKeys  prometheus.Counter
 	badLines     prometheus.Counter
+	unreadable   prometheus.Counter
 	batches      *prometheus.CounterVec
 	replyLatency prometheus.Histogram
 	tokens       *prometheus.CounterVec
@@ -41,6 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		badLines: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_malformed_result_lines_total",
 			Help: "Result lines or inline results that could not be read and named no key.",
+		}),
+		unreadable: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_unreadable_results_total",
+			Help: "Batches whose results could not be read after retrying; their requests left were answered with an error.",
 		}),
 		batches: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gembatch_publisher_batches_replied_total",

@@ -218,6 +218,66 @@ func TestAnswerResumesAfterCheckpoint(t *testing.T) {
 	}
 }
 
+// breaking reads its text, then fails as a download cut off would.
+type breaking struct{ r io.Reader }
+
+func (b *breaking) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// cutAPI serves a result file that breaks off after its first line.
+type cutAPI struct{ fakeAPI }
+
+func (c *cutAPI) Download(context.Context, string) (io.ReadCloser, error) {
+	return io.NopCloser(&breaking{strings.NewReader(c.results)}), nil
+}
+
+func TestSalvageAnswersWhatCannotBeRead(t *testing.T) {
+	e := natsUp(t)
+	api := &cutAPI{fakeAPI{results: `{"key":"a","response":{"n":1}}` + "\n"}}
+	store := record.NewMemStore()
+	rec := finished("a", "b", "c")
+	_ = store.Create(context.Background(), rec)
+	b := publisher.NewBatches(publisher.New(e.nc, nil), store, api, zerolog.Nop())
+	if err := b.Answer(context.Background(), rec, nil); err == nil {
+		t.Fatal("Answer succeeded on a truncated download")
+	}
+	if err := b.Salvage(context.Background(), rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := e.settle(t)
+	if len(got["a"]) == 0 || got["a"][len(got["a"])-1].Header.Get("Gembatch-Status") != "ok" {
+		t.Fatalf("the result that was read is not published: %v", got["a"])
+	}
+	for _, k := range []string{"b", "c"} {
+		if len(got[k]) != 1 || !strings.Contains(string(got[k][0].Data), "could not be read") {
+			t.Fatalf("key %s: %d replies; want one saying the results could not be read", k, len(got[k]))
+		}
+	}
+	if _, err := store.Get(context.Background(), "rec"); !errors.Is(err, record.ErrNotFound) {
+		t.Fatalf("salvaged record not cleaned up: %v", err)
+	}
+
+	// A download that cannot even start: every request gets the error.
+	rec2 := finished("x", "y")
+	rec2.ID = "rec2"
+	_ = store.Create(context.Background(), rec2)
+	failing := publisher.NewBatches(publisher.New(e.nc, nil), store, &fakeAPI{fail: errors.New("HTTP 500: <html>oops</html>")}, zerolog.Nop())
+	if err := failing.Salvage(context.Background(), rec2, nil); err != nil {
+		t.Fatal(err)
+	}
+	got = e.settle(t)
+	for _, k := range []string{"x", "y"} {
+		if len(got[k]) != 1 || got[k][0].Header.Get("Gembatch-Status") != "error" {
+			t.Fatalf("key %s: %d replies; want one error", k, len(got[k]))
+		}
+	}
+}
+
 func TestDownloadErrorLeavesBatchToRetry(t *testing.T) {
 	e := natsUp(t)
 	api := &fakeAPI{fail: &gemini.APIError{Op: "files.download", HTTPStatus: 503}}
