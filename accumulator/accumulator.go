@@ -149,6 +149,7 @@ func (a *Accumulator) run(gr *group) {
 	keys := make(map[string]string) // key → request id, in the open batch
 
 	flush := func(why Reason) {
+		count, bytes := p.Count(), p.Bytes()
 		rec := &record.Record{
 			ID:          a.cfg.NewID(),
 			Group:       gr.key,
@@ -156,19 +157,21 @@ func (a *Accumulator) run(gr *group) {
 			CloseReason: string(why),
 			Sealed:      a.cfg.Now(),
 			Requests:    reqs,
-			Count:       len(reqs),
-			Bytes:       p.Bytes(),
+			Count:       count,
+			Bytes:       bytes,
 		}
-		a.pendingRequests.Add(-int64(p.Count()))
-		a.pendingBytes.Add(-p.Bytes())
-		a.m.pendingRequests.Sub(float64(p.Count()))
-		a.m.pendingBytes.Sub(float64(p.Bytes()))
 		a.m.closed.WithLabelValues(string(why)).Inc()
-		a.m.batchRequests.Observe(float64(p.Count()))
-		a.m.batchBytes.Observe(float64(p.Bytes()))
+		a.m.batchRequests.Observe(float64(count))
+		a.m.batchBytes.Observe(float64(bytes))
 		reqs, keys = nil, make(map[string]string)
 		p.Reset()
 		a.seal(rec)
+		// Only now: the sealer has handed the requests on, so the daemon's count of what it
+		// holds never dips between the two.
+		a.pendingRequests.Add(-int64(count))
+		a.pendingBytes.Add(-bytes)
+		a.m.pendingRequests.Sub(float64(count))
+		a.m.pendingBytes.Sub(float64(bytes))
 	}
 
 	timer := time.NewTimer(a.cfg.IdleAfter)

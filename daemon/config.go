@@ -48,8 +48,8 @@ type Config struct {
 
 	ReplyAllow      []string `envconfig:"REPLY_ALLOW" default:"_INBOX.>" desc:"comma-separated subject patterns replies may be sent to ($SYS.> and the request subjects never)"`
 	MaxRequestBytes ByteSize `envconfig:"MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
-	MaxPending      int64    `envconfig:"MAX_PENDING" default:"100000" desc:"requests held in open batches before new ones are refused"`
-	MaxPendingBytes ByteSize `envconfig:"MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in open batches before new requests are refused"`
+	MaxPending      int64    `envconfig:"MAX_PENDING" default:"100000" desc:"requests held in memory (open batches and sealed ones not yet submitted) before new ones wait (durable) or are refused (core)"`
+	MaxPendingBytes ByteSize `envconfig:"MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in memory before new requests wait (durable) or are refused (core)"`
 
 	Durable         string        `envconfig:"DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
 	Stream          string        `envconfig:"STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`

@@ -140,7 +140,7 @@ func (m *Main) Run(ctx context.Context) error {
 			req.Ack()
 		}
 	}, accumulator.NewMetrics(m.Registry))
-	in.SetSink(acc)
+	in.SetSink(holding{acc, sub})
 
 	srv, err := metrics.Listen(cfg.MetricsAddr, m.Registry, readiness(nc, api, jss))
 	if err != nil {
@@ -319,6 +319,19 @@ func storageType(s string) jetstream.StorageType {
 		return jetstream.MemoryStorage
 	}
 	return jetstream.FileStorage
+}
+
+// holding is the accumulator as intake's sink, with the pending count widened to every request
+// held in memory before submission: a dead API cannot make sealed batches pile up unbounded.
+type holding struct {
+	*accumulator.Accumulator
+	sub *submitter.Submitter
+}
+
+func (h holding) Pending() (requests, bytes int64) {
+	n, b := h.Accumulator.Pending()
+	sn, sb := h.sub.Held()
+	return n + sn, b + sb
 }
 
 // readiness is ready while NATS is connected, the record buckets answer (durable mode), and the

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -324,5 +325,60 @@ func shutdownSubmitsOpenBatches(t *testing.T, durable string) {
 		if n != 1 {
 			t.Fatalf("%s created %d times", name, n)
 		}
+	}
+}
+
+// TestFloodWithTheAPIDown floods a daemon whose Gemini API cannot be reached: sealed batches
+// cannot leave, and what the daemon holds in memory must stay within GEMBATCH_MAX_PENDING (core
+// mode refuses the rest with RESOURCE_EXHAUSTED; durable mode leaves it in the stream).
+func TestFloodWithTheAPIDown(t *testing.T) { modes(t, floodWithTheAPIDown) }
+
+func floodWithTheAPIDown(t *testing.T, durable string) {
+	const sent, limit = 10000, 1000
+	cfg := testConfig()
+	cfg.Durable = durable
+	cfg.GeminiBaseURL = "http://127.0.0.1:1"
+	cfg.LogLevel = "error"
+	cfg.MaxPending = limit
+	cfg.BatchMaxRequests = 200
+	cfg.BatchMaxWait = 50 * time.Millisecond
+	h := start(t, cfg, emulator.Options{})
+	body := []byte(generateBody(strings.Repeat("f", 1000)))
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range sent {
+		if err := h.nc.PublishRequest("gembatch.generate", "test.reply.flood", body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for h.metric("gembatch_intake_requests_received_total") < sent {
+		if time.Now().After(deadline) {
+			t.Fatalf("received %v of %d", h.metric("gembatch_intake_requests_received_total"), sent)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let batches seal and the consumer catch up
+	// Nothing leaves while the API is down: every request accepted is still held.
+	held := h.metric("gembatch_accumulator_pending_requests") + h.metric("gembatch_submitter_held_requests")
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	accepted := h.metric("gembatch_intake_requests_accepted_total")
+	t.Logf("durable=%s: %d sent, %v accepted and held (limit %d), heap in use %.1f MB (was %.1f MB)",
+		durable, sent, accepted, limit, float64(after.HeapInuse)/1e6, float64(before.HeapInuse)/1e6)
+	if accepted == 0 || accepted > limit || held != accepted {
+		t.Fatalf("%v accepted, %v held; want the same, and at most %d", accepted, held, limit)
+	}
+	if durable == "false" {
+		if n := h.metric("gembatch_intake_requests_rejected_total", "reason", "overloaded"); n == 0 || accepted+n != sent {
+			t.Fatalf("%v accepted + %v refused as overloaded; want %d in all, some refused", accepted, n, sent)
+		}
+	} else if h.metric("gembatch_intake_deferred_total") == 0 {
+		t.Fatalf("%v accepted, %v deferred; want the rest left in the stream", accepted, h.metric("gembatch_intake_deferred_total"))
 	}
 }

@@ -116,7 +116,7 @@ func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 	in.m.received.WithLabelValues(string(kind)).Inc()
 	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
 	if rej == nil {
-		if n, b := in.sink.Pending(); (in.cfg.MaxPending > 0 && n >= in.cfg.MaxPending) || (in.cfg.MaxPendingBytes > 0 && b+req.Size > in.cfg.MaxPendingBytes) {
+		if n, b, full := in.full(req.Size); full {
 			rej = reject(ReasonOverloaded, req.Key, gemini.CodeResourceExhausted,
 				"gembatch is holding %d requests (%d bytes), its limit (GEMBATCH_MAX_PENDING, GEMBATCH_MAX_PENDING_BYTES); retry later", n, b)
 		} else if err := in.sink.Add(g, req); err != nil {
@@ -127,6 +127,12 @@ func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 		}
 	}
 	in.Reject(kind, msg.Reply, rej)
+}
+
+// full reports whether taking size more bytes would pass the pending bounds.
+func (in *Intake) full(size int64) (requests, bytes int64, full bool) {
+	n, b := in.sink.Pending()
+	return n, b, (in.cfg.MaxPending > 0 && n >= in.cfg.MaxPending) || (in.cfg.MaxPendingBytes > 0 && b+size > in.cfg.MaxPendingBytes)
 }
 
 // Reject counts, logs and answers a request that was not accepted (where it has a reply subject
@@ -150,6 +156,7 @@ type Metrics struct {
 	accepted    *prometheus.CounterVec
 	rejected    *prometheus.CounterVec
 	redelivered prometheus.Counter
+	deferred    prometheus.Counter
 }
 
 // NewMetrics builds the intake's metrics on reg.
@@ -171,6 +178,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		redelivered: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_intake_redelivered_sealed_total",
 			Help: "Stream messages redelivered after their batch was already recorded (acked, not batched again).",
+		}),
+		deferred: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_intake_deferred_total",
+			Help: "Stream messages left in the stream for a second because the pending bounds were reached.",
 		}),
 	}
 	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {

@@ -211,6 +211,12 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
 	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
 	if rej == nil {
+		if _, _, full := in.full(req.Size); full {
+			// Too much held in memory (the API may be down): leave it in the stream for now.
+			in.m.deferred.Inc()
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
 		req.Seq = seq
 		req.Ack = func() { _ = m.Ack() }

@@ -13,6 +13,8 @@ type Metrics struct {
 	throttled prometheus.Counter
 	ambiguous prometheus.Counter
 	uploaded  prometheus.Counter
+	// held reports the submitter's held requests and bytes to the gauges below.
+	held func() (requests, bytes int64)
 }
 
 // NewMetrics builds the submitter's metrics on reg.
@@ -45,6 +47,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Bytes of JSONL input uploaded to the File API.",
 		}),
 	}
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gembatch_submitter_held_requests",
+		Help: "Requests in sealed batches queued or being submitted (counted against GEMBATCH_MAX_PENDING).",
+	}, func() float64 {
+		if m.held == nil {
+			return 0
+		}
+		n, _ := m.held()
+		return float64(n)
+	})
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gembatch_submitter_held_bytes",
+		Help: "Bytes of the requests in sealed batches queued or being submitted.",
+	}, func() float64 {
+		if m.held == nil {
+			return 0
+		}
+		_, b := m.held()
+		return float64(b)
+	})
 	for _, mode := range []string{"inline", "file"} {
 		for _, o := range []string{"submitted", "failed"} {
 			m.outcomes.WithLabelValues(mode, o)

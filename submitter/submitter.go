@@ -9,6 +9,7 @@ import (
 	"io"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -58,6 +59,10 @@ type Submitter struct {
 	queue  []*record.Record
 	closed bool
 	ready  chan struct{}
+
+	// heldRequests and heldBytes count what is queued or being submitted: held in memory.
+	heldRequests atomic.Int64
+	heldBytes    atomic.Int64
 }
 
 // New returns a Submitter that hands each submitted record to submitted and each record that
@@ -78,11 +83,15 @@ func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1)}
+	s := &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1)}
+	m.held = func() (int64, int64) { return s.Held() }
+	return s
 }
 
 // Enqueue schedules a Sealed or Submitting record for submission.
 func (s *Submitter) Enqueue(rec *record.Record) {
+	s.heldRequests.Add(int64(len(rec.Requests)))
+	s.heldBytes.Add(rec.Bytes)
 	s.mu.Lock()
 	s.queue = append(s.queue, rec)
 	s.m.queued.Set(float64(len(s.queue)))
@@ -91,6 +100,11 @@ func (s *Submitter) Enqueue(rec *record.Record) {
 	case s.ready <- struct{}{}:
 	default:
 	}
+}
+
+// Held returns the requests and bytes queued or being submitted.
+func (s *Submitter) Held() (requests, bytes int64) {
+	return s.heldRequests.Load(), s.heldBytes.Load()
 }
 
 // CloseQueue lets Run return once the queue is empty and every worker is done.
@@ -148,9 +162,12 @@ func (s *Submitter) Run(ctx context.Context) error {
 	for range s.cfg.Concurrency {
 		wg.Go(func() {
 			for rec := s.next(ctx); rec != nil; rec = s.next(ctx) {
+				n, b := int64(len(rec.Requests)), rec.Bytes
 				if err := s.submit(ctx, rec); err != nil && ctx.Err() == nil {
 					s.log.Error().Err(err).Str("record", rec.ID).Msg("submit batch")
 				}
+				s.heldRequests.Add(-n)
+				s.heldBytes.Add(-b)
 			}
 		})
 	}
