@@ -163,9 +163,7 @@ func (s *Submitter) Run(ctx context.Context) error {
 		wg.Go(func() {
 			for rec := s.next(ctx); rec != nil; rec = s.next(ctx) {
 				n, b := int64(len(rec.Requests)), rec.Bytes
-				if err := s.submit(ctx, rec); err != nil && ctx.Err() == nil {
-					s.log.Error().Err(err).Str("record", rec.ID).Msg("submit batch")
-				}
+				s.work(ctx, rec)
 				s.heldRequests.Add(-n)
 				s.heldBytes.Add(-b)
 			}
@@ -173,6 +171,26 @@ func (s *Submitter) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// work submits one record, trying again after a failure (an upload or a store write that failed
+// after the client's own retries) until it is done, another instance owns it, or ctx ends.
+func (s *Submitter) work(ctx context.Context, rec *record.Record) {
+	for attempt := 0; ; attempt++ {
+		err := s.submit(ctx, rec)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, record.ErrConflict) {
+			s.log.Warn().Err(err).Str("record", rec.ID).Msg("record owned elsewhere now; leaving it")
+			return
+		}
+		d := s.cfg.Backoff.Delay(attempt)
+		s.log.Error().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("submit batch; will retry")
+		if !backoff.Sleep(ctx, d) {
+			return
+		}
+	}
 }
 
 // submit carries one record from Sealed or Submitting to Submitted or Failed.

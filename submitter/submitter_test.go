@@ -36,7 +36,7 @@ func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 	e := &env{emu: emulator.New(opts), store: record.NewMemStore()}
 	srv := httptest.NewServer(e.emu)
 	t.Cleanup(func() { srv.Close(); e.emu.Close() })
-	api := gemini.New("k", gemini.WithBaseURL(srv.URL), gemini.WithRetry(gemini.RetryPolicy{MaxAttempts: 1}))
+	api := gemini.New("test-api-key-0123", gemini.WithBaseURL(srv.URL), gemini.WithRetry(gemini.RetryPolicy{MaxAttempts: 1}))
 	if cfg.Backoff.Initial == 0 {
 		cfg.Backoff = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
@@ -173,5 +173,19 @@ func TestSplitOverFileLimit(t *testing.T) {
 	}
 	if _, err := e.store.Get(context.Background(), rec.ID); err == nil {
 		t.Fatal("the split record is still stored")
+	}
+}
+
+func TestFailedUploadIsRetried(t *testing.T) {
+	// Two chunk uploads fail outright and the client retries only once: the first submit fails,
+	// and the submitter must come back to the batch rather than drop it.
+	e := setup(t, emulator.Options{Faults: emulator.Faults{UploadChunkFailures: 4}}, submitter.Config{InlineMaxBytes: 100})
+	rec := sealed(20, 400)
+	e.run(t, rec)
+	if len(e.submitted) != 1 || e.emu.Creates(rec.DisplayName()) != 1 {
+		t.Fatalf("%d submitted, %d creates; want the batch submitted once after the failed uploads", len(e.submitted), e.emu.Creates(rec.DisplayName()))
+	}
+	if got, _ := e.store.Get(context.Background(), rec.ID); got.Mode != record.ModeFile || got.InputFile == "" {
+		t.Fatalf("record %+v", got)
 	}
 }
