@@ -29,6 +29,7 @@ func tenThousandRequests(t *testing.T, durable string) {
 	cfg := testConfig()
 	cfg.Durable = durable
 	cfg.BatchMaxRequests = 1000
+	cfg.BatchMaxWait = 3 * time.Second // full batches close by count, however slow the machine
 	cfg.InlineMaxBytes = 200 << 10
 	h := start(t, cfg, emulator.Options{})
 
