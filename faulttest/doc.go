@@ -3,5 +3,6 @@
 // each step of a batch's life, paused past its lease, cut off from NATS and flooded with API
 // errors, with a ledger of every request sent and every reply received.
 //
-// GEMBATCH_FAULT_TRIALS sets the number of crash trials (default 21, three per step).
+// GEMBATCH_FAULT_TRIALS sets the number of crash trials (default 21, three per step);
+// GEMBATCH_FAULT_REPORT names a file each test appends its figures to.
 package faulttest

@@ -69,8 +69,7 @@ func TestCrashAtEachStep(t *testing.T) {
 	}
 	summary := fmt.Sprintf("crash trials=%d requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d",
 		trials, requests, unanswered, dupJobs, dupReplies)
-	t.Log(summary)
-	fmt.Println(summary)
+	report(t, summary)
 }
 
 // TestLostCreateAnswersAndLaggingList: creates whose answers are lost, and a list that lags
@@ -83,8 +82,8 @@ func TestLostCreateAnswersAndLaggingList(t *testing.T) {
 	d.stop(t)
 	un, dup := w.tally()
 	jobs := len(w.emu.CreateCounts())
-	fmt.Printf("lost create answers: requests=%d jobs=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n",
-		len(w.sent), jobs, un, w.duplicateJobs(), dup)
+	report(t, fmt.Sprintf("lost create answers: requests=%d jobs=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d",
+		len(w.sent), jobs, un, w.duplicateJobs(), dup))
 	if w.duplicateJobs() != 0 || un != 0 || dup != 0 {
 		t.Fatalf("%d duplicate jobs, %d unanswered, %d duplicate replies", w.duplicateJobs(), un, dup)
 	}
@@ -119,7 +118,7 @@ func TestPausedOwnerIsFenced(t *testing.T) {
 	a.stop(t)
 	b.stop(t)
 	un, dup := w.tally()
-	fmt.Printf("paused owner: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n", len(w.sent), un, w.duplicateJobs(), dup)
+	report(t, fmt.Sprintf("paused owner: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d", len(w.sent), un, w.duplicateJobs(), dup))
 	if un != 0 || dup != 0 || w.duplicateJobs() != 0 {
 		t.Fatalf("%d unanswered, %d duplicate replies, %d duplicate jobs", un, dup, w.duplicateJobs())
 	}
@@ -148,7 +147,7 @@ func TestNATSServerRestart(t *testing.T) {
 	}
 	d.stop(t)
 	un, dup := w.tally()
-	fmt.Printf("nats restart: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d\n", len(w.sent), un, w.duplicateJobs(), dup)
+	report(t, fmt.Sprintf("nats restart: requests=%d unanswered=%d duplicate_jobs=%d duplicate_replies=%d", len(w.sent), un, w.duplicateJobs(), dup))
 	if un != 0 || dup != 0 || w.duplicateJobs() != 0 {
 		t.Fatalf("%d unanswered, %d duplicate replies, %d duplicate jobs", un, dup, w.duplicateJobs())
 	}
@@ -165,7 +164,7 @@ func TestAPIStorms(t *testing.T) {
 	d.stop(t)
 	throttled := sample(metrics, "gembatch_submitter_create_throttled_total")
 	retries := sample(metrics, "gembatch_gemini_api_retries_total")
-	fmt.Printf("api storms: requests=%d duplicate_jobs=%d create_throttled=%v api_retries=%v\n", len(w.sent), w.duplicateJobs(), throttled, retries)
+	report(t, fmt.Sprintf("api storms: requests=%d duplicate_jobs=%d create_throttled=%v api_retries=%v", len(w.sent), w.duplicateJobs(), throttled, retries))
 	if throttled == 0 || retries == 0 {
 		t.Fatalf("backoff not visible: throttled %v, retries %v", throttled, retries)
 	}
