@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/internal/backoff"
 )
 
 // DefaultBaseURL is the Gemini API endpoint.
@@ -28,7 +29,7 @@ const DefaultCallTimeout = 60 * time.Second
 
 const apiKeyHeader = "x-goog-api-key"
 
-// RetryPolicy bounds retries of idempotent calls: capped exponential backoff with full jitter.
+// RetryPolicy bounds retries of idempotent calls: capped exponential backoff with jitter.
 // MaxAttempts counts every try, the first included.
 type RetryPolicy struct {
 	MaxAttempts int
@@ -203,7 +204,7 @@ func (c *Client) withRetry(ctx context.Context, op string, attempts int, fn func
 		if err == nil || attempt >= attempts || !IsRetryable(err) {
 			return err
 		}
-		delay := c.backoff(attempt)
+		delay := backoff.Policy{Initial: c.retry.Initial, Max: c.retry.Max}.Delay(attempt - 1)
 		if ae, ok := errors.AsType[*APIError](err); ok {
 			delay = max(delay, ae.RetryAfter)
 		}
@@ -212,27 +213,10 @@ func (c *Client) withRetry(ctx context.Context, op string, attempts int, fn func
 		}
 		c.metrics.retries.WithLabelValues(op).Inc()
 		c.log.Debug().Str("op", op).Int("attempt", attempt).Dur("delay", delay).Err(err).Msg("gemini: retrying")
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, delay) {
 			return fmt.Errorf("gemini: %s: %w (last error: %v)", op, ctx.Err(), err)
-		case <-t.C:
 		}
 	}
-}
-
-// backoff is full jitter: uniform in [0, min(Max, Initial·2^(attempt-1))].
-func (c *Client) backoff(attempt int) time.Duration {
-	ceil := c.retry.Initial
-	for i := 1; i < attempt && ceil < c.retry.Max; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, c.retry.Max)
-	if ceil <= 0 {
-		return 0
-	}
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
 }
 
 // newRequest builds an authenticated request; a non-nil body is sent as contentType.
