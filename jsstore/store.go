@@ -248,30 +248,32 @@ func (s *Store) List(ctx context.Context) ([]*record.Record, error) {
 	return out, err
 }
 
-// each calls f with every record in the bucket, without its requests.
+// each calls f with every record in the bucket, without its requests. It reads the bucket's
+// current values as one stream (a watcher's initial values), not one request per key.
 func (s *Store) each(ctx context.Context, f func(*record.Record) error) error {
-	keys, err := s.kv.ListKeys(ctx)
+	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("list records: %w", err)
 	}
-	for id := range keys.Keys() {
-		e, err := s.kv.Get(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read record %s: %w", id, err)
-		}
-		r, err := decode(e)
-		if err != nil {
-			s.log.Error().Err(err).Str("record", id).Msg("skipping a record that does not decode")
-			continue
-		}
-		if err := f(r); err != nil {
-			return err
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("list records: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok || e == nil { // nil: the current values are all read
+				return nil
+			}
+			r, err := decode(e)
+			if err != nil {
+				s.log.Error().Err(err).Str("record", e.Key()).Msg("skipping a record that does not decode")
+				continue
+			}
+			if err := f(r); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
 }
 
 // Delete drops a record's request lines and its ownership; the record itself, Cleaned, stays
