@@ -4,75 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
 	"github.com/gembatch/gembatch/client"
-	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
-	"github.com/gembatch/gembatch/internal/embedded"
-	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/internal/stacktest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats-server keeps a few process-wide goroutines after Shutdown.
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).logRejectedTLSConns"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
 
 // stack runs NATS, the emulator and gembatchd in-process and returns a connection to NATS.
 func stack(t *testing.T, jobDelay time.Duration) *nats.Conn {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu := emulator.New(emulator.Options{JobDelay: jobDelay})
-	hs := httptest.NewServer(emu)
-	cfg := daemon.Defaults()
-	cfg.NATSURL = ns.ClientURL()
-	cfg.GeminiBaseURL = hs.URL
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.BatchMaxWait = 200 * time.Millisecond
-	cfg.PollInterval = 20 * time.Millisecond
-	cfg.PollMaxInterval = 100 * time.Millisecond
-	cfg.LogLevel = "warn"
-	m := daemon.NewMain(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), metrics.Build{Version: "test"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s")
-		}
-		hs.Close()
-		emu.Close()
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	select {
-	case <-m.Ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon not ready after 10s")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
+	s := stacktest.Start(t, stacktest.Config(), emulator.Options{JobDelay: jobDelay})
+	nc, err := nats.Connect(s.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -10,98 +9,46 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
 	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
-	"github.com/gembatch/gembatch/internal/embedded"
-	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/internal/stacktest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// nats-server keeps a few process-wide goroutines after Shutdown.
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).logRejectedTLSConns"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		// nats.go's async publisher can leave this watcher blocked on a nil channel after Close
-		// (a race in the library, not a leak per daemon run).
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
 
-// harness runs gembatchd in-process against an in-process NATS server and the emulator over HTTP.
+// harness is the in-process stack with a subscription that collects every reply by key.
 type harness struct {
+	*stacktest.Stack
 	t    testing.TB
-	ns   *server.Server
 	emu  *emulator.Server
 	http *httptest.Server
 	nc   *nats.Conn
 	main *daemon.Main
-	stop context.CancelFunc
-	done chan error
 
 	mu      sync.Mutex
 	replies map[string][]*nats.Msg // by Gembatch-Key
-	inbox   *nats.Subscription
 }
 
-// testConfig is a fast configuration for tests: short waits and polls.
+// testConfig is the fast test configuration, with replies allowed to test.> too.
 func testConfig() daemon.Config {
-	c := daemon.Defaults()
-	c.MetricsAddr = "127.0.0.1:0"
-	c.BatchMaxWait = 200 * time.Millisecond
-	c.PollInterval = 20 * time.Millisecond
-	c.PollMaxInterval = 100 * time.Millisecond
-	c.CreateGrace = 200 * time.Millisecond
-	c.ShutdownGrace = 10 * time.Second
+	c := stacktest.Config()
 	c.ReplyAllow = []string{"_INBOX.>", "test.>"}
-	c.LogLevel = "warn"
 	return c
 }
 
 func start(t testing.TB, cfg daemon.Config, emu emulator.Options) *harness {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
+	s := stacktest.Start(t, cfg, emu)
+	h := &harness{Stack: s, t: t, emu: s.Emulator, http: s.API, main: s.Main, replies: make(map[string][]*nats.Msg)}
+	var err error
+	if h.nc, err = nats.Connect(s.NATS.ClientURL()); err != nil {
 		t.Fatal(err)
 	}
-	if emu.JobDelay == 0 {
-		emu.JobDelay = 100 * time.Millisecond
-	}
-	h := &harness{t: t, ns: ns, emu: emulator.New(emu), replies: make(map[string][]*nats.Msg)}
-	h.http = httptest.NewServer(h.emu)
-	cfg.NATSURL = ns.ClientURL()
-	if cfg.GeminiBaseURL == daemon.Defaults().GeminiBaseURL {
-		cfg.GeminiBaseURL = h.http.URL
-	}
-	t.Cleanup(h.close)
-
-	lvl, err := zerolog.ParseLevel(cfg.LogLevel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(lvl)
-	h.main = daemon.NewMain(cfg, log, metrics.Build{Version: "test"})
-	ctx, cancel := context.WithCancel(context.Background())
-	h.stop, h.done = cancel, make(chan error, 1)
-	go func() { h.done <- h.main.Run(ctx) }()
-	select {
-	case <-h.main.Ready:
-	case err := <-h.done:
-		h.done <- err
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon not ready after 10s")
-	}
-
-	if h.nc, err = nats.Connect(ns.ClientURL()); err != nil {
-		t.Fatal(err)
-	}
-	h.inbox, err = h.nc.Subscribe("test.reply.>", func(m *nats.Msg) {
+	t.Cleanup(h.nc.Close)
+	inbox, err := h.nc.Subscribe("test.reply.>", func(m *nats.Msg) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		k := m.Header.Get("Gembatch-Key")
@@ -110,35 +57,14 @@ func start(t testing.TB, cfg daemon.Config, emu emulator.Options) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.inbox.SetPendingLimits(-1, -1); err != nil {
+	if err := inbox.SetPendingLimits(-1, -1); err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
 
 // shutdown stops the daemon as SIGTERM would and returns Run's error.
-func (h *harness) shutdown() error {
-	h.stop()
-	select {
-	case err := <-h.done:
-		h.done <- err
-		return err
-	case <-time.After(30 * time.Second):
-		h.t.Fatal("daemon did not stop within 30s")
-		return nil
-	}
-}
-
-func (h *harness) close() {
-	_ = h.shutdown()
-	if h.nc != nil {
-		h.nc.Close()
-	}
-	h.http.Close()
-	h.emu.Close()
-	h.ns.Shutdown()
-	h.ns.WaitForShutdown()
-}
+func (h *harness) shutdown() error { return h.Stop() }
 
 // send publishes one request with headers; key "" leaves the key to the daemon.
 func (h *harness) send(subject, key string, body string, hdr ...string) {

@@ -9,11 +9,9 @@ package deploy_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"reflect"
 	"regexp"
@@ -29,12 +27,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
-	"github.com/gembatch/gembatch/internal/embedded"
-	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/internal/stacktest"
 )
 
 const (
@@ -186,58 +182,17 @@ func checkLabels(t *testing.T, e exposition, text string) {
 // every reply and returns the daemon's /metrics.
 func scrape(t *testing.T) exposition {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-
-	emu := emulator.New(emulator.Options{
+	cfg := stacktest.Config()
+	cfg.InlineMaxBytes = 4 << 10 // the big request's batch goes by file
+	cfg.ReplyAllow = []string{"test.>"}
+	st := stacktest.Start(t, cfg, emulator.Options{
 		JobDelay: 200 * time.Millisecond,
 		// One failed upload chunk: the client retries it, so the retry metrics have a series.
 		Faults: emulator.Faults{UploadChunkFailures: 1},
 	})
-	api := httptest.NewServer(emu)
-	t.Cleanup(func() { api.Close(); emu.Close() })
+	m := st.Main
 
-	cfg := daemon.Defaults()
-	cfg.NATSURL = ns.ClientURL()
-	cfg.GeminiBaseURL = api.URL
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.BatchMaxWait = 200 * time.Millisecond
-	cfg.PollInterval = 20 * time.Millisecond
-	cfg.PollMaxInterval = 100 * time.Millisecond
-	cfg.CreateGrace = 200 * time.Millisecond
-	cfg.InlineMaxBytes = 4 << 10 // the big request's batch goes by file
-	cfg.ShutdownGrace = 10 * time.Second
-	cfg.ReplyAllow = []string{"test.>"}
-
-	m := daemon.NewMain(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), metrics.Build{Version: "test", Commit: "test"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s")
-		}
-	})
-	select {
-	case <-m.Ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("daemon not ready after 15s")
-	}
-	registerStoreCollector(t, m)
-
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(st.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,23 +267,6 @@ func scrape(t *testing.T) exposition {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return e
-}
-
-// registerStoreCollector registers the record store's collector unless the daemon already does.
-func registerStoreCollector(t *testing.T, m *daemon.Main) {
-	t.Helper()
-	mfs, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "gembatch_batches" {
-			return
-		}
-	}
-	if err := m.Registry.Register(metrics.NewStoreCollector(m.Store, time.Now)); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func get(t *testing.T, url string) exposition {

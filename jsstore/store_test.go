@@ -7,22 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
 	"github.com/gembatch/gembatch/gemini"
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/stacktest"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/record"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("time.Sleep"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		// nats.go's publisher can leave this watcher blocked on a nil channel after Close.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"))
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
 
 // clock is a settable time for lease expiry.
 type clock struct {
@@ -35,16 +30,7 @@ func (c *clock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.U
 
 func setup(t *testing.T) (jetstream.JetStream, *clock) {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(stacktest.NATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,14 +18,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gembatch/gembatch/gemini"
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/stacktest"
 	"github.com/gembatch/gembatch/publisher"
 	"github.com/gembatch/gembatch/record"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("time.Sleep"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
 
 func TestBody(t *testing.T) {
 	for _, tt := range []struct {
@@ -74,17 +72,8 @@ type natsEnv struct {
 
 func natsUp(t *testing.T) *natsEnv {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &natsEnv{nc: nc, replies: map[string][]*nats.Msg{}}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	if _, err := nc.Subscribe("r.>", func(m *nats.Msg) {
+	e := &natsEnv{nc: stacktest.NATS(t), replies: map[string][]*nats.Msg{}}
+	if _, err := e.nc.Subscribe("r.>", func(m *nats.Msg) {
 		e.mu.Lock()
 		e.replies[m.Header.Get("Gembatch-Key")] = append(e.replies[m.Header.Get("Gembatch-Key")], m)
 		e.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,13 +19,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
 	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
-	"github.com/gembatch/gembatch/internal/embedded"
-	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/internal/stacktest"
 )
 
 func TestMain(m *testing.M) {
@@ -34,13 +31,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("GEMBATCH_TEST_RUN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	goleak.VerifyTestMain(m,
-		// nats-server keeps a few process-wide goroutines after Shutdown.
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).logRejectedTLSConns"),
-		goleak.IgnoreTopFunction("time.Sleep"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
-	)
+	goleak.VerifyTestMain(m, stacktest.LeakOptions()...)
 }
 
 // testStack is NATS, the emulator and gembatchd, in-process.
@@ -50,48 +41,13 @@ type testStack struct {
 
 func startStack(t *testing.T, jobDelay time.Duration, tune func(*daemon.Config)) *testStack {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu := emulator.New(emulator.Options{JobDelay: jobDelay})
-	hs := httptest.NewServer(emu)
-	cfg := daemon.Defaults()
-	cfg.NATSURL = ns.ClientURL()
-	cfg.GeminiBaseURL = hs.URL
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.BatchMaxWait = 200 * time.Millisecond
-	cfg.PollInterval = 20 * time.Millisecond
-	cfg.PollMaxInterval = 100 * time.Millisecond
-	cfg.LogLevel = "warn"
+	cfg := stacktest.Config()
+	cfg.LogLevel = "error"
 	if tune != nil {
 		tune(&cfg)
 	}
-	m := daemon.NewMain(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel), metrics.Build{Version: "test"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s")
-		}
-		hs.Close()
-		emu.Close()
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	select {
-	case <-m.Ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon not ready after 10s")
-	}
-	return &testStack{natsURL: ns.ClientURL(), geminiURL: hs.URL}
+	s := stacktest.Start(t, cfg, emulator.Options{JobDelay: jobDelay})
+	return &testStack{natsURL: s.NATS.ClientURL(), geminiURL: s.API.URL}
 }
 
 // cmd runs a gembatch command with a context and returns its exit status and output.
