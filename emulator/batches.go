@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -40,14 +41,17 @@ type batch struct {
 	stuck, fail   bool
 	reverse       bool
 	itemErrorRate float64
+	partial       float64 // Faults.PartialResults
 	seed          int64
 
 	requests  []gemini.InlinedRequest // inline input
 	inputPath string                  // file input: a hard link to the uploaded file
 	count     int64                   // number of requests
+	tokens    int64                   // estimated tokens of the input, for the enqueued-token quota
 
-	end     *ending   // set once the job has ended
-	results sync.Once // makes the results once, on the first read after success
+	closing *ending   // the end decided (by time or cancel) while its results are being made
+	end     *ending   // set once the job has ended and its results, if any, are made
+	results sync.Once // makes the results once, on the first read after the end is decided
 	deleted bool
 }
 
@@ -62,11 +66,25 @@ type ending struct {
 
 func (b *batch) name() string { return "batches/" + b.id }
 
+// answered is how many requests, the first in input order, a job that ends in st answers.
+func (b *batch) answered(st gemini.State) int64 {
+	switch st {
+	case gemini.StateSucceeded:
+		return b.count
+	case gemini.StateExpired, gemini.StateCancelled:
+		return int64(math.Round(b.partial * float64(b.count)))
+	}
+	return 0
+}
+
 // scheduled is the job's state at t and since when it holds. Jobs advance by time alone, so
 // nothing needs to run while nobody looks.
 func (b *batch) scheduled(t time.Time) (gemini.State, time.Time) {
 	if b.end != nil {
 		return b.end.state, b.end.at
+	}
+	if b.closing != nil {
+		return b.closing.state, b.closing.at
 	}
 	age := t.Sub(b.created)
 	if age >= b.expireAfter && (b.stuck || b.expireAfter < b.delay) {
@@ -120,47 +138,61 @@ func (b *batch) operation(t time.Time) gemini.Operation {
 	return op
 }
 
-// view returns the job as it is at now, making its results first if it has just succeeded.
+// view returns the job as it is at now, making its results first if its end has just come.
 func (s *Server) view(b *batch, now time.Time) gemini.Operation {
 	s.mu.Lock()
-	if !s.settle(b, now) {
+	closing := s.settle(b, now)
+	if closing == nil {
 		defer s.mu.Unlock()
 		return b.operation(now)
 	}
 	s.mu.Unlock()
-	b.results.Do(func() { s.produce(b) })
+	b.results.Do(func() { s.produce(b, closing) })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return b.operation(now)
 }
 
-// settle records an end that time has brought. It reports whether the job has succeeded and
-// its results must still be made; the caller holds s.mu.
-func (s *Server) settle(b *batch, now time.Time) bool {
-	if b.end != nil {
-		return false
+// settle records an end that time has brought. It returns the end if the job's results must
+// still be made, nil otherwise; the caller holds s.mu.
+func (s *Server) settle(b *batch, now time.Time) *ending {
+	if b.end != nil || b.closing != nil {
+		return b.closing
 	}
 	st, at := b.scheduled(now)
+	e := &ending{state: st, at: at}
 	switch st {
 	case gemini.StateSucceeded:
-		return true
 	case gemini.StateFailed:
-		b.end = &ending{state: st, at: at, failed: b.count,
-			err: &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed (emulated fault)."}}
+		e.failed = b.count
+		e.err = &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed (emulated fault)."}
 	case gemini.StateExpired:
-		b.end = &ending{state: st, at: at,
-			err: &gemini.Status{Code: gemini.CodeDeadlineExceeded, Message: "The batch expired before it could be processed."}}
+		e.err = &gemini.Status{Code: gemini.CodeDeadlineExceeded, Message: "The batch expired before it could be processed."}
 	default:
-		return false
+		return nil
 	}
-	s.dropInput(b)
-	return false
+	s.conclude(b, e)
+	return b.closing
 }
 
-// produce makes the results of a job that has succeeded, without holding s.mu: a big input file
-// takes a while and must not stall other requests.
-func (s *Server) produce(b *batch) {
-	end := &ending{state: gemini.StateSucceeded, at: b.created.Add(b.delay)}
+// conclude records how a job ends; the caller holds s.mu. A job that answers requests on its
+// way out (a success, or an expiry or cancel with Faults.PartialResults) keeps its input and
+// waits in closing until produce has made the results; any other ends at once.
+func (s *Server) conclude(b *batch, e *ending) {
+	if b.answered(e.state) > 0 {
+		b.closing = e
+		return
+	}
+	b.end = e
+	s.dropInput(b)
+}
+
+// produce makes the results of a job whose end has come, answering its first
+// b.answered(closing.state) requests, without holding s.mu: a big input file takes a while and
+// must not stall other requests.
+func (s *Server) produce(b *batch, closing *ending) {
+	end := &ending{state: closing.state, at: closing.at, err: closing.err}
+	n := b.answered(end.state)
 	rng := rand.New(rand.NewPCG(uint64(b.seed), uint64(b.seq)))
 	fail := func() bool { return b.itemErrorRate > 0 && rng.Float64() < b.itemErrorRate }
 	var (
@@ -168,18 +200,21 @@ func (s *Server) produce(b *batch) {
 		err    error
 	)
 	if b.inputPath != "" {
-		result, err = s.answerFile(b, end, fail)
+		result, err = s.answerFile(b, end, n, fail)
 	} else {
-		s.answerInline(b, end, fail)
+		s.answerInline(b, end, n, fail)
 	}
 	if err != nil {
 		s.log.Error().Err(err).Str("batch", b.name()).Msg("make results")
-		end = &ending{state: gemini.StateFailed, at: end.at, failed: b.count,
-			err: &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed writing its results."}}
+		end = &ending{state: closing.state, at: end.at, err: closing.err}
+		if end.state == gemini.StateSucceeded {
+			end.state, end.failed = gemini.StateFailed, b.count
+			end.err = &gemini.Status{Code: gemini.CodeInternal, Message: "The batch failed writing its results."}
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if b.end != nil || b.deleted { // cancelled or deleted while the results were being made
+	if b.end != nil || b.deleted { // deleted while the results were being made
 		if result != nil {
 			_ = os.Remove(result.path)
 		}
@@ -188,8 +223,27 @@ func (s *Server) produce(b *batch) {
 	if result != nil {
 		s.addFile(result)
 	}
-	b.end = end
+	b.end, b.closing = end, nil
 	s.dropInput(b)
+}
+
+// answer answers one request of job b; fail is the draw of the item error rate.
+func (s *Server) answer(b *batch, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
+	return answer(b.kind, b.model, request, fail, s.directedFails)
+}
+
+// directedFails counts one answer to a request whose text carries a counted error directive
+// ("[[emulator:error=N,times=K]]") and reports whether it is among the first times, which fail.
+// Counts are kept per text across all jobs, since a client sends a failed request again in a
+// later batch.
+func (s *Server) directedFails(text string, times int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.directed[text] >= times {
+		return false
+	}
+	s.directed[text]++
+	return true
 }
 
 // dropInput frees a job's input once it has ended; the caller holds s.mu.
@@ -200,10 +254,11 @@ func (s *Server) dropInput(b *batch) {
 	}
 }
 
-func (s *Server) answerInline(b *batch, end *ending, fail func() bool) {
-	out := make([]gemini.InlinedResponse, len(b.requests))
-	for i, req := range b.requests {
-		resp, st := answer(b.kind, b.model, req.Request, fail())
+// answerInline answers the first n inline requests.
+func (s *Server) answerInline(b *batch, end *ending, n int64, fail func() bool) {
+	out := make([]gemini.InlinedResponse, n)
+	for i, req := range b.requests[:n] {
+		resp, st := s.answer(b, req.Request, fail())
 		out[i] = gemini.InlinedResponse{Response: resp, Error: st}
 		if req.Metadata != nil {
 			out[i].Metadata = &gemini.ResponseMetadata{Key: req.Metadata.Key}
@@ -321,12 +376,23 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request, model strin
 		requests:    spec.requests,
 		count:       int64(len(spec.requests)),
 	}
+	for _, req := range spec.requests {
+		b.tokens += int64(len(req.Request))
+	}
 	if spec.fileName != "" {
 		if !s.attachInput(w, b, spec.fileName) {
 			return
 		}
 	}
-	op, lost := s.register(b)
+	b.tokens = (b.tokens + 3) / 4 // four bytes a token, rounded up
+	op, lost, quota := s.register(b)
+	if quota != "" {
+		if b.inputPath != "" {
+			_ = os.Remove(b.inputPath)
+		}
+		s.refuse(w, quota)
+		return
+	}
 	if lost {
 		writeError(w, http.StatusServiceUnavailable, gemini.CodeUnavailable, "The service is currently unavailable.")
 		return
@@ -356,28 +422,36 @@ func (s *Server) attachInput(w http.ResponseWriter, b *batch, name string) bool 
 		invalid(w, "%v", err)
 		return false
 	}
-	b.count = n
+	b.count, b.tokens = n, int64(f.meta.SizeBytes)
 	return true
 }
 
-// register adds a new job with the job faults of now. It reports whether the create's answer
-// is to be lost.
-func (s *Server) register(b *batch) (gemini.Operation, bool) {
+// register adds a new job with the job faults of now, unless it would break a quota, whose
+// message it then returns without adding anything. It reports whether the create's answer is
+// to be lost.
+func (s *Server) register(b *batch) (op gemini.Operation, lost bool, quota string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := s.now()
+	if quota = s.overQuota(b, now); quota != "" {
+		return op, false, quota
+	}
 	f := s.faults
 	s.seq++
-	b.seq, b.created = s.seq, s.now()
+	b.seq, b.created = s.seq, now
 	b.delay, b.expireAfter = s.opts.JobDelay, cmp.Or(f.ExpireAfter, serviceExpiry)
 	b.stuck, b.fail, b.reverse = f.StuckPending, f.FailJobs, f.OutOfOrder
-	b.itemErrorRate, b.seed = f.ItemErrorRate, f.Seed
+	b.itemErrorRate, b.partial, b.seed = f.ItemErrorRate, min(max(f.PartialResults, 0), 1), f.Seed
 	s.batches[b.id] = b
 	s.creates[b.displayName]++
-	lost := s.faults.LoseCreateAnswers > 0
+	jobs, tokens := s.load(now, b.model)
+	s.peakActive = max(s.peakActive, jobs)
+	s.peakTokens[b.model] = max(s.peakTokens[b.model], tokens)
+	lost = s.faults.LoseCreateAnswers > 0
 	if lost {
 		s.faults.LoseCreateAnswers--
 	}
-	return b.operation(b.created), lost
+	return b.operation(b.created), lost, ""
 }
 
 func (s *Server) batch(id string) *batch {
@@ -427,7 +501,8 @@ func (s *Server) listBatches(w http.ResponseWriter, r *http.Request, _ string) {
 }
 
 // cancelBatch ends a PENDING or RUNNING job CANCELLED. A job that has already ended cannot be
-// cancelled: that answers 400 FAILED_PRECONDITION.
+// cancelled: that answers 400 FAILED_PRECONDITION. With Faults.PartialResults, the results of
+// the part answered are made on the next read, as those of a success are.
 func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request, id string) {
 	s.mu.Lock()
 	b := s.batches[id]
@@ -442,9 +517,8 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request, id string) 
 		writeError(w, http.StatusBadRequest, gemini.CodeFailedPrecondition, "Batch batches/%s has already ended (%s) and cannot be cancelled.", id, st)
 		return
 	}
-	b.end = &ending{state: gemini.StateCancelled, at: now,
-		err: &gemini.Status{Code: gemini.CodeCancelled, Message: "The batch was cancelled."}}
-	s.dropInput(b)
+	s.conclude(b, &ending{state: gemini.StateCancelled, at: now,
+		err: &gemini.Status{Code: gemini.CodeCancelled, Message: "The batch was cancelled."}})
 	s.mu.Unlock()
 	writeJSON(w, struct{}{})
 }

@@ -173,10 +173,11 @@ type resultLine struct {
 	Error    *gemini.Status  `json:"error,omitempty"`
 }
 
-// answerFile streams a JSONL input file line by line into the job's result file. Lines may be
-// megabytes long; neither file is ever held whole in memory. A line that is not valid JSON is
-// answered with a per-item error without a key rather than failing the job.
-func (s *Server) answerFile(b *batch, end *ending, fail func() bool) (*file, error) {
+// answerFile streams the first n requests of a JSONL input file line by line into the job's
+// result file. Lines may be megabytes long; neither file is ever held whole in memory. A line
+// that is not valid JSON is answered with a per-item error without a key rather than failing
+// the job.
+func (s *Server) answerFile(b *batch, end *ending, n int64, fail func() bool) (*file, error) {
 	in, err := os.Open(b.inputPath)
 	if err != nil {
 		return nil, fmt.Errorf("open input: %w", err)
@@ -189,7 +190,7 @@ func (s *Server) answerFile(b *batch, end *ending, fail func() bool) (*file, err
 		return nil, fmt.Errorf("create result file: %w", err)
 	}
 	sum := sha256.New()
-	size, err := writeResults(io.MultiWriter(out, sum), in, b, end, fail)
+	size, err := s.writeResults(io.MultiWriter(out, sum), in, b, end, n, fail)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -202,19 +203,19 @@ func (s *Server) answerFile(b *batch, end *ending, fail func() bool) (*file, err
 	return f, nil
 }
 
-func writeResults(w io.Writer, in io.Reader, b *batch, end *ending, fail func() bool) (int64, error) {
+func (s *Server) writeResults(w io.Writer, in io.Reader, b *batch, end *ending, n int64, fail func() bool) (int64, error) {
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	enc := json.NewEncoder(bw)
 	enc.SetEscapeHTML(false)
 	br := bufio.NewReaderSize(in, 1<<20)
-	for {
+	for end.succeeded+end.failed < n {
 		line, rerr := br.ReadBytes('\n')
 		if rerr != nil && rerr != io.EOF {
 			return 0, rerr
 		}
 		if line = bytes.TrimSpace(line); len(line) > 0 {
-			res := answerLine(b, line, fail())
+			res := s.answerLine(b, line, fail())
 			if res.Error != nil {
 				end.failed++
 			} else {
@@ -234,12 +235,12 @@ func writeResults(w io.Writer, in io.Reader, b *batch, end *ending, fail func() 
 	return cw.n, nil
 }
 
-func answerLine(b *batch, line []byte, fail bool) resultLine {
+func (s *Server) answerLine(b *batch, line []byte, fail bool) resultLine {
 	var in gemini.InputLine
 	if err := json.Unmarshal(line, &in); err != nil {
 		return resultLine{Error: &gemini.Status{Code: gemini.CodeInvalidArgument, Message: "Invalid JSON payload received: " + err.Error()}}
 	}
-	resp, st := answer(b.kind, b.model, in.Request, fail)
+	resp, st := s.answer(b, in.Request, fail)
 	return resultLine{Key: in.Key, Response: resp, Error: st}
 }
 

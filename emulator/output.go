@@ -21,8 +21,9 @@ const (
 	replyHeadRunes    = 64   // how much of the prompt a reply repeats
 )
 
-// directive makes an item fail with a chosen gRPC code: "[[emulator:error=13]]".
-var directive = regexp.MustCompile(`\[\[emulator:error=(\d+)\]\]`)
+// directive makes an item fail with a chosen gRPC code: "[[emulator:error=13]]" every time, or
+// "[[emulator:error=13,times=2]]" the first two times a request with this text is answered.
+var directive = regexp.MustCompile(`\[\[emulator:error=(\d+)(?:,times=(\d+))?\]\]`)
 
 // The top-level fields of the two request kinds; the service refuses any other.
 var (
@@ -73,8 +74,9 @@ func ExpectedEmbedding(request json.RawMessage) []float32 {
 }
 
 // answer is the emulated model's answer to one request of a batch: a response, or the per-item
-// error the service would give.
-func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
+// error the service would give. directed counts an answer to a text whose directive fails only
+// a number of times, and reports whether this one fails.
+func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool, directed func(text string, times int) bool) (json.RawMessage, *gemini.Status) {
 	var (
 		text string
 		dims int
@@ -92,7 +94,7 @@ func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool) 
 		return nil, &gemini.Status{Code: gemini.CodeInvalidArgument, Message: err.Error()}
 	}
 	if m := directive.FindStringSubmatch(text); m != nil {
-		if code, err := strconv.Atoi(m[1]); err == nil && code > 0 && code <= gemini.CodeUnauthenticated {
+		if code, err := strconv.Atoi(m[1]); err == nil && code > 0 && code <= gemini.CodeUnauthenticated && directedNow(text, m[2], directed) {
 			return nil, &gemini.Status{Code: code, Message: fmt.Sprintf("%s: failed as the request asked (%s).", gemini.CodeName(code), m[0])}
 		}
 	}
@@ -120,6 +122,16 @@ func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool) 
 		return nil, &gemini.Status{Code: gemini.CodeInternal, Message: err.Error()}
 	}
 	return b, nil
+}
+
+// directedNow reports whether a valid directive fails this time: always without a count, else
+// as directed says. A count too large for an int fails always.
+func directedNow(text, times string, directed func(text string, times int) bool) bool {
+	if times == "" {
+		return true
+	}
+	k, err := strconv.Atoi(times)
+	return err != nil || directed(text, k)
 }
 
 // generateInput checks a GenerateContentRequest as the service does and returns its text.

@@ -64,6 +64,11 @@ type Server struct {
 	files   map[string]*file
 	uploads map[string]*upload
 	creates map[string]int
+
+	directed   map[string]int   // times each request text with a counted error directive was answered
+	throttled  int              // creates answered 429, any cause
+	peakActive int              // most jobs active at once, measured at each create
+	peakTokens map[string]int64 // most estimated tokens active at once, per model
 }
 
 // New returns a Server. It panics if it cannot make its temporary directory, as
@@ -89,6 +94,9 @@ func New(opts Options) *Server {
 		files:   make(map[string]*file),
 		uploads: make(map[string]*upload),
 		creates: make(map[string]int),
+
+		directed:   make(map[string]int),
+		peakTokens: make(map[string]int64),
 	}
 	s.routes = map[string]methods{
 		"/v1beta/models/{}:batchGenerateContent": {http.MethodPost: func(w http.ResponseWriter, r *http.Request, model string) {
@@ -146,6 +154,31 @@ func (s *Server) CreateCounts() map[string]int {
 		counts[name] = n
 	}
 	return counts
+}
+
+// Throttled reports how many creates were answered 429 RESOURCE_EXHAUSTED, whether by
+// Faults.CreateThrottleRate or by a quota (Faults.MaxActiveJobs, Faults.EnqueuedTokenLimit).
+func (s *Server) Throttled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.throttled
+}
+
+// PeakActive reports the most jobs that were active (PENDING or RUNNING) at once, as counted at
+// each create, the only moment the count can grow.
+func (s *Server) PeakActive() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakActive
+}
+
+// PeakEnqueuedTokens reports the most estimated tokens that the active jobs of model held at
+// once, as counted at each create. Tokens are estimated as with Faults.EnqueuedTokenLimit; the
+// model may be given with or without "models/".
+func (s *Server) PeakEnqueuedTokens(model string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakTokens[gemini.ModelName(model)]
 }
 
 // Batches returns every batch not deleted, oldest first, as batches.get would answer now.

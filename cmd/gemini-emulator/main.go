@@ -111,6 +111,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&f.ExpireAfter, "expire-after", 0, "a job not done this long after create ends EXPIRED (0: the service's 48h)")
 	fs.BoolVar(&f.FailJobs, "fail-jobs", false, "jobs end FAILED with error 13 INTERNAL")
 	fs.BoolVar(&f.OutOfOrder, "out-of-order", false, "inline results come in reverse order")
+	fs.Float64Var(&f.PartialResults, "partial-results", 0, "share of an expired or cancelled job's requests, the first ones, answered as its output (0..1)")
+	fs.IntVar(&f.MaxActiveJobs, "max-active-jobs", 0, "creates past `N` PENDING or RUNNING jobs answer 429 RESOURCE_EXHAUSTED (0: no limit)")
+	fs.Int64Var(&f.EnqueuedTokenLimit, "enqueued-token-limit", 0, "creates past `N` estimated tokens in a model's active jobs answer 429 (0: no limit)")
 	fs.DurationVar(&f.ListLag, "list-lag", 0, "batches.list leaves out batches created less than this long ago")
 	fs.IntVar(&f.LoseCreateAnswers, "lose-create-answers", 0, "the next `N` creates make their job but answer 503")
 	fs.Int64Var(&f.Seed, "seed", 0, "seed of the fault rates, to repeat a run")
@@ -126,11 +129,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	for _, r := range []struct {
 		name string
 		v    float64
-	}{{"create-429-rate", f.CreateThrottleRate}, {"get-error-rate", f.GetErrorRate}, {"item-error-rate", f.ItemErrorRate}} {
+	}{{"create-429-rate", f.CreateThrottleRate}, {"get-error-rate", f.GetErrorRate}, {"item-error-rate", f.ItemErrorRate}, {"partial-results", f.PartialResults}} {
 		if r.v < 0 || r.v > 1 {
 			fmt.Fprintf(stderr, "gemini-emulator: --%s %v is not between 0 and 1\n", r.name, r.v)
 			return cfg, errors.New("bad rate")
 		}
+	}
+	if f.MaxActiveJobs < 0 || f.EnqueuedTokenLimit < 0 {
+		fmt.Fprintln(stderr, "gemini-emulator: --max-active-jobs and --enqueued-token-limit cannot be negative")
+		return cfg, errors.New("bad limit")
 	}
 	return cfg, nil
 }
@@ -142,7 +149,8 @@ func usage(fs *flag.FlagSet) {
 Usage: gemini-emulator [flags]
 
 Jobs go PENDING, RUNNING, then SUCCEEDED over --job-delay. Answers are deterministic; a request
-whose text contains [[emulator:error=N]] fails with per-item error code N (a gRPC code, 1-16).
+whose text contains [[emulator:error=N]] fails with per-item error code N (a gRPC code, 1-16);
+with [[emulator:error=N,times=K]] only the first K times a request with that text is answered.
 Point a client at it with its base URL, e.g. GEMBATCH_GEMINI_BASE_URL=http://127.0.0.1:8085.
 
 Flags:

@@ -81,7 +81,8 @@ func TestHelp(t *testing.T) {
 		"--addr", "--api-key", "--job-delay", "--inline-max-bytes", "--file-max-bytes", "--log-level",
 		"--create-429-rate", "--throttle-delay", "--get-error-rate", "--upload-chunk-failures", "--item-error-rate",
 		"--stuck-pending", "--expire-after", "--fail-jobs", "--out-of-order", "--list-lag", "--lose-create-answers",
-		"--seed", "[[emulator:error=N]]", "Example",
+		"--partial-results", "--max-active-jobs", "--enqueued-token-limit",
+		"--seed", "[[emulator:error=N]]", "[[emulator:error=N,times=K]]", "Example",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help does not mention %s", want)
@@ -94,6 +95,9 @@ func TestBadArguments(t *testing.T) {
 		{"--nope"},
 		{"--job-delay", "soon"},
 		{"--create-429-rate", "1.5"},
+		{"--partial-results", "-0.1"},
+		{"--max-active-jobs", "-1"},
+		{"--enqueued-token-limit", "-5"},
 		{"--log-level", "loud"},
 		{"extra"},
 	} {
