@@ -13,6 +13,10 @@ type Metrics struct {
 	pollDuration prometheus.Histogram
 	terminal     *prometheus.CounterVec
 	sealToEnd    prometheus.Histogram
+	// stuck counts the watched jobs past GEMBATCH_STUCK_AFTER now; the counters, ever.
+	stuck          prometheus.Gauge
+	stuckTotal     prometheus.Counter
+	stuckCancelled prometheus.Counter
 }
 
 // NewMetrics builds the poller's metrics on reg.
@@ -44,6 +48,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:    "gembatch_poller_seal_to_end_seconds",
 			Help:    "Time from a batch's seal to its remote terminal state.",
 			Buckets: prometheus.ExponentialBuckets(1, 3, 12),
+		}),
+		stuck: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gembatch_poller_stuck_batches",
+			Help: "Watched batches still PENDING or RUNNING GEMBATCH_STUCK_AFTER after their create.",
+		}),
+		stuckTotal: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_poller_stuck_batches_total",
+			Help: "Batches found stuck (not ended GEMBATCH_STUCK_AFTER after their create).",
+		}),
+		stuckCancelled: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_poller_stuck_cancelled_total",
+			Help: "Stuck batches cancelled by gembatch (GEMBATCH_STUCK_CANCEL) for their requests to be resubmitted.",
 		}),
 	}
 	for _, s := range []string{"succeeded", "failed", "cancelled", "expired"} {

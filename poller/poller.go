@@ -3,6 +3,7 @@
 package poller
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -21,6 +22,7 @@ import (
 // API is the part of the Gemini client the poller uses.
 type API interface {
 	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
+	CancelBatch(ctx context.Context, name string) error
 }
 
 // Config sets up a Poller.
@@ -31,6 +33,10 @@ type Config struct {
 	MaxInterval time.Duration
 	// Concurrency bounds the get calls in flight.
 	Concurrency int
+	// StuckAfter: a job still PENDING or RUNNING this long after its create is reported stuck
+	// (0: never). With CancelStuck it is also cancelled, and its requests resubmitted.
+	StuckAfter  time.Duration
+	CancelStuck bool
 	Now         func() time.Time
 }
 
@@ -49,6 +55,7 @@ type Poller struct {
 
 	mu    sync.Mutex
 	sched schedule
+	stuck map[string]bool // ids of the watched records reported stuck
 	wake  chan struct{}
 }
 
@@ -63,7 +70,7 @@ func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Poller{cfg: cfg, api: api, store: store, log: log, m: m, finished: finished, wake: make(chan struct{}, 1)}
+	return &Poller{cfg: cfg, api: api, store: store, log: log, m: m, finished: finished, stuck: map[string]bool{}, wake: make(chan struct{}, 1)}
 }
 
 // Enqueue starts watching a Submitted record.
@@ -158,6 +165,7 @@ func (p *Poller) poll(ctx context.Context, j *job) {
 			rec.RemoteState = state
 			p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(state)).Msg("batch state changed")
 		}
+		p.checkStuck(ctx, j)
 		p.reschedule(j)
 		return
 	}
@@ -180,12 +188,64 @@ func (p *Poller) finish(ctx context.Context, rec *record.Record, op *gemini.Oper
 	if err := p.store.Update(ctx, rec); err != nil {
 		return fmt.Errorf("record %s finished: %w", rec.ID, err)
 	}
+	p.unstick(rec.ID)
 	p.m.terminal.WithLabelValues(rec.RemoteState.Short()).Inc()
 	p.m.sealToEnd.Observe(rec.Finished.Sub(rec.Sealed).Seconds())
 	p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
 		Dur("took", rec.Finished.Sub(rec.Submitted)).Msg("batch ended")
 	p.finished(rec, op)
 	return nil
+}
+
+// checkStuck reports a job not ended STUCK_AFTER its create, once, and cancels it if told to.
+// The record is marked before the cancel is sent, so that whoever answers the job after a crash
+// knows the cancel was gembatch's own and resubmits the requests.
+func (p *Poller) checkStuck(ctx context.Context, j *job) {
+	rec := j.rec
+	since := cmp.Or(rec.Submitted, rec.Sealed)
+	if p.cfg.StuckAfter <= 0 || p.cfg.Now().Sub(since) < p.cfg.StuckAfter {
+		return
+	}
+	if !j.stuck {
+		j.stuck = true
+		p.mu.Lock()
+		p.stuck[rec.ID] = true
+		p.m.stuck.Set(float64(len(p.stuck)))
+		p.mu.Unlock()
+		p.m.stuckTotal.Inc()
+		p.log.Warn().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
+			Dur("age", p.cfg.Now().Sub(since)).Dur("stuck_after", p.cfg.StuckAfter).Bool("cancel", p.cfg.CancelStuck).
+			Msg("batch stuck: not ended after GEMBATCH_STUCK_AFTER")
+	}
+	if !p.cfg.CancelStuck || j.cancelSent {
+		return
+	}
+	if !rec.StuckCancelled {
+		rec.StuckCancelled = true
+		if err := p.store.Update(ctx, rec); err != nil {
+			rec.StuckCancelled = false
+			p.log.Warn().Err(err).Str("record", rec.ID).Msg("mark stuck batch for cancelling; will try again")
+			return
+		}
+	}
+	var apiErr *gemini.APIError
+	if err := p.api.CancelBatch(ctx, rec.RemoteName); err != nil && !(errors.As(err, &apiErr) && apiErr.HTTPStatus == 400) {
+		p.log.Warn().Err(err).Str("record", rec.ID).Str("batch", rec.RemoteName).Msg("cancel stuck batch; will try again")
+		return
+	}
+	// 400 means the job has ended meanwhile: the next poll sees how.
+	j.cancelSent = true
+	j.interval = p.cfg.Interval
+	p.m.stuckCancelled.Inc()
+	p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Msg("cancelled stuck batch; its unfinished requests will be resubmitted")
+}
+
+// unstick drops a record from the stuck ones.
+func (p *Poller) unstick(id string) {
+	p.mu.Lock()
+	delete(p.stuck, id)
+	p.m.stuck.Set(float64(len(p.stuck)))
+	p.mu.Unlock()
 }
 
 // reschedule grows the job's interval by half, with ±20% jitter, capped at MaxInterval.
@@ -201,6 +261,8 @@ type job struct {
 	rec      *record.Record
 	due      time.Time
 	interval time.Duration
+	// stuck: reported stuck; cancelSent: cancelled as stuck by this poller.
+	stuck, cancelSent bool
 }
 
 // schedule is a min-heap of jobs by due time.
@@ -222,6 +284,8 @@ func (s *schedule) Pop() any {
 func (p *Poller) Forget(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.stuck, id)
+	p.m.stuck.Set(float64(len(p.stuck)))
 	for i, j := range p.sched {
 		if j.rec.ID == id {
 			heap.Remove(&p.sched, i)

@@ -9,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
@@ -18,15 +19,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeAPI answers GetBatch from a function.
+// fakeAPI answers GetBatch from a function and counts cancels.
 type fakeAPI struct {
-	get func(name string) (*gemini.Operation, error)
+	get     func(name string) (*gemini.Operation, error)
+	cancels atomic.Int32
 }
 
 var _ API = (*fakeAPI)(nil)
 
 func (f *fakeAPI) GetBatch(_ context.Context, name string) (*gemini.Operation, error) {
 	return f.get(name)
+}
+
+func (f *fakeAPI) CancelBatch(context.Context, string) error {
+	f.cancels.Add(1)
+	return nil
 }
 
 func op(name string, s gemini.State) *gemini.Operation {
@@ -157,4 +164,54 @@ func TestErrorsRetryAndVanishedBatchFails(t *testing.T) {
 			t.Fatalf("vanished batch: %+v", r)
 		}
 	})
+}
+
+// TestStuckJobReportedAndCancelled: a job PENDING past StuckAfter is reported once; with
+// CancelStuck the record is marked before the cancel, and the job's end is handed on.
+func TestStuckJobReportedAndCancelled(t *testing.T) {
+	for _, cancelStuck := range []bool{false, true} {
+		t.Run(fmt.Sprint("cancel=", cancelStuck), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				api := &fakeAPI{}
+				api.get = func(name string) (*gemini.Operation, error) {
+					if api.cancels.Load() > 0 {
+						return op(name, gemini.StateCancelled), nil
+					}
+					return op(name, gemini.StatePending), nil
+				}
+				store := record.NewMemStore()
+				var finished atomic.Int32
+				m := NewMetrics(nil)
+				p := New(Config{Interval: time.Second, MaxInterval: 10 * time.Second, StuckAfter: time.Minute, CancelStuck: cancelStuck},
+					api, store, zerolog.Nop(), m, func(*record.Record, *gemini.Operation) { finished.Add(1) })
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { _ = p.Run(ctx); close(done) }()
+				rec := submitted(store, "batches/s")
+				rec.Submitted = time.Now()
+				p.Enqueue(rec)
+				time.Sleep(30 * time.Second)
+				synctest.Wait()
+				if got := testutil.ToFloat64(m.stuck); got != 0 {
+					t.Fatalf("stuck after 30s: %v", got)
+				}
+				time.Sleep(5 * time.Minute)
+				synctest.Wait()
+				cancel()
+				<-done
+				stored, _ := store.Get(context.Background(), "batches/s")
+				if !cancelStuck {
+					if testutil.ToFloat64(m.stuck) != 1 || testutil.ToFloat64(m.stuckTotal) != 1 || api.cancels.Load() != 0 || finished.Load() != 0 || stored.StuckCancelled {
+						t.Fatalf("report only: stuck %v, total %v, cancels %d, finished %d", testutil.ToFloat64(m.stuck),
+							testutil.ToFloat64(m.stuckTotal), api.cancels.Load(), finished.Load())
+					}
+					return
+				}
+				if api.cancels.Load() != 1 || finished.Load() != 1 || !stored.StuckCancelled || stored.RemoteState != gemini.StateCancelled ||
+					testutil.ToFloat64(m.stuck) != 0 || testutil.ToFloat64(m.stuckTotal) != 1 || testutil.ToFloat64(m.stuckCancelled) != 1 {
+					t.Fatalf("cancel: cancels %d, finished %d, record %+v", api.cancels.Load(), finished.Load(), stored)
+				}
+			})
+		})
+	}
 }

@@ -65,9 +65,15 @@ type Request struct {
 	Size int64 `json:"size"`
 	// Seq is the request's stream sequence in durable mode, 0 in core mode.
 	Seq uint64 `json:"seq,omitempty"`
+	// Attempt is which batch this is for the request: 1 (stored as 0) for its first, one more
+	// for each resubmission after a retryable failure.
+	Attempt int `json:"attempt,omitempty"`
 	// Ack acknowledges the request's message once its batch is recorded (durable mode).
 	Ack func() `json:"-"`
 }
+
+// Attempts is the request's attempt number, counting its first batch as 1.
+func (q *Request) Attempts() int { return max(1, q.Attempt) }
 
 // Group is what requests are batched by.
 type Group struct {
@@ -102,6 +108,11 @@ type Record struct {
 	Error           *gemini.Status `json:"error,omitempty"`
 	// Replied counts the requests already answered, so a restart resumes near where it stopped.
 	Replied int `json:"replied,omitempty"`
+	// RetryOf names the record whose failed requests this one resubmits.
+	RetryOf string `json:"retryOf,omitempty"`
+	// StuckCancelled is set before gembatch cancels a job that ran past STUCK_AFTER, so that its
+	// unfinished requests are resubmitted rather than answered as cancelled.
+	StuckCancelled bool `json:"stuckCancelled,omitempty"`
 
 	// Owner is the gembatchd instance working on the record, until LeaseUntil (durable mode).
 	Owner      string    `json:"owner,omitempty"`
@@ -114,6 +125,14 @@ type Record struct {
 // DisplayName is the remote batch's displayName: it carries the record's id so that a job whose
 // create answer was lost can be found again by listing.
 func (r *Record) DisplayName() string { return "gembatch-" + r.ID }
+
+// EstimatedTokens is a rough count of the batch's input tokens, four bytes a token, for the
+// enqueued-token quota. The service counts its own way; this errs on the high side.
+func (r *Record) EstimatedTokens() int64 { return (r.Bytes + 3) / 4 }
+
+// RetryID is the id of the record that resubmits this one's retryable requests: derived, so
+// that answering the batch again after a crash finds the retry record already made.
+func (r *Record) RetryID() string { return r.ID + "-r" }
 
 // Store errors.
 var (
