@@ -13,6 +13,10 @@ type Metrics struct {
 	throttled prometheus.Counter
 	ambiguous prometheus.Counter
 	uploaded  prometheus.Counter
+	// active, enqueuedTokens and waiting show the quota: what it holds and what waits for it.
+	active         prometheus.Gauge
+	enqueuedTokens *prometheus.GaugeVec
+	waiting        *prometheus.GaugeVec
 	// held reports the submitter's held requests and bytes to the gauges below.
 	held func() (requests, bytes int64)
 }
@@ -46,6 +50,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_submitter_uploaded_bytes_total",
 			Help: "Bytes of JSONL input uploaded to the File API.",
 		}),
+		active: f.NewGauge(prometheus.GaugeOpts{
+			Name: "gembatch_submitter_active_jobs",
+			Help: "Remote jobs created or being created and not yet ended, every replica's included (GEMBATCH_MAX_ACTIVE_JOBS caps it).",
+		}),
+		enqueuedTokens: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gembatch_submitter_enqueued_tokens",
+			Help: "Estimated input tokens of the active jobs, by model (GEMBATCH_TOKEN_BUDGET caps it).",
+		}, []string{"model"}),
+		waiting: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gembatch_submitter_waiting_batches",
+			Help: "Sealed batches held back by the quota, by reason (jobs: active job cap; tokens: a model's token budget; backoff: a model's 429 delay).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{waitJobs, waitTokens, waitBackoff} {
+		m.waiting.WithLabelValues(r)
 	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gembatch_submitter_held_requests",

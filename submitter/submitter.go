@@ -41,7 +41,12 @@ type Config struct {
 	CreateGrace time.Duration
 	// Backoff paces retries after 429 and unreachable API.
 	Backoff backoff.Policy
-	Now     func() time.Time
+	// Quota bounds the active jobs and their tokens; batches that do not fit wait in the queue.
+	Quota Quota
+	// KeepBodies keeps request bodies in memory after submit, for resubmissions and dead
+	// letters, where the store cannot give them back (core mode).
+	KeepBodies bool
+	Now        func() time.Time
 }
 
 // Submitter submits sealed records. Each record is worked on by one worker until it is submitted
@@ -59,6 +64,7 @@ type Submitter struct {
 	queue  []*record.Record
 	closed bool
 	ready  chan struct{}
+	adm    admission
 
 	// heldRequests and heldBytes count what is queued or being submitted: held in memory.
 	heldRequests atomic.Int64
@@ -83,7 +89,7 @@ func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1)}
+	s := &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1), adm: newAdmission()}
 	m.held = func() (int64, int64) { return s.Held() }
 	return s
 }
@@ -96,6 +102,22 @@ func (s *Submitter) Enqueue(rec *record.Record) {
 	s.queue = append(s.queue, rec)
 	s.m.queued.Set(float64(len(s.queue)))
 	s.mu.Unlock()
+	s.wake()
+}
+
+// requeue puts back, first in line, a record whose create the service throttled.
+func (s *Submitter) requeue(rec *record.Record) {
+	s.Release(rec.ID)
+	s.heldRequests.Add(int64(len(rec.Requests)))
+	s.heldBytes.Add(rec.Bytes)
+	s.mu.Lock()
+	s.queue = append([]*record.Record{rec}, s.queue...)
+	s.m.queued.Set(float64(len(s.queue)))
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Submitter) wake() {
 	select {
 	case s.ready <- struct{}{}:
 	default:
@@ -112,45 +134,56 @@ func (s *Submitter) CloseQueue() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	select {
-	case s.ready <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
-// next takes a record from the queue, waiting for one; nil when the queue is closed and empty
-// or ctx is done.
+// next takes the first queued record the quota admits, reserving its share, and waits while
+// there is none; nil when ctx is done, or the queue is closed and empty.
 func (s *Submitter) next(ctx context.Context) *record.Record {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		s.mu.Lock()
-		if len(s.queue) > 0 {
-			rec := s.queue[0]
-			s.queue[0] = nil
-			s.queue = s.queue[1:]
-			s.m.queued.Set(float64(len(s.queue)))
-			more := len(s.queue) > 0
-			s.mu.Unlock()
-			if more {
-				select {
-				case s.ready <- struct{}{}:
-				default:
+		now := s.cfg.Now()
+		waiting := map[string]int{waitJobs: 0, waitTokens: 0, waitBackoff: 0}
+		var soonest time.Time
+		for i, rec := range s.queue {
+			reason := s.blocked(rec, now)
+			if reason == "" {
+				s.queue = append(s.queue[:i], s.queue[i+1:]...)
+				s.reserve(rec)
+				s.m.queued.Set(float64(len(s.queue)))
+				more := len(s.queue) > 0
+				s.mu.Unlock()
+				if more {
+					s.wake() // another worker may find one that fits
 				}
+				return rec
 			}
-			return rec
+			waiting[reason]++
+			if until := s.adm.backoff[rec.Group.Model]; reason == waitBackoff && (soonest.IsZero() || until.Before(soonest)) {
+				soonest = until
+			}
 		}
-		closed := s.closed
+		for reason, n := range waiting {
+			s.m.waiting.WithLabelValues(reason).Set(float64(n))
+		}
+		closed := s.closed && len(s.queue) == 0
 		s.mu.Unlock()
 		if closed {
-			select {
-			case s.ready <- struct{}{}: // wake the next worker so it sees the close too
-			default:
-			}
+			s.wake() // the next worker sees the close too
 			return nil
 		}
+		wait := time.Hour
+		if !soonest.IsZero() {
+			wait = max(soonest.Sub(now), time.Millisecond)
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-s.ready:
+		case <-timer.C:
 		}
 	}
 }
@@ -181,8 +214,13 @@ func (s *Submitter) work(ctx context.Context, rec *record.Record) {
 		if err == nil || ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errThrottled) {
+			s.requeue(rec)
+			return
+		}
 		if errors.Is(err, record.ErrConflict) {
 			s.log.Warn().Err(err).Str("record", rec.ID).Msg("record owned elsewhere now; leaving it")
+			s.Release(rec.ID)
 			return
 		}
 		d := s.cfg.Backoff.Delay(attempt)
@@ -239,14 +277,16 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		var apiErr *gemini.APIError
 		switch {
 		case errors.As(err, &apiErr) && apiErr.HTTPStatus == 429:
-			// Not created: safe to send again after the server's delay.
+			// Not created: the model's quota is spent. Every batch of the model waits out the
+			// server's delay, growing while the 429s go on, and this one goes back in line.
 			s.m.throttled.Inc()
 			hint, _ := apiErr.Status.RetryDelay()
-			d := max(apiErr.RetryAfter, hint, s.cfg.Backoff.Delay(attempt))
-			s.log.Warn().Str("record", rec.ID).Dur("retry_in", d).Msg("create throttled (429); backing off")
-			if !backoff.Sleep(ctx, d) {
-				return ctx.Err()
-			}
+			d := max(apiErr.RetryAfter, hint, s.cfg.Backoff.Delay(s.throttles(rec.Group.Model)))
+			s.throttle(rec.Group.Model, d)
+			rec.CreateAttempted = time.Time{}
+			s.log.Warn().Str("record", rec.ID).Str("model", rec.Group.Model).Dur("retry_in", d).
+				Msg("create throttled (429 RESOURCE_EXHAUSTED); holding the model's batches back")
+			return errThrottled
 		case errors.Is(err, gemini.ErrOutcomeUnknown):
 			// The job may exist though the answer was lost: look before creating again.
 			s.m.ambiguous.Inc()
@@ -311,9 +351,12 @@ func (s *Submitter) adopt(ctx context.Context, rec *record.Record, op *gemini.Op
 	rec.RemoteState = op.State()
 	rec.State = record.Submitted
 	rec.Submitted = s.cfg.Now()
-	for i := range rec.Requests {
-		rec.Requests[i].Body = nil // sent; the record keeps only what replies need
+	if !s.cfg.KeepBodies {
+		for i := range rec.Requests {
+			rec.Requests[i].Body = nil // sent; the record keeps only what replies need
+		}
 	}
+	s.resetThrottles(rec.Group.Model)
 	if err := s.store.Update(ctx, rec); err != nil {
 		return fmt.Errorf("record %s submitted as %s: %w", rec.ID, op.Name, err)
 	}
@@ -336,6 +379,7 @@ func (s *Submitter) fail(ctx context.Context, rec *record.Record, cause error) e
 	if err := s.store.Update(ctx, rec); err != nil {
 		return fmt.Errorf("record %s to failed: %w", rec.ID, err)
 	}
+	s.Release(rec.ID)
 	s.log.Error().Err(cause).Str("record", rec.ID).Int("requests", len(rec.Requests)).Msg("batch could not be created; answering its requests with the error")
 	s.failed(rec)
 	return nil
@@ -412,6 +456,7 @@ func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
 	if err := s.store.Delete(ctx, rec.ID); err != nil {
 		return fmt.Errorf("split record %s: %w", rec.ID, err)
 	}
+	s.Release(rec.ID)
 	s.log.Info().Str("record", rec.ID).Int("parts", len(parts)).Int64("bytes", rec.Bytes).Msg("batch split to fit the input file limit")
 	for _, p := range parts {
 		s.Enqueue(p)
