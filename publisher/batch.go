@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -24,18 +25,21 @@ type API interface {
 
 // Batches answers every request of a finished or failed batch record, then cleans it up.
 type Batches struct {
-	pub   *Publisher
-	store record.Store
-	api   API
-	log   zerolog.Logger
+	pub    *Publisher
+	store  record.Store
+	api    API
+	log    zerolog.Logger
+	Policy Policy
 	// CheckpointEvery is how many results pass between progress checkpoints.
 	CheckpointEvery int
 	Now             func() time.Time
+
+	unpriced sync.Map // models without a price, warned about once
 }
 
-// NewBatches returns a batch replier.
+// NewBatches returns a batch replier that never resubmits; set Policy to change that.
 func NewBatches(pub *Publisher, store record.Store, api API, log zerolog.Logger) *Batches {
-	return &Batches{pub: pub, store: store, api: api, log: log, CheckpointEvery: 1000, Now: time.Now}
+	return &Batches{pub: pub, store: store, api: api, log: log, Policy: Policy{MaxAttempts: 1}, CheckpointEvery: 1000, Now: time.Now}
 }
 
 // answering tracks one batch's replies: which requests have theirs, and how many results were
@@ -46,12 +50,20 @@ type answering struct {
 	salvage    bool
 	unreadable error
 	usage      gemini.UsageMetadata // summed over the batch's responses
+	estimated  int64                // prompt tokens estimated for responses without usage
+	cost       float64              // estimated, in US dollars
+	priced     bool                 // the model has a price
 	ctx        context.Context
 	b          *Batches
 	rec        *record.Record
 	byKey      map[string]int
 	answered   []bool
 	seq        int
+	// retry lists the requests kept for a later batch, with counts by reason.
+	retry        []int
+	retryReasons map[string]int
+	// stored holds request bodies read back from the store, by request id, once needed.
+	stored map[string]json.RawMessage
 }
 
 // Answer publishes one reply for every request of rec, which is Finished or Failed. op is the
@@ -71,7 +83,8 @@ func (b *Batches) Salvage(ctx context.Context, rec *record.Record, op *gemini.Op
 }
 
 func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Operation, salvage bool) error {
-	a := &answering{ctx: ctx, b: b, rec: rec, salvage: salvage, byKey: make(map[string]int, len(rec.Requests)), answered: make([]bool, len(rec.Requests))}
+	a := &answering{ctx: ctx, b: b, rec: rec, salvage: salvage, byKey: make(map[string]int, len(rec.Requests)),
+		answered: make([]bool, len(rec.Requests)), retryReasons: map[string]int{}, priced: true}
 	for i, r := range rec.Requests {
 		a.byKey[r.Key] = i
 	}
@@ -79,10 +92,10 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	switch {
 	case rec.State == record.Failed:
 		err = a.all(rec.Error)
-	case rec.RemoteState == gemini.StateSucceeded:
-		err = a.results(ctx, op)
-	default:
+	case rec.RemoteState == gemini.StateFailed:
 		err = a.all(jobError(rec))
+	default: // SUCCEEDED, and EXPIRED or CANCELLED with whatever results they carry
+		err = a.results(ctx, op)
 	}
 	if err != nil {
 		return err
@@ -92,21 +105,29 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 		b.log.Error().Err(a.unreadable).Str("record", rec.ID).Str("batch", rec.RemoteName).
 			Msg("results unreadable; answering the requests left with an error")
 	}
+	st, reason, retry := b.unfinished(rec)
 	for i, ok := range a.answered {
 		if ok {
 			continue
 		}
-		st := gemini.NewStatus(gemini.CodeInternal, "batch %s returned no result for key %q", rec.RemoteName, rec.Requests[i].Key)
 		if a.unreadable != nil {
-			st = gemini.NewStatus(gemini.CodeInternal, "the results of batch %s could not be read: %v", rec.RemoteName, a.unreadable)
-		} else {
+			st := gemini.NewStatus(gemini.CodeInternal, "the results of batch %s could not be read: %v", rec.RemoteName, a.unreadable)
+			if err := a.reply(i, nil, st, false); err != nil {
+				return err
+			}
+			continue
+		}
+		if rec.RemoteState == gemini.StateSucceeded {
 			b.pub.m.missingKeys.Inc()
 		}
-		if err := a.reply(i, nil, st, false); err != nil {
+		if err := a.settle(i, st, reason, retry, false); err != nil {
 			return err
 		}
 	}
 	if err := b.pub.Flush(); err != nil {
+		return err
+	}
+	if err := a.resubmit(); err != nil {
 		return err
 	}
 	rec.Replied = a.seq
@@ -116,10 +137,16 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	}
 	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
 	// Counted once, when the batch becomes Replied: a resumed run re-reads every result, so the
-	// sum is whole, and a batch already Replied is never answered again.
-	b.pub.m.countTokens(rec.Group.Model, a.usage)
+	// sums are whole, and a batch already Replied is never answered again.
+	b.pub.m.countTokens(rec.Group.Model, a.usage, a.estimated)
+	b.pub.m.cost.WithLabelValues(rec.Group.Model).Add(a.cost)
+	if !a.priced {
+		if _, warned := b.unpriced.LoadOrStore(rec.Group.Model, true); !warned {
+			b.log.Warn().Str("model", rec.Group.Model).Msg("no price for this model (GEMBATCH_PRICES_FILE); its cost is not estimated")
+		}
+	}
 	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
-		Str("state", string(rec.RemoteState)).Msg("batch answered")
+		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Str("state", string(rec.RemoteState)).Msg("batch answered")
 	return b.clean(ctx, rec)
 }
 
@@ -152,6 +179,9 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	}
 	out := op.Output()
 	if out == nil {
+		if a.rec.RemoteState != gemini.StateSucceeded {
+			return nil // an expired or cancelled job usually ends with no results at all
+		}
 		return a.all(gemini.NewStatus(gemini.CodeInternal, "batch %s succeeded with no output", a.rec.RemoteName))
 	}
 	if out.ResponsesFile == "" {
@@ -213,18 +243,41 @@ func (a *answering) result(r gemini.Result) error {
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Str("key", r.Key).Msg("result for a key that is not waiting in this batch")
 		return nil
 	}
-	if r.Error == nil {
-		var u struct {
-			UsageMetadata gemini.UsageMetadata `json:"usageMetadata"`
+	if r.Error != nil {
+		cancelled := r.Error.Code == gemini.CodeCancelled && a.rec.StuckCancelled
+		reason := ResubmitItemError
+		if cancelled {
+			reason = ResubmitStuck
 		}
-		if json.Unmarshal(r.Response, &u) == nil {
-			a.usage.PromptTokenCount += u.UsageMetadata.PromptTokenCount
-			a.usage.CandidatesTokenCount += u.UsageMetadata.CandidatesTokenCount
-			a.usage.CachedContentTokenCount += u.UsageMetadata.CachedContentTokenCount
-			a.usage.ThoughtsTokenCount += u.UsageMetadata.ThoughtsTokenCount
-		}
+		return a.settle(i, r.Error, reason, Retryable(r.Error.Code) || cancelled, true)
 	}
-	return a.reply(i, r.Response, r.Error, true)
+	a.account(i, r.Response)
+	return a.reply(i, r.Response, nil, true)
+}
+
+// account adds one response's tokens and estimated cost to the batch's sums. Responses without
+// usageMetadata (embeddings) count their request's size, four bytes a token, as prompt tokens.
+func (a *answering) account(i int, response json.RawMessage) {
+	var u struct {
+		UsageMetadata *gemini.UsageMetadata `json:"usageMetadata"`
+	}
+	_ = json.Unmarshal(response, &u) // a response that does not decode has no usage to count
+	usage := gemini.UsageMetadata{PromptTokenCount: (a.rec.Requests[i].Size + 3) / 4}
+	if u.UsageMetadata != nil {
+		usage = *u.UsageMetadata
+		a.usage.CandidatesTokenCount += usage.CandidatesTokenCount
+		a.usage.CachedContentTokenCount += usage.CachedContentTokenCount
+		a.usage.ThoughtsTokenCount += usage.ThoughtsTokenCount
+		a.usage.PromptTokenCount += usage.PromptTokenCount
+	} else {
+		a.estimated += usage.PromptTokenCount
+	}
+	if a.b.Policy.Prices == nil {
+		return
+	}
+	usd, ok := a.b.Policy.Prices.Cost(a.rec.Group.Model, usage)
+	a.cost += usd
+	a.priced = a.priced && ok
 }
 
 // all answers every request with the same error.
@@ -250,6 +303,11 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 		return err
 	}
 	a.b.pub.m.replyLatency.Observe(a.b.Now().Sub(req.Received).Seconds())
+	if st != nil {
+		if err := a.deadLetter(i, st); err != nil {
+			return err
+		}
+	}
 	if a.seq == len(a.rec.Requests)/2 {
 		failpoint.Hit(failpoint.MidReply)
 	}

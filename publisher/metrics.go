@@ -17,6 +17,10 @@ type Metrics struct {
 	batches      *prometheus.CounterVec
 	replyLatency prometheus.Histogram
 	tokens       *prometheus.CounterVec
+	cost         *prometheus.CounterVec
+	resubmitted  *prometheus.CounterVec
+	gaveUp       *prometheus.CounterVec
+	deadLetters  prometheus.Counter
 }
 
 // NewMetrics builds the publisher's metrics on reg.
@@ -58,18 +62,40 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		tokens: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gembatch_publisher_tokens_total",
-			Help: "Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts); counted once per batch.",
+			Help: "Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts; prompt_estimated for responses without usage, such as embeddings); counted once per batch.",
 		}, []string{"model", "type"}),
+		cost: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_cost_usd_total",
+			Help: "Estimated cost of answered requests in US dollars at batch prices (GEMBATCH_PRICES_FILE), by model; counted once per batch.",
+		}, []string{"model"}),
+		resubmitted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_resubmitted_requests_total",
+			Help: "Requests put into a later batch, by reason (item_error, missing_result, expired, cancelled, stuck).",
+		}, []string{"reason"}),
+		gaveUp: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_gave_up_requests_total",
+			Help: "Requests answered with their error instead of resubmitted, by reason (attempts: GEMBATCH_MAX_ATTEMPTS used up; deadline: Gembatch-Deadline passed).",
+		}, []string{"reason"}),
+		deadLetters: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_dead_letters_total",
+			Help: "Finally failed requests published to GEMBATCH_DEAD_LETTER_SUBJECT.",
+		}),
 	}
+	for _, r := range []string{ResubmitItemError, ResubmitMissing, ResubmitExpired, ResubmitCancelled, ResubmitStuck} {
+		m.resubmitted.WithLabelValues(r)
+	}
+	m.gaveUp.WithLabelValues("attempts")
+	m.gaveUp.WithLabelValues("deadline")
 	m.published.WithLabelValues("ok")
 	m.published.WithLabelValues("error")
 	return m
 }
 
-func (m *Metrics) countTokens(model string, u gemini.UsageMetadata) {
+func (m *Metrics) countTokens(model string, u gemini.UsageMetadata, estimated int64) {
 	for typ, n := range map[string]int64{
 		"prompt": u.PromptTokenCount, "candidates": u.CandidatesTokenCount,
 		"cached": u.CachedContentTokenCount, "thoughts": u.ThoughtsTokenCount,
+		"prompt_estimated": estimated,
 	} {
 		m.tokens.WithLabelValues(model, typ).Add(float64(n))
 	}

@@ -137,7 +137,7 @@ func TestAnswerFromBrokenResultFile(t *testing.T) {
 	if string(got["c"][0].Data) != `{"key":"c","error":{"code":13,"message":"internal","status":"INTERNAL"}}` {
 		t.Fatalf("per-item error reply: %s", got["c"][0].Data)
 	}
-	if !strings.Contains(string(got["d"][0].Data), "no result for key") {
+	if !strings.Contains(string(got["d"][0].Data), "returned no result for this key") {
 		t.Fatalf("missing key reply: %s", got["d"][0].Data)
 	}
 	if len(got["zzz"]) != 0 {
@@ -167,11 +167,12 @@ func TestTokensCountedOncePerBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `
-# HELP gembatch_publisher_tokens_total Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts); counted once per batch.
+# HELP gembatch_publisher_tokens_total Tokens of answered batches from their responses' usageMetadata, by model and type (prompt, candidates, cached, thoughts; prompt_estimated for responses without usage, such as embeddings); counted once per batch.
 # TYPE gembatch_publisher_tokens_total counter
 gembatch_publisher_tokens_total{model="models/m",type="cached"} 4
 gembatch_publisher_tokens_total{model="models/m",type="candidates"} 8
 gembatch_publisher_tokens_total{model="models/m",type="prompt"} 17
+gembatch_publisher_tokens_total{model="models/m",type="prompt_estimated"} 0
 gembatch_publisher_tokens_total{model="models/m",type="thoughts"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "gembatch_publisher_tokens_total"); err != nil {
