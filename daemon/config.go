@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/gembatch/gembatch/gemini"
 )
 
 // Config is gembatchd's configuration, read from GEMBATCH_* environment variables.
@@ -65,6 +67,16 @@ type Config struct {
 	RecordRetention time.Duration `envconfig:"RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
 	Instance        string        `envconfig:"INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
 	LeaseTTL        time.Duration `envconfig:"LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
+
+	MaxAttempts       int           `envconfig:"MAX_ATTEMPTS" default:"3" desc:"batches a request may be sent in: requests that fail with a retryable error (13, 14, 4, 8) or that an expired or stuck job left unfinished go into a later batch until then (1: never resubmit)"`
+	ResubmitExpired   bool          `envconfig:"RESUBMIT_EXPIRED" default:"true" desc:"resubmit the unfinished requests of an EXPIRED job (false: answer them with DEADLINE_EXCEEDED)"`
+	ResubmitCancelled bool          `envconfig:"RESUBMIT_CANCELLED" default:"false" desc:"resubmit the unfinished requests of a job cancelled outside gembatch (false: answer them with CANCELLED)"`
+	StuckAfter        time.Duration `envconfig:"STUCK_AFTER" default:"24h" desc:"a job still PENDING or RUNNING this long after its create is reported stuck (metric, log); 0 never"`
+	StuckCancel       bool          `envconfig:"STUCK_CANCEL" default:"false" desc:"cancel stuck jobs and resubmit their unfinished requests"`
+	DeadLetterSubject string        `envconfig:"DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
+	MaxActiveJobs     int           `envconfig:"MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
+	TokenBudget       TokenBudget   `envconfig:"TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
+	PricesFile        string        `envconfig:"PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
 
 	MetricsAddr   string        `envconfig:"METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
 	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -202,6 +214,45 @@ func (c *Config) Validate() error {
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return bad("NATS_TLS_CERT", "and NATS_TLS_KEY go together")
 	}
+	switch {
+	case c.MaxAttempts < 1 || c.MaxAttempts > 100:
+		return bad("MAX_ATTEMPTS", "must be between 1 and 100, got %d", c.MaxAttempts)
+	case c.StuckAfter < 0:
+		return bad("STUCK_AFTER", "must not be negative, got %s", c.StuckAfter)
+	case c.StuckCancel && c.StuckAfter == 0:
+		return bad("STUCK_CANCEL", "needs STUCK_AFTER above 0")
+	case c.MaxActiveJobs < 0:
+		return bad("MAX_ACTIVE_JOBS", "must not be negative, got %d", c.MaxActiveJobs)
+	case c.DeadLetterSubject != "" && !natsSubject.MatchString(c.DeadLetterSubject):
+		return bad("DEAD_LETTER_SUBJECT", "%q is not a subject to publish to (no spaces or wildcards)", c.DeadLetterSubject)
+	case c.DeadLetterSubject != "" && (c.DeadLetterSubject == c.SubjectGenerate || c.DeadLetterSubject == c.SubjectEmbed ||
+		strings.HasPrefix(c.DeadLetterSubject, c.StreamSubject+".")):
+		return bad("DEAD_LETTER_SUBJECT", "%q must not be a subject gembatch takes requests on", c.DeadLetterSubject)
+	}
+	return nil
+}
+
+var natsSubject = regexp.MustCompile(`^[^.\s*>]+(\.[^.\s*>]+)*$`)
+
+// TokenBudget is a token cap per model, read from "gemini-2.5-flash=3000000,models/x=10".
+type TokenBudget map[string]int64
+
+// Decode implements envconfig.Decoder.
+func (t *TokenBudget) Decode(v string) error {
+	out := TokenBudget{}
+	for item := range strings.SplitSeq(v, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		model, n, ok := strings.Cut(item, "=")
+		tokens, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
+		model = strings.TrimSpace(model)
+		if !ok || model == "" || err != nil || tokens < 1 {
+			return fmt.Errorf("%q is not model=tokens with a positive number of tokens", item)
+		}
+		out[gemini.ModelName(model)] = tokens
+	}
+	*t = out
 	return nil
 }
 

@@ -38,6 +38,13 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"GEMBATCH_LOG_FORMAT", "xml", "GEMBATCH_LOG_FORMAT: must be json or console"},
 		{"GEMBATCH_MAX_REQUEST_BYTES", "200MiB", "GEMBATCH_MAX_REQUEST_BYTES: must be between 1 and BATCH_MAX_BYTES"},
 		{"GEMBATCH_GEMINI_API_KEY_FILE", "/nonexistent/key", "GEMBATCH_GEMINI_API_KEY_FILE: open /nonexistent/key"},
+		{"GEMBATCH_MAX_ATTEMPTS", "0", "GEMBATCH_MAX_ATTEMPTS: must be between 1 and 100"},
+		{"GEMBATCH_STUCK_AFTER", "-1h", "GEMBATCH_STUCK_AFTER: must not be negative"},
+		{"GEMBATCH_MAX_ACTIVE_JOBS", "-1", "GEMBATCH_MAX_ACTIVE_JOBS: must not be negative"},
+		{"GEMBATCH_TOKEN_BUDGET", "gemini-2.5-flash=lots", `GEMBATCH_TOKEN_BUDGET="gemini-2.5-flash=lots": "gemini-2.5-flash=lots" is not model=tokens`},
+		{"GEMBATCH_TOKEN_BUDGET", "gemini-2.5-flash", `is not model=tokens with a positive number of tokens`},
+		{"GEMBATCH_DEAD_LETTER_SUBJECT", "dead.>", `GEMBATCH_DEAD_LETTER_SUBJECT: "dead.>" is not a subject to publish to`},
+		{"GEMBATCH_DEAD_LETTER_SUBJECT", "gembatch.generate", `GEMBATCH_DEAD_LETTER_SUBJECT: "gembatch.generate" must not be a subject gembatch takes requests on`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
@@ -50,6 +57,21 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 				t.Fatalf("error spans lines: %q", err)
 			}
 		})
+	}
+}
+
+func TestTokenBudget(t *testing.T) {
+	var b TokenBudget
+	if err := b.Decode(" gemini-2.5-flash=3000000, models/gemini-2.5-pro=5000000,"); err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 2 || b["models/gemini-2.5-flash"] != 3_000_000 || b["models/gemini-2.5-pro"] != 5_000_000 {
+		t.Fatalf("budget %v", b)
+	}
+	t.Setenv("GEMBATCH_STUCK_AFTER", "0")
+	t.Setenv("GEMBATCH_STUCK_CANCEL", "true")
+	if _, err := LoadConfig(); err == nil || !strings.Contains(err.Error(), "GEMBATCH_STUCK_CANCEL: needs STUCK_AFTER above 0") {
+		t.Fatalf("STUCK_CANCEL without STUCK_AFTER: %v", err)
 	}
 }
 

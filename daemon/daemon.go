@@ -24,6 +24,7 @@ import (
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/metrics"
 	"github.com/gembatch/gembatch/poller"
+	"github.com/gembatch/gembatch/pricing"
 	"github.com/gembatch/gembatch/publisher"
 	"github.com/gembatch/gembatch/record"
 	"github.com/gembatch/gembatch/submitter"
@@ -56,6 +57,7 @@ func (m *Main) Run(ctx context.Context) error {
 	cfg := m.Config
 	if cfg.Instance == "" {
 		cfg.Instance, _ = os.Hostname()
+		m.Config.Instance = cfg.Instance
 	}
 	nc, err := m.connect()
 	if err != nil {
@@ -93,14 +95,33 @@ func (m *Main) Run(ctx context.Context) error {
 		gemini.WithMetrics(gemini.NewMetrics(m.Registry)),
 		gemini.WithLogger(m.Log.With().Str("component", "gemini").Logger()))
 
+	prices := pricing.Default()
+	if cfg.PricesFile != "" {
+		if prices, err = pricing.Load(cfg.PricesFile); err != nil {
+			return fmt.Errorf("%s_PRICES_FILE: %w", Prefix, err)
+		}
+	}
+
+	var sub *submitter.Submitter
 	pub := publisher.New(nc, publisher.NewMetrics(m.Registry))
-	answers := newAnswerer(publisher.NewBatches(pub, m.Store, api, m.Log.With().Str("component", "publisher").Logger()), m.Log)
-	poll := poller.New(poller.Config{Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency},
-		api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry), answers.enqueue)
-	sub := submitter.New(submitter.Config{
+	batches := publisher.NewBatches(pub, m.Store, api, m.Log.With().Str("component", "publisher").Logger())
+	batches.Policy = publisher.Policy{
+		MaxAttempts: cfg.MaxAttempts, ResubmitExpired: cfg.ResubmitExpired, ResubmitCancelled: cfg.ResubmitCancelled,
+		DeadLetter: cfg.DeadLetterSubject, Prices: prices, Resubmit: func(r *record.Record) { sub.Enqueue(r) },
+	}
+	answers := newAnswerer(batches, m.Log)
+	poll := poller.New(poller.Config{
+		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
+		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
+	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
+		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.enqueue(r, op) })
+	sub = submitter.New(submitter.Config{
 		InlineMaxBytes: int64(cfg.InlineMaxBytes),
 		Concurrency:    cfg.SubmitConcurrent,
 		CreateGrace:    cfg.CreateGrace,
+		Quota:          submitter.Quota{MaxActiveJobs: cfg.MaxActiveJobs, TokenBudget: cfg.TokenBudget},
+		// The durable store gives bodies back for resubmissions; in memory they must stay.
+		KeepBodies: !durable && (cfg.MaxAttempts > 1 || cfg.DeadLetterSubject != ""),
 	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), submitter.NewMetrics(m.Registry),
 		poll.Enqueue, func(r *record.Record) { answers.enqueue(r, nil) })
 
@@ -165,20 +186,21 @@ func (m *Main) Run(ctx context.Context) error {
 		case record.Sealed, record.Submitting:
 			sub.Enqueue(rec)
 		case record.Submitted:
+			sub.Hold(rec)
 			poll.Enqueue(rec)
 		case record.Finished, record.Failed, record.Replied:
 			answers.enqueue(rec, nil)
 		}
 	}
 	if durable {
-		jss.OnLost(poll.Forget)
+		jss.OnLost(func(id string) { poll.Forget(id); sub.Release(id) })
 		watched := make(chan struct{})
 		wg.Go(func() { errc <- jss.Watch(workCtx, watched) })
 		select {
 		case <-watched:
 		case <-ctx.Done():
 		}
-		wg.Go(func() { m.ownership(workCtx, jss, route) })
+		wg.Go(func() { m.ownership(workCtx, jss, sub, route) })
 		err = sin.Start(ctx)
 	} else {
 		err = m.resume(ctx, route)
@@ -289,8 +311,9 @@ func (m *Main) resume(ctx context.Context, route func(*record.Record)) error {
 }
 
 // ownership renews this instance's leases and takes over the records of instances that stopped
-// renewing theirs (and, at start, this instance's own from before a restart).
-func (m *Main) ownership(ctx context.Context, st *jsstore.Store, route func(*record.Record)) {
+// renewing theirs (and, at start, this instance's own from before a restart). It also tells the
+// submitter what jobs the other instances hold, for the shared quota.
+func (m *Main) ownership(ctx context.Context, st *jsstore.Store, sub *submitter.Submitter, route func(*record.Record)) {
 	renew := time.NewTicker(m.Config.LeaseTTL / 3)
 	defer renew.Stop()
 	claim := time.NewTimer(0)
@@ -308,6 +331,11 @@ func (m *Main) ownership(ctx context.Context, st *jsstore.Store, route func(*rec
 			}
 			for _, rec := range recs {
 				route(rec)
+			}
+			if all, err := st.List(ctx); err == nil {
+				sub.SetOthers(all, m.Config.Instance)
+			} else if ctx.Err() == nil {
+				m.Log.Warn().Err(err).Msg("count the jobs of every replica for the quota")
 			}
 			claim.Reset(m.Config.LeaseTTL / 2)
 		}
