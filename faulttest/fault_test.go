@@ -1,6 +1,7 @@
 package faulttest_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/internal/failpoint"
 )
 
@@ -170,6 +174,47 @@ func TestAPIStorms(t *testing.T) {
 	}
 	if w.duplicateJobs() != 0 {
 		t.Fatalf("%d duplicate jobs", w.duplicateJobs())
+	}
+}
+
+// TestTokensCountedOnceAcrossRestart: a batch whose replies are cut off by a crash is answered
+// again after the restart, and its tokens and cost are counted once, by the instance that
+// finished it: the sums equal the usage the replies carry.
+func TestTokensCountedOnceAcrossRestart(t *testing.T) {
+	w := newWorld(t, emulator.Faults{})
+	w.models = []string{"gemini-2.5-flash"} // one batch: nothing is counted before the crash
+	d := w.start("a", "GEMBATCH_FAILPOINT="+failpoint.MidReply)
+	w.send(40, "tokens")
+	if !d.died(20 * time.Second) {
+		d.kill()
+		t.Fatalf("failpoint %s was never reached\n%s", failpoint.MidReply, d.log())
+	}
+	again := w.start("a")
+	w.waitAnswered(60*time.Second, func() string { return d.log() + "\n--- after restart ---\n" + again.log() })
+	metrics := scrape(t, again)
+	again.stop(t)
+	var want int64
+	w.ledger(func(m jetstream.Msg) {
+		var r struct {
+			Response struct {
+				UsageMetadata gemini.UsageMetadata `json:"usageMetadata"`
+			} `json:"response"`
+		}
+		if err := json.Unmarshal(m.Data(), &r); err != nil {
+			t.Fatalf("reply %s: %v", m.Data(), err)
+		}
+		want += r.Response.UsageMetadata.PromptTokenCount + r.Response.UsageMetadata.CandidatesTokenCount
+	})
+	got := sample(metrics, "gembatch_publisher_tokens_total")
+	cost := sample(metrics, "gembatch_publisher_cost_usd_total")
+	un, dup := w.tally()
+	report(t, fmt.Sprintf("tokens across a restart: requests=%d tokens_in_replies=%d tokens_counted=%v cost_usd=%.8f duplicate_replies=%d",
+		len(w.sent), want, got, cost, dup))
+	if want == 0 || got != float64(want) || un != 0 || dup != 0 {
+		t.Fatalf("counted %v tokens, the replies carry %d (%d unanswered, %d duplicates)", got, want, un, dup)
+	}
+	if cost <= 0 {
+		t.Fatalf("cost %v: the shipped prices cover gemini-2.5-flash", cost)
 	}
 }
 

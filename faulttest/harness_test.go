@@ -54,6 +54,8 @@ type world struct {
 	js      jetstream.JetStream
 	replies jetstream.Stream
 	sent    []string
+	// models are the models requests go to in turn; the default is a flash and a pro model.
+	models []string
 }
 
 func newWorld(t *testing.T, faults emulator.Faults) *world {
@@ -227,7 +229,11 @@ func (w *world) send(n int, tag string) {
 	for i := range n {
 		key := fmt.Sprintf("%s-%04d", tag, i)
 		text := key
-		if i%2 == 1 { // the pro model's batches are large enough to go by file
+		models := w.models
+		if models == nil {
+			models = []string{"gemini-2.5-flash", "gemini-2.5-pro"}
+		}
+		if i%2 == 1 { // every other request is large enough for its batch to go by file
 			text += strings.Repeat(" padding", 80)
 		}
 		body, _ := json.Marshal(map[string]any{"contents": []any{map[string]any{"parts": []any{map[string]string{"text": text}}}}})
@@ -235,7 +241,7 @@ func (w *world) send(n int, tag string) {
 		msg.Data = body
 		msg.Header.Set("Gembatch-Key", key)
 		msg.Header.Set("Gembatch-Reply", "ledger."+key)
-		msg.Header.Set("Gembatch-Model", []string{"gemini-2.5-flash", "gemini-2.5-pro"}[i%2])
+		msg.Header.Set("Gembatch-Model", models[i%len(models)])
 		for {
 			if _, err := w.js.PublishMsg(ctx, msg); err == nil {
 				break
@@ -251,32 +257,8 @@ func (w *world) send(n int, tag string) {
 // tally reads the ledger: how many sent requests have no reply, and how many have more than one.
 func (w *world) tally() (unanswered, duplicates int) {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	info, err := w.replies.Info(ctx)
-	if err != nil {
-		w.t.Fatal(err)
-	}
 	counts := map[string]int{}
-	if info.State.Msgs > 0 {
-		cons, err := w.replies.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		for got := uint64(0); got < info.State.Msgs; {
-			batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-			if err != nil {
-				w.t.Fatal(err)
-			}
-			for m := range batch.Messages() {
-				counts[m.Headers().Get("Gembatch-Key")]++
-				got++
-			}
-			if batch.Error() != nil {
-				w.t.Fatal(batch.Error())
-			}
-		}
-	}
+	w.ledger(func(m jetstream.Msg) { counts[m.Headers().Get("Gembatch-Key")]++ })
 	for _, k := range w.sent {
 		switch n := counts[k]; {
 		case n == 0:
@@ -286,6 +268,37 @@ func (w *world) tally() (unanswered, duplicates int) {
 		}
 	}
 	return unanswered, duplicates
+}
+
+// ledger calls f with every reply the ledger holds, in order.
+func (w *world) ledger(f func(jetstream.Msg)) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := w.replies.Info(ctx)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if info.State.Msgs == 0 {
+		return
+	}
+	cons, err := w.replies.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for got := uint64(0); got < info.State.Msgs; {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			f(m)
+			got++
+		}
+		if batch.Error() != nil {
+			w.t.Fatal(batch.Error())
+		}
+	}
 }
 
 // waitAnswered waits until every sent request has a reply.
