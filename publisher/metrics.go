@@ -41,7 +41,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		missingKeys: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_missing_results_total",
-			Help: "Requests whose batch returned no result for their key (answered with an error).",
+			Help: "Requests whose batch returned no result for their key (resubmitted, or answered with an error).",
 		}),
 		badLines: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_malformed_result_lines_total",

@@ -160,7 +160,7 @@ func (a *answering) resubmit() error {
 	}
 	for _, i := range a.retry {
 		q := a.rec.Requests[i]
-		q.Body, _ = a.body(i) // read when it was kept
+		q.Body, _ = a.body(i) // settle kept only requests whose body it could read
 		q.Attempt = q.Attempts() + 1
 		q.Ack = nil
 		next.Requests = append(next.Requests, q)

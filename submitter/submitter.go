@@ -147,18 +147,16 @@ func (s *Submitter) next(ctx context.Context) *record.Record {
 		now := s.cfg.Now()
 		waiting := map[string]int{waitJobs: 0, waitTokens: 0, waitBackoff: 0}
 		var soonest time.Time
+		take := -1
 		for i, rec := range s.queue {
 			reason := s.blocked(rec, now)
-			if reason == "" {
-				s.queue = append(s.queue[:i], s.queue[i+1:]...)
-				s.reserve(rec)
-				s.m.queued.Set(float64(len(s.queue)))
-				more := len(s.queue) > 0
-				s.mu.Unlock()
-				if more {
-					s.wake() // another worker may find one that fits
-				}
-				return rec
+			if reason == "" && take < 0 {
+				take = i
+				s.reserve(rec) // before the rest are judged, so they are judged without its share
+				continue
+			}
+			if reason == "" { // fits, and waits for a worker
+				continue
 			}
 			waiting[reason]++
 			if until := s.adm.backoff[rec.Group.Model]; reason == waitBackoff && (soonest.IsZero() || until.Before(soonest)) {
@@ -167,6 +165,17 @@ func (s *Submitter) next(ctx context.Context) *record.Record {
 		}
 		for reason, n := range waiting {
 			s.m.waiting.WithLabelValues(reason).Set(float64(n))
+		}
+		if take >= 0 {
+			rec := s.queue[take]
+			s.queue = append(s.queue[:take], s.queue[take+1:]...)
+			s.m.queued.Set(float64(len(s.queue)))
+			more := len(s.queue) > 0
+			s.mu.Unlock()
+			if more {
+				s.wake() // another worker may find one that fits
+			}
+			return rec
 		}
 		closed := s.closed && len(s.queue) == 0
 		s.mu.Unlock()
