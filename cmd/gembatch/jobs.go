@@ -392,6 +392,10 @@ func printShow(w io.Writer, rec *record.Record, remote string, op *gemini.Operat
 		row("  requests", fmt.Sprintf("%d (%d bytes), %d replied", rec.Count, rec.Bytes, rec.Replied))
 		row("  mode", string(rec.Mode))
 		row("  closed by", rec.CloseReason)
+		row("  resubmits", rec.RetryOf)
+		if rec.StuckCancelled {
+			row("  stuck", "cancelled by gembatchd; its unfinished requests are resubmitted")
+		}
 		row("  sealed", ts(rec.Sealed))
 		row("  submitted", ts(rec.Submitted))
 		row("  finished", ts(rec.Finished))

@@ -139,3 +139,16 @@ func TestJobsShowCancel(t *testing.T) {
 		t.Fatalf("jobs --watch: exit %d\n%s", code, stdout)
 	}
 }
+
+// TestShowResubmission: a record that resubmits another's requests, or was cancelled as stuck,
+// says so.
+func TestShowResubmission(t *testing.T) {
+	var b strings.Builder
+	rec := &record.Record{ID: "x-r", State: record.Sealed, RetryOf: "x", StuckCancelled: true}
+	printShow(&b, rec, "", nil, nil, time.Now())
+	for _, want := range []string{"resubmits  x", "stuck      cancelled by gembatchd"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("show output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
