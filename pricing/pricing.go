@@ -9,13 +9,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/gembatch/gembatch/gemini"
 )
+
+// maxRate is a dollar a token, far above any real price. JSON holds no NaN or infinity, so
+// with this cap every rate, and every cost of up to math.MaxInt64 tokens, is finite.
+const maxRate = 1e6
 
 // Rates are US dollars per million tokens, at batch prices.
 type Rates struct {
@@ -31,35 +37,37 @@ type Price struct {
 	LongContext *LongContext `json:"longContext,omitempty"`
 }
 
-// LongContext are the rates of a request whose prompt has more than Above tokens.
+// LongContext are the rates of a request with a long prompt.
 type LongContext struct {
-	Above int64 `json:"above"`
+	Above int64 `json:"above"` // prompt tokens; a request with more uses these rates
 	Rates
 }
 
-// Table is a price per model.
+// Table is a price per model. It is not changed after Parse, so it may be shared.
 type Table struct {
 	prices map[string]Price // by model name with "models/"
 }
 
 // file is the table's JSON form.
 type file struct {
-	AsOf   string           `json:"asOf"`
-	Note   string           `json:"note"`
-	Models map[string]Price `json:"models"`
+	AsOf   string            `json:"asOf"`
+	Note   string            `json:"note"`
+	Models map[string]*Price `json:"models"` // a pointer, so that a null entry is told from zero rates
 }
 
 //go:embed prices.json
 var shipped []byte
 
-// Default returns the shipped table of batch prices.
-func Default() *Table {
+var defaultTable = sync.OnceValue(func() *Table {
 	t, err := Parse(shipped)
 	if err != nil {
 		panic("pricing: the shipped prices.json is broken: " + err.Error())
 	}
 	return t
-}
+})
+
+// Default returns the shipped table of batch prices.
+func Default() *Table { return defaultTable() }
 
 // Load reads a price table file.
 func Load(path string) (*Table, error) {
@@ -82,24 +90,37 @@ func Parse(data []byte) (*Table, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("not a price table: %w", err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("not a price table: data after the top-level object")
+	}
 	if len(f.Models) == 0 {
 		return nil, errors.New("no models in the price table")
 	}
 	t := &Table{prices: make(map[string]Price, len(f.Models))}
-	for name, p := range f.Models {
+	seen := make(map[string]string, len(f.Models))
+	// Sorted, so that a table with several faults always reports the same one.
+	for _, name := range slices.Sorted(maps.Keys(f.Models)) {
 		model := gemini.ModelName(name)
-		if _, dup := t.prices[model]; dup {
-			return nil, fmt.Errorf("model %q is listed twice", model)
+		if model == "models/" {
+			return nil, fmt.Errorf("model %q: name is empty", name)
+		}
+		if other, dup := seen[model]; dup {
+			return nil, fmt.Errorf("model %q: same model as %q", name, other)
+		}
+		seen[model] = name
+		p := f.Models[name]
+		if p == nil {
+			return nil, fmt.Errorf("model %q: no rates", name)
 		}
 		if err := p.check(); err != nil {
 			return nil, fmt.Errorf("model %q: %w", name, err)
 		}
-		t.prices[model] = p
+		t.prices[model] = *p
 	}
 	return t, nil
 }
 
-func (p Price) check() error {
+func (p *Price) check() error {
 	if err := p.Rates.check(""); err != nil {
 		return err
 	}
@@ -117,8 +138,11 @@ func (r Rates) check(prefix string) error {
 		name string
 		v    float64
 	}{{"input", r.Input}, {"output", r.Output}, {"cached", r.Cached}} {
-		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+		switch {
+		case f.v < 0:
 			return fmt.Errorf("%s%s: must not be negative", prefix, f.name)
+		case f.v > maxRate:
+			return fmt.Errorf("%s%s: must not exceed %.0f", prefix, f.name, maxRate)
 		}
 	}
 	return nil
@@ -134,10 +158,12 @@ func (t *Table) Cost(model string, u gemini.UsageMetadata) (usd float64, ok bool
 	if lc := p.LongContext; lc != nil && u.PromptTokenCount > lc.Above {
 		r = lc.Rates
 	}
-	cached := min(max(u.CachedContentTokenCount, 0), max(u.PromptTokenCount, 0))
-	input := max(u.PromptTokenCount, 0) - cached
-	output := max(u.CandidatesTokenCount, 0) + max(u.ThoughtsTokenCount, 0)
-	return (float64(input)*r.Input + float64(cached)*r.Cached + float64(output)*r.Output) / 1e6, true
+	// Counts below zero would only come from a broken response; they count as none.
+	prompt, cached := max(u.PromptTokenCount, 0), max(u.CachedContentTokenCount, 0)
+	input := max(prompt-cached, 0)
+	// Added as floats: two int64 counts can overflow.
+	output := float64(max(u.CandidatesTokenCount, 0)) + float64(max(u.ThoughtsTokenCount, 0))
+	return (float64(input)*r.Input + float64(cached)*r.Cached + output*r.Output) / 1e6, true
 }
 
 // lookup finds a model's price: its own, else that of the longest listed name it extends with
@@ -156,12 +182,7 @@ func (t *Table) lookup(model string) (Price, bool) {
 	return p, ok
 }
 
-// Models lists the priced models, sorted.
+// Models lists the priced models, sorted, with the "models/" prefix.
 func (t *Table) Models() []string {
-	out := make([]string, 0, len(t.prices))
-	for m := range t.prices {
-		out = append(out, m)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(t.prices))
 }

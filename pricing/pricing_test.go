@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,77 +13,128 @@ import (
 	"github.com/gembatch/gembatch/pricing"
 )
 
-func TestDefaultTable(t *testing.T) {
+func TestDefaultModels(t *testing.T) {
 	got := pricing.Default().Models()
-	want := []string{"models/gemini-2.0-flash", "models/gemini-2.0-flash-lite", "models/gemini-2.5-flash", "models/gemini-2.5-flash-lite",
-		"models/gemini-2.5-pro", "models/gemini-3-pro-preview", "models/gemini-embedding-001"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
+	want := []string{"models/gemini-2.0-flash", "models/gemini-2.0-flash-lite", "models/gemini-2.5-flash",
+		"models/gemini-2.5-flash-lite", "models/gemini-2.5-pro", "models/gemini-3-pro-preview", "models/gemini-embedding-001"}
+	if !slices.Equal(got, want) {
 		t.Fatalf("models %v, want %v", got, want)
 	}
 }
 
+type usage = gemini.UsageMetadata
+
 func TestCost(t *testing.T) {
-	tab, err := pricing.Parse([]byte(`{"models":{
-		"pro": {"input": 1, "output": 10, "cached": 0.5, "longContext": {"above": 1000, "input": 2, "output": 20, "cached": 1}},
-		"models/flash": {"input": 0.1, "output": 1, "cached": 0.01},
-		"flash-lite": {"input": 0.05, "output": 0.5, "cached": 0}}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := pricing.Default()
 	for _, tc := range []struct {
 		model string
-		u     gemini.UsageMetadata
-		usd   float64
+		u     usage
+		usd   float64 // worked out by hand from prices.json
 		ok    bool
 	}{
-		{"pro", gemini.UsageMetadata{PromptTokenCount: 1000, CandidatesTokenCount: 100}, (1000*1 + 100*10) / 1e6, true},
-		{"models/pro", gemini.UsageMetadata{PromptTokenCount: 1001, CandidatesTokenCount: 100}, (1001*2 + 100*20) / 1e6, true},
-		{"pro", gemini.UsageMetadata{PromptTokenCount: 800, CachedContentTokenCount: 300, CandidatesTokenCount: 10, ThoughtsTokenCount: 40},
-			(500*1 + 300*0.5 + 50*10) / 1e6, true},
-		{"flash", gemini.UsageMetadata{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 1.1, true},
-		{"flash-preview-09-2025", gemini.UsageMetadata{PromptTokenCount: 1e6}, 0.1, true},
-		{"flash-lite", gemini.UsageMetadata{PromptTokenCount: 1e6}, 0.05, true},
-		{"flash-lite-001", gemini.UsageMetadata{PromptTokenCount: 1e6}, 0.05, true},
-		{"flashy", gemini.UsageMetadata{PromptTokenCount: 1e6}, 0, false},
-		{"other", gemini.UsageMetadata{PromptTokenCount: 1e6}, 0, false},
+		// 6000 input × 0.15 + 4000 cached × 0.03 + (1500 + 500) output × 1.25.
+		{"gemini-2.5-flash", usage{PromptTokenCount: 10_000, CachedContentTokenCount: 4_000, CandidatesTokenCount: 1_500, ThoughtsTokenCount: 500}, 0.003520, true},
+		{"models/gemini-2.5-flash", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 1.40, true},
+		{"gemini-2.5-flash", usage{}, 0, true},
+		// More cached than prompt tokens: no input billed, every cached token is.
+		{"gemini-2.5-flash", usage{PromptTokenCount: 100, CachedContentTokenCount: 200}, 200 * 0.03 / 1e6, true},
+		// Negative counts, from a broken response, count as none.
+		{"gemini-2.5-flash", usage{PromptTokenCount: -5, CachedContentTokenCount: -5, CandidatesTokenCount: 10, ThoughtsTokenCount: -1}, 10 * 1.25 / 1e6, true},
+		// Long context starts above 200000 prompt tokens: 200000 × 0.625 + 1000 × 5, then 200001 × 1.25 + 1000 × 7.5.
+		{"gemini-2.5-pro", usage{PromptTokenCount: 200_000, CandidatesTokenCount: 1_000}, 0.13, true},
+		{"gemini-2.5-pro", usage{PromptTokenCount: 200_001, CandidatesTokenCount: 1_000}, 0.25750125, true},
+		// The whole prompt, cached part included, decides: 200000 × 2 + 100000 × 0.4 + 5000 × 9.
+		{"gemini-3-pro-preview", usage{PromptTokenCount: 300_000, CachedContentTokenCount: 100_000, CandidatesTokenCount: 2_000, ThoughtsTokenCount: 3_000}, 0.485, true},
+		{"gemini-3-pro-preview", usage{PromptTokenCount: 200_000, CachedContentTokenCount: 150_000}, 0.08, true},
+		{"gemini-embedding-001", usage{PromptTokenCount: 1e6}, 0.075, true},
+		// Dated and preview names price as the longest listed name they extend.
+		{"models/gemini-2.5-flash-preview-09-2025", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 1.40, true},
+		{"gemini-2.5-flash-lite", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 0.25, true},
+		{"gemini-2.5-flash-lite-preview-06-17", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 0.25, true},
+		{"gemini-2.0-flash-lite-001", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 0.1875, true},
+		{"gemini-2.0-flash-001", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 0.25, true},
+		{"gemini-2.5-flashy", usage{PromptTokenCount: 1e6}, 0, false},
+		{"gemini-1.5-pro", usage{PromptTokenCount: 1e6}, 0, false},
+		{"gemini", usage{PromptTokenCount: 1e6}, 0, false},
+		{"", usage{PromptTokenCount: 1e6}, 0, false},
 	} {
 		usd, ok := tab.Cost(tc.model, tc.u)
 		if ok != tc.ok || math.Abs(usd-tc.usd) > 1e-12 {
-			t.Errorf("Cost(%s, %+v) = %v, %v; want %v, %v", tc.model, tc.u, usd, ok, tc.usd, tc.ok)
+			t.Errorf("Cost(%q, %+v) = %v, %v; want %v, %v", tc.model, tc.u, usd, ok, tc.usd, tc.ok)
+		}
+	}
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad(t *testing.T) {
+	p := writeFile(t, "prices.json", `{"asOf": "2025-11-20", "note": "test", "models": {
+		"models/big": {"input": 1, "output": 10, "cached": 0.5, "longContext": {"above": 1000, "input": 2, "output": 20, "cached": 1}},
+		"big-mini": {"input": 0.1, "output": 1, "cached": 0.01}}}`)
+	tab, err := pricing.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tab.Models(), []string{"models/big", "models/big-mini"}; !slices.Equal(got, want) {
+		t.Errorf("models %v, want %v", got, want)
+	}
+	for _, tc := range []struct {
+		model string
+		u     usage
+		usd   float64
+	}{
+		{"big", usage{PromptTokenCount: 1000, CachedContentTokenCount: 400, CandidatesTokenCount: 10}, (600*1 + 400*0.5 + 10*10) / 1e6},
+		{"big-2", usage{PromptTokenCount: 1001, CachedContentTokenCount: 400, CandidatesTokenCount: 10}, (601*2 + 400*1 + 10*20) / 1e6},
+		{"big-mini-001", usage{PromptTokenCount: 1e6, ThoughtsTokenCount: 1e6}, 1.1},
+	} {
+		if usd, ok := tab.Cost(tc.model, tc.u); !ok || math.Abs(usd-tc.usd) > 1e-12 {
+			t.Errorf("Cost(%q, %+v) = %v, %v; want %v", tc.model, tc.u, usd, ok, tc.usd)
 		}
 	}
 }
 
 func TestLoadErrors(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, text string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	if tab, err := pricing.Load(write("good.json", `{"models":{"m":{"input":1,"output":2,"cached":0}}}`)); err != nil || len(tab.Models()) != 1 {
-		t.Fatalf("good file: %v", err)
-	}
 	for _, tc := range []struct {
 		name, text, want string
 	}{
-		{"json.json", `{"models":`, "json.json: not a price table"},
-		{"unknown.json", `{"models":{"m":{"input":1,"price":2}}}`, `unknown field "price"`},
-		{"negative.json", `{"models":{"m":{"input":1,"output":-2}}}`, `model "m": output: must not be negative`},
-		{"long.json", `{"models":{"m":{"longContext":{"above":0}}}}`, `model "m": longContext.above`},
-		{"longneg.json", `{"models":{"m":{"longContext":{"above":5,"cached":-1}}}}`, `model "m": longContext.cached: must not be negative`},
-		{"empty.json", `{"models":{}}`, "no models"},
-		{"dup.json", `{"models":{"m":{},"models/m":{}}}`, `"models/m" is listed twice`},
+		{"truncated", `{"models":`, "not a price table: unexpected EOF"},
+		{"array", `[]`, "not a price table: json: cannot unmarshal array"},
+		{"trailing", `{"models":{"m":{}}} {}`, "not a price table: data after the top-level object"},
+		{"unknown top-level field", `{"modles":{"m":{}}}`, `unknown field "modles"`},
+		{"unknown rate field", `{"models":{"m":{"input":1,"price":2}}}`, `unknown field "price"`},
+		{"unknown long-context field", `{"models":{"m":{"longContext":{"above":5,"over":6}}}}`, `unknown field "over"`},
+		{"negative rate", `{"models":{"gemini-2.5-flash":{"input":0.15,"output":-1.25,"cached":0.03}}}`, `model "gemini-2.5-flash": output: must not be negative`},
+		{"huge rate", `{"models":{"m":{"input":2e6}}}`, `model "m": input: must not exceed 1000000`},
+		{"long context at 0", `{"models":{"m":{"longContext":{"input":1}}}}`, `model "m": longContext.above: must be a positive number of tokens`},
+		{"negative long-context rate", `{"models":{"m":{"longContext":{"above":5,"cached":-1}}}}`, `model "m": longContext.cached: must not be negative`},
+		{"empty models", `{"models":{}}`, "no models in the price table"},
+		{"no models", `{"asOf":"2025-11-20"}`, "no models in the price table"},
+		{"null model", `{"models":{"m":null}}`, `model "m": no rates`},
+		{"empty name", `{"models":{"":{}}}`, `model "": name is empty`},
+		{"empty name with prefix", `{"models":{"models/":{}}}`, `model "models/": name is empty`},
+		{"duplicate", `{"models":{"x":{},"models/x":{}}}`, `model "x": same model as "models/x"`},
 	} {
-		_, err := pricing.Load(write(tc.name, tc.text))
-		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.name) {
-			t.Errorf("%s: error %v, want one naming the file and %q", tc.name, err, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, "prices.json", tc.text)
+			_, err := pricing.Load(p)
+			if err == nil || !strings.HasPrefix(err.Error(), p+": ") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want %q after the file name", err, tc.want)
+			}
+		})
 	}
-	if _, err := pricing.Load(filepath.Join(dir, "missing.json")); err == nil || !strings.Contains(err.Error(), "missing.json") {
-		t.Errorf("missing file: %v", err)
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "missing.json")
+	if _, err := pricing.Load(p); err == nil || !strings.Contains(err.Error(), p) {
+		t.Errorf("error %v, want one naming %s", err, p)
 	}
 }
 
@@ -91,24 +143,40 @@ func FuzzParse(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(shipped)
-	f.Add([]byte(`{"models":{"m":{"input":1e308,"output":1e308,"cached":1e308}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Add(shipped, int64(250_000), int64(1_000), int64(777), int64(5))
+	f.Add(shipped, int64(-1), int64(math.MaxInt64), int64(math.MinInt64), int64(-7))
+	f.Add([]byte(`{"models":{"m":{"input":1e6,"output":1e6,"cached":1e6}}}`),
+		int64(math.MaxInt64), int64(0), int64(math.MaxInt64), int64(math.MaxInt64))
+	f.Fuzz(func(t *testing.T, data []byte, prompt, cached, candidates, thoughts int64) {
 		tab, err := pricing.Parse(data)
 		if err != nil {
 			return
 		}
-		for _, m := range tab.Models() {
-			usd, ok := tab.Cost(m, gemini.UsageMetadata{PromptTokenCount: 123456, CachedContentTokenCount: 1000, CandidatesTokenCount: 777, ThoughtsTokenCount: 5})
-			if !ok || usd < 0 || math.IsNaN(usd) {
-				t.Fatalf("%s: cost %v, %v", m, usd, ok)
+		models := tab.Models()
+		if len(models) == 0 {
+			t.Fatal("a table without models")
+		}
+		u := usage{PromptTokenCount: prompt, CachedContentTokenCount: cached, CandidatesTokenCount: candidates, ThoughtsTokenCount: thoughts}
+		for _, m := range models {
+			for _, name := range []string{m, m + "-001"} {
+				usd, ok := tab.Cost(name, u)
+				if !ok || !(usd >= 0) || math.IsInf(usd, 0) {
+					t.Fatalf("Cost(%q, %+v) = %v, %v", name, u, usd, ok)
+				}
 			}
 		}
 	})
 }
 
 func ExampleTable_Cost() {
-	usd, ok := pricing.Default().Cost("gemini-2.5-flash", gemini.UsageMetadata{PromptTokenCount: 2_000_000, CandidatesTokenCount: 400_000})
-	fmt.Printf("$%.2f %v\n", usd, ok)
-	// Output: $0.80 true
+	prices := pricing.Default()
+	usd, ok := prices.Cost("models/gemini-2.5-flash-preview-09-2025", gemini.UsageMetadata{
+		PromptTokenCount: 10_000, CachedContentTokenCount: 4_000, CandidatesTokenCount: 1_500, ThoughtsTokenCount: 500,
+	})
+	fmt.Printf("$%.6f %v\n", usd, ok)
+	usd, ok = prices.Cost("gemini-1.5-pro", gemini.UsageMetadata{PromptTokenCount: 10_000})
+	fmt.Printf("$%.6f %v\n", usd, ok)
+	// Output:
+	// $0.003520 true
+	// $0.000000 false
 }
