@@ -15,6 +15,7 @@ import (
 	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/internal/stacktest"
+	"github.com/gembatch/gembatch/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
@@ -119,37 +120,11 @@ func (h *harness) waitReplies(keys []string, within time.Duration) map[string][]
 // metric sums the samples of a metric family whose labels include the given ones.
 func (h *harness) metric(name string, labels ...string) float64 {
 	h.t.Helper()
-	mfs, err := h.main.Registry.Gather()
+	v, err := metrics.Sum(h.main.Registry, name, labels...)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	sample:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue sample
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return sum
+	return v
 }
 
 // reply is a decoded reply body.

@@ -13,6 +13,7 @@ import (
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/metrics"
 	"github.com/gembatch/gembatch/record"
 	"github.com/gembatch/gembatch/submitter"
 )
@@ -73,7 +74,7 @@ func (e *quotaEnv) run(t *testing.T, recs ...*record.Record) {
 		for {
 			var sum float64
 			for _, reason := range []string{"jobs", "tokens", "backoff"} {
-				sum += value(t, e.reg, "gembatch_submitter_waiting_batches", reason)
+				sum += value(t, e.reg, "gembatch_submitter_waiting_batches", "reason", reason)
 			}
 			e.mu.Lock()
 			e.maxWait = max(e.maxWait, sum)
@@ -120,7 +121,7 @@ func TestActiveJobCapHoldsBatches(t *testing.T) {
 	if e.maxWait == 0 {
 		t.Error("no batch was ever shown waiting")
 	}
-	if got := value(t, e.reg, "gembatch_submitter_active_jobs", ""); got != 0 {
+	if got := value(t, e.reg, "gembatch_submitter_active_jobs"); got != 0 {
 		t.Errorf("active jobs %v after every release", got)
 	}
 }
@@ -166,32 +167,17 @@ func TestThrottleBacksTheModelOff(t *testing.T) {
 			t.Errorf("%s created %d times", r.ID, n)
 		}
 	}
-	if got := value(t, e.reg, "gembatch_submitter_create_throttled_total", ""); got != float64(e.emu.Throttled()) {
+	if got := value(t, e.reg, "gembatch_submitter_create_throttled_total"); got != float64(e.emu.Throttled()) {
 		t.Errorf("throttled counter %v, emulator answered %d 429s", got, e.emu.Throttled())
 	}
 }
 
-// value reads one series of a gathered metric: the one whose only label has this value, or
-// the unlabelled one when label is "".
-func value(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+// value sums the series of a metric with the given labels.
+func value(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := metrics.Sum(reg, name, labels...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" && len(m.GetLabel()) > 0 || label != "" && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != label) {
-				continue
-			}
-			if m.GetGauge() != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
+	return v
 }

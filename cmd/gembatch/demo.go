@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/daemon"
@@ -247,37 +246,10 @@ func summarize(w io.Writer, d *daemon.Main, reqs []demoRequest, replies map[stri
 	return nil
 }
 
-// sum adds the samples of a metric in the daemon's registry that carry the given labels.
+// sum reads a metric of the daemon's registry for the summary; a failed gather reads 0.
 func sum(d *daemon.Main, name string, labels ...string) float64 {
-	mfs, err := d.Registry.Gather()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return total
-}
-
-func hasLabels(m *dto.Metric, labels []string) bool {
-	have := map[string]string{}
-	for _, l := range m.GetLabel() {
-		have[l.GetName()] = l.GetValue()
-	}
-	for i := 0; i+1 < len(labels); i += 2 {
-		if have[labels[i]] != labels[i+1] {
-			return false
-		}
-	}
-	return true
+	v, _ := metrics.Sum(d.Registry, name, labels...)
+	return v
 }
 
 func isTerminal(w io.Writer) bool {
