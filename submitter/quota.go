@@ -2,6 +2,8 @@ package submitter
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/gembatch/gembatch/record"
@@ -32,9 +34,8 @@ type reservation struct {
 
 // admission is the quota's bookkeeping; its fields are guarded by Submitter.mu.
 type admission struct {
-	held   map[string]reservation // by record id
-	jobs   int
-	tokens map[string]int64 // by model
+	held   map[string]reservation // by record id: one a job
+	tokens map[string]int64       // by model, the sum of held tokens
 	// othersJobs and othersTokens are held by records other instances work on (durable mode).
 	othersJobs   int
 	othersTokens map[string]int64
@@ -46,6 +47,12 @@ type admission struct {
 
 // errThrottled: the create was answered 429 and the record goes back in line.
 var errThrottled = errors.New("create throttled")
+
+// active is the number of jobs held here and elsewhere.
+func (a *admission) active() int { return len(a.held) + a.othersJobs }
+
+// used is a model's estimated tokens held here and elsewhere.
+func (a *admission) used(model string) int64 { return a.tokens[model] + a.othersTokens[model] }
 
 func newAdmission() admission {
 	return admission{held: map[string]reservation{}, tokens: map[string]int64{}, othersTokens: map[string]int64{}, backoff: map[string]time.Time{}, strikes: map[string]int{}}
@@ -61,11 +68,11 @@ func (s *Submitter) blocked(rec *record.Record, now time.Time) string {
 	switch {
 	case now.Before(a.backoff[model]):
 		return waitBackoff
-	case q.MaxActiveJobs > 0 && a.jobs+a.othersJobs >= q.MaxActiveJobs:
+	case q.MaxActiveJobs > 0 && a.active() >= q.MaxActiveJobs:
 		return waitJobs
 	}
 	if budget, ok := q.TokenBudget[model]; ok {
-		used := a.tokens[model] + a.othersTokens[model]
+		used := a.used(model)
 		// A batch larger than the whole budget goes alone rather than never.
 		if used > 0 && used+rec.EstimatedTokens() > budget {
 			return waitTokens
@@ -81,10 +88,17 @@ func (s *Submitter) reserve(rec *record.Record) {
 	}
 	r := reservation{model: rec.Group.Model, tokens: rec.EstimatedTokens()}
 	s.adm.held[rec.ID] = r
-	s.adm.jobs++
 	s.adm.tokens[r.model] += r.tokens
-	s.m.active.Set(float64(s.adm.jobs + s.adm.othersJobs))
-	s.m.enqueuedTokens.WithLabelValues(r.model).Set(float64(s.adm.tokens[r.model] + s.adm.othersTokens[r.model]))
+	s.showQuota(r.model)
+}
+
+// showQuota sets the quota gauges: active jobs, and the tokens of the models given; the caller
+// holds s.mu.
+func (s *Submitter) showQuota(models ...string) {
+	s.m.active.Set(float64(s.adm.active()))
+	for _, model := range models {
+		s.m.enqueuedTokens.WithLabelValues(model).Set(float64(s.adm.used(model)))
+	}
 }
 
 // Hold counts a record whose job already exists (resumed straight to polling) against the quota.
@@ -101,10 +115,8 @@ func (s *Submitter) Release(id string) {
 	r, ok := s.adm.held[id]
 	if ok {
 		delete(s.adm.held, id)
-		s.adm.jobs--
 		s.adm.tokens[r.model] -= r.tokens
-		s.m.active.Set(float64(s.adm.jobs + s.adm.othersJobs))
-		s.m.enqueuedTokens.WithLabelValues(r.model).Set(float64(s.adm.tokens[r.model] + s.adm.othersTokens[r.model]))
+		s.showQuota(r.model)
 	}
 	s.mu.Unlock()
 	if ok {
@@ -126,14 +138,13 @@ func (s *Submitter) SetOthers(recs []*record.Record, self string) {
 		tokens[r.Group.Model] += r.EstimatedTokens()
 	}
 	freed := jobs < s.adm.othersJobs
+	models := slices.Collect(maps.Keys(tokens))
 	for model, n := range s.adm.othersTokens {
 		freed = freed || tokens[model] < n
+		models = append(models, model)
 	}
 	s.adm.othersJobs, s.adm.othersTokens = jobs, tokens
-	s.m.active.Set(float64(s.adm.jobs + s.adm.othersJobs))
-	for model := range s.cfg.Quota.TokenBudget {
-		s.m.enqueuedTokens.WithLabelValues(model).Set(float64(s.adm.tokens[model] + tokens[model]))
-	}
+	s.showQuota(models...)
 	s.mu.Unlock()
 	if freed {
 		s.wake()
