@@ -325,17 +325,15 @@ func (m *Main) ownership(ctx context.Context, st *jsstore.Store, sub *submitter.
 		case <-renew.C:
 			st.Renew(ctx)
 		case <-claim.C:
-			recs, err := st.ClaimAll(ctx)
+			recs, all, err := st.ClaimAll(ctx)
 			if err != nil && ctx.Err() == nil {
 				m.Log.Warn().Err(err).Msg("look for records to take over")
 			}
 			for _, rec := range recs {
 				route(rec)
 			}
-			if all, err := st.List(ctx); err == nil {
+			if err == nil {
 				sub.SetOthers(all, m.Config.Instance)
-			} else if ctx.Err() == nil {
-				m.Log.Warn().Err(err).Msg("count the jobs of every replica for the quota")
 			}
 			claim.Reset(m.Config.LeaseTTL / 2)
 		}

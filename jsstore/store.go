@@ -401,16 +401,20 @@ func bare(r *record.Record) *record.Record {
 }
 
 // ClaimAll takes over every record this instance may claim (see Claim) and returns them with
-// their requests. Records already owned here, cleaned, or leased by a live instance are skipped
-// without reading their requests.
-func (s *Store) ClaimAll(ctx context.Context) ([]*record.Record, error) {
+// their requests, along with every record not cleaned, without requests (read in the same pass,
+// for whoever needs the whole picture). Records already owned here, cleaned, or leased by a
+// live instance are not claimed and their requests not read.
+func (s *Store) ClaimAll(ctx context.Context) (claimed, all []*record.Record, err error) {
 	now := s.cfg.Now()
-	var out []*record.Record
-	err := s.each(ctx, func(r *record.Record) error {
+	err = s.each(ctx, func(r *record.Record) error {
+		if r.State == record.Cleaned {
+			return nil
+		}
+		all = append(all, r)
 		s.mu.Lock()
 		_, mine := s.owned[r.ID]
 		s.mu.Unlock()
-		if mine || r.State == record.Cleaned || (r.Owner != s.cfg.Instance && now.Before(r.LeaseUntil)) {
+		if mine || (r.Owner != s.cfg.Instance && now.Before(r.LeaseUntil)) {
 			return nil
 		}
 		var err error
@@ -419,11 +423,11 @@ func (s *Store) ClaimAll(ctx context.Context) ([]*record.Record, error) {
 		}
 		ok, err := s.Claim(ctx, r)
 		if ok {
-			out = append(out, r)
+			claimed = append(claimed, r)
 		}
 		return err
 	})
-	return out, err
+	return claimed, all, err
 }
 
 // Ping checks that the records bucket answers.

@@ -104,17 +104,17 @@ func TestTakeoverFencesTheOldOwner(t *testing.T) {
 	if err := a.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if recs, err := b.ClaimAll(ctx); err != nil || len(recs) != 0 {
-		t.Fatalf("b claimed %d records under a live lease (%v)", len(recs), err)
+	if recs, all, err := b.ClaimAll(ctx); err != nil || len(recs) != 0 || len(all) != 1 || all[0].ID != "r1" || all[0].Owner != "a" {
+		t.Fatalf("b claimed %d records under a live lease (%v), saw %v", len(recs), err, all)
 	}
 	c.advance(20 * time.Second)
 	a.Renew(ctx) // a is alive: its lease moves on
 	c.advance(20 * time.Second)
-	if recs, _ := b.ClaimAll(ctx); len(recs) != 0 {
+	if recs, _, _ := b.ClaimAll(ctx); len(recs) != 0 {
 		t.Fatal("b took a record whose lease was renewed")
 	}
 	c.advance(31 * time.Second) // a paused: no renewal
-	recs, err := b.ClaimAll(ctx)
+	recs, _, err := b.ClaimAll(ctx)
 	if err != nil || len(recs) != 1 || recs[0].Owner != "b" || len(recs[0].Requests) != 1 {
 		t.Fatalf("b claimed %v (%v), want r1 with its request", recs, err)
 	}
@@ -140,7 +140,7 @@ func TestRestartResumesOwnRecordsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := open(t, js, c, "a")
-	recs, err := again.ClaimAll(ctx)
+	recs, _, err := again.ClaimAll(ctx)
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("restart claimed %d records (%v), want 1", len(recs), err)
 	}
