@@ -159,6 +159,9 @@ func TestThrottleBacksTheModelOff(t *testing.T) {
 	if e.emu.Throttled() == 0 {
 		t.Fatal("no create was throttled; the test proves nothing")
 	}
+	if e.maxWait == 0 {
+		t.Error("no batch was ever shown waiting out the model's backoff")
+	}
 	if e.submitted[len(e.submitted)-1] == "models/other" {
 		t.Errorf("models/other was submitted last (%v): it waited behind the throttled model", e.submitted)
 	}
