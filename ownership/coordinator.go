@@ -1,0 +1,185 @@
+package ownership
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/record"
+)
+
+// Records is the part of the record store the coordinator uses.
+type Records interface {
+	// Watch calls f with every record as it is written, closing ready once the records that
+	// exist at the start are read.
+	Watch(ctx context.Context, ready chan<- struct{}, f func(*record.Record)) error
+	Update(ctx context.Context, r *record.Record) error
+}
+
+// Coordinator learns of every record from the store's watch, keeps an index of the live ones,
+// takes over those whose owner died, and tells the pipeline when a record it works on became
+// another replica's. It is the one place that decides ownership in a process.
+type Coordinator struct {
+	lease *Leaser
+	store Records
+	log   zerolog.Logger
+	m     *Metrics
+	// Route hands a record this replica took over to its stage; Lost says that a record this
+	// replica worked on is now another's. Both are set before Run.
+	Route func(*record.Record)
+	Lost  func(id string)
+
+	mu    sync.Mutex
+	index map[string]*record.Record // live records (not cleaned), without requests
+	mine  map[string]bool           // records handed to a stage by this process
+	kick  chan struct{}
+}
+
+// NewCoordinator returns a Coordinator for the lease's replica.
+func NewCoordinator(lease *Leaser, store Records, log zerolog.Logger, m *Metrics) *Coordinator {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Coordinator{lease: lease, store: store, log: log, m: m, index: map[string]*record.Record{}, mine: map[string]bool{}, kick: make(chan struct{}, 1)}
+}
+
+// Run watches the records and takes over what it may, until ctx ends. ready is closed once the
+// records that existed at the start are known.
+func (c *Coordinator) Run(ctx context.Context, ready chan<- struct{}) error {
+	watched := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- c.store.Watch(ctx, watched, c.observe) }()
+	select {
+	case <-watched:
+		close(ready)
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+	tick := time.NewTicker(c.lease.TTL() / 4)
+	defer tick.Stop()
+	for {
+		c.takeOver(ctx)
+		select {
+		case <-ctx.Done():
+			return <-errc
+		case err := <-errc:
+			return err
+		case <-tick.C:
+		case <-c.kick:
+		}
+	}
+}
+
+// Adopt records that this process works on a record it made itself (sealed or resubmitted).
+func (c *Coordinator) Adopt(id string) {
+	c.mu.Lock()
+	c.mine[id] = true
+	c.mu.Unlock()
+}
+
+// Done forgets a record this process finished with.
+func (c *Coordinator) Done(id string) {
+	c.mu.Lock()
+	delete(c.mine, id)
+	c.mu.Unlock()
+}
+
+// observe keeps the index current and notices records taken from this process.
+func (c *Coordinator) observe(r *record.Record) {
+	self := c.lease.Self()
+	c.mu.Lock()
+	if r.State == record.Cleaned {
+		delete(c.index, r.ID)
+		delete(c.mine, r.ID)
+	} else {
+		c.index[r.ID] = r
+	}
+	lost := c.mine[r.ID] && (Owner{r.Owner, r.Epoch}) != self
+	if lost {
+		delete(c.mine, r.ID)
+	}
+	c.m.live.Set(float64(len(c.index)))
+	c.mu.Unlock()
+	if lost {
+		c.m.lost.Inc()
+		c.log.Warn().Str("record", r.ID).Str("to", r.Owner).Msg("a record this replica worked on was taken over")
+		c.Lost(r.ID)
+	}
+	if r.State != record.Cleaned && (Owner{r.Owner, r.Epoch}) != self {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Others returns the live records other replicas own, for the shared quota.
+func (c *Coordinator) Others() []*record.Record {
+	self := c.lease.Self()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*record.Record
+	for _, r := range c.index {
+		if (Owner{r.Owner, r.Epoch}) != self {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// takeOver claims every live record whose owner is dead.
+func (c *Coordinator) takeOver(ctx context.Context) {
+	for _, r := range c.candidates() {
+		v, err := c.lease.Judge(ctx, Owner{r.Owner, r.Epoch})
+		if err != nil {
+			c.log.Warn().Err(err).Str("record", r.ID).Msg("judge a record's owner")
+			continue
+		}
+		if v == Claim {
+			c.claim(ctx, r)
+		}
+	}
+}
+
+// candidates are the live records neither this replica's nor handed to a stage here.
+func (c *Coordinator) candidates() []*record.Record {
+	self := c.lease.Self()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*record.Record
+	for id, r := range c.index {
+		if !c.mine[id] && (Owner{r.Owner, r.Epoch}) != self {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// claim takes a record over by a compare-and-set on the revision this replica read, and hands
+// it to its stage. A claim that loses the race leaves the record to the winner.
+func (c *Coordinator) claim(ctx context.Context, seen *record.Record) {
+	r := *seen
+	from := r.Owner
+	r.Owner, r.Epoch = c.lease.Self().Instance, c.lease.Self().Epoch
+	if r.State == record.Submitting && !r.CreateAttempted.IsZero() {
+		r.IntentSeen = c.lease.now() // the grace runs from this replica's own sighting
+	}
+	if err := c.store.Update(ctx, &r); err != nil {
+		if !errors.Is(err, record.ErrConflict) {
+			c.log.Warn().Err(err).Str("record", r.ID).Msg("take over a record")
+		}
+		return
+	}
+	c.mu.Lock()
+	c.mine[r.ID] = true
+	c.index[r.ID] = &r
+	c.mu.Unlock()
+	c.m.claimed.WithLabelValues(string(r.State)).Inc()
+	c.log.Info().Str("record", r.ID).Str("from", from).Str("state", string(r.State)).Msg("took over a record")
+	c.Route(&r)
+}
