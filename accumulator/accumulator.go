@@ -29,6 +29,9 @@ type Config struct {
 	IdleAfter time.Duration
 	// Buffer is the size of each group's queue; default 1024.
 	Buffer int
+	// Heartbeat is how often the stream is told that the messages of an open batch are still
+	// being worked on (durable mode), so that none is delivered elsewhere meanwhile; 0: never.
+	Heartbeat time.Duration
 	// Now and NewID are for tests; default time.Now and a NUID.
 	Now   func() time.Time
 	NewID func() string
@@ -176,8 +179,17 @@ func (a *Accumulator) run(gr *group) {
 
 	timer := time.NewTimer(a.cfg.IdleAfter)
 	defer timer.Stop()
+	var beat <-chan time.Time
+	if a.cfg.Heartbeat > 0 {
+		t := time.NewTicker(a.cfg.Heartbeat)
+		defer t.Stop()
+		beat = t.C
+	}
 	for {
 		select {
+		case <-beat:
+			inProgress(reqs)
+			continue
 		case req, ok := <-gr.in:
 			if !ok {
 				if p.Count() > 0 {
@@ -215,6 +227,15 @@ func (a *Accumulator) run(gr *group) {
 			timer.Reset(until)
 		} else {
 			timer.Reset(a.cfg.IdleAfter)
+		}
+	}
+}
+
+// inProgress tells the stream that the open batch's messages are still being worked on.
+func inProgress(reqs []record.Request) {
+	for _, q := range reqs {
+		if q.Msg != nil {
+			_ = q.Msg.InProgress() // a lost one is covered by the next beat, well inside AckWait
 		}
 	}
 }

@@ -62,6 +62,8 @@ type Config struct {
 	StreamUpdate    bool          `envconfig:"STREAM_UPDATE" default:"false" desc:"allow changing a stream gembatch did not create"`
 	Consumer        string        `envconfig:"CONSUMER" default:"gembatch" desc:"durable consumer shared by every replica"`
 	AckWait         time.Duration `envconfig:"ACK_WAIT" default:"0s" desc:"redelivery wait of unacknowledged requests (0: BATCH_MAX_WAIT plus one minute)"`
+	LeasesBucket    string        `envconfig:"LEASES_BUCKET" default:"gembatch-leases" desc:"KV bucket of the replicas' leases"`
+	KeepJobs        bool          `envconfig:"KEEP_JOBS" default:"false" desc:"leave finished jobs listed in the API instead of deleting them once answered"`
 	RecordsBucket   string        `envconfig:"RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
 	RequestsBucket  string        `envconfig:"REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
 	RecordRetention time.Duration `envconfig:"RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
@@ -202,6 +204,8 @@ func (c *Config) Validate() error {
 		return bad("RECORD_RETENTION", "must be at least 72h (a job may take 48h), got %s", c.RecordRetention)
 	case c.LeaseTTL < time.Second:
 		return bad("LEASE_TTL", "must be at least 1s, got %s", c.LeaseTTL)
+	case c.EffectiveAckWait() <= c.LeaseTTL:
+		return bad("ACK_WAIT", "must be longer than LEASE_TTL (%s), so that a request is delivered elsewhere only once its holder's lease lapsed; got %s", c.LeaseTTL, c.EffectiveAckWait())
 	case !natsName.MatchString(c.Stream) || !natsName.MatchString(c.Consumer):
 		return bad("STREAM", "and CONSUMER must be names of letters, digits, - and _")
 	}

@@ -19,10 +19,9 @@ import (
 	"github.com/gembatch/gembatch/accumulator"
 	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/intake"
-	"github.com/gembatch/gembatch/internal/backoff"
-	"github.com/gembatch/gembatch/internal/failpoint"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/ownership"
 	"github.com/gembatch/gembatch/poller"
 	"github.com/gembatch/gembatch/pricing"
 	"github.com/gembatch/gembatch/publisher"
@@ -75,12 +74,9 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	var jss *jsstore.Store
+	var lease *ownership.Leaser
 	if durable {
-		if jss, err = jsstore.Open(ctx, js, jsstore.Config{
-			RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
-			Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
-			Instance: cfg.Instance, LeaseTTL: cfg.LeaseTTL,
-		}, m.Log.With().Str("component", "store").Logger()); err != nil {
+		if jss, lease, err = m.openStore(ctx, js); err != nil {
 			return err
 		}
 		m.Store = jss
@@ -102,28 +98,32 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 	}
 
-	var sub *submitter.Submitter
+	plog := m.Log.With().Str("component", "publisher").Logger()
 	pub := publisher.New(nc, publisher.NewMetrics(m.Registry))
-	batches := publisher.NewBatches(pub, m.Store, api, m.Log.With().Str("component", "publisher").Logger())
-	batches.Policy = publisher.Policy{
-		MaxAttempts: cfg.MaxAttempts, ResubmitExpired: cfg.ResubmitExpired, ResubmitCancelled: cfg.ResubmitCancelled,
-		DeadLetter: cfg.DeadLetterSubject, Prices: prices, Resubmit: func(r *record.Record) { sub.Enqueue(r) },
-	}
-	answers := newAnswerer(batches, m.Log)
-	poll := poller.New(poller.Config{
-		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
-		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
-	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
-		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.enqueue(r, op) })
-	sub = submitter.New(submitter.Config{
+	batches := publisher.NewBatches(pub, m.Store, api, plog)
+	batches.KeepJobs = cfg.KeepJobs
+	answers := publisher.NewAnswerer(batches, 4, plog)
+	sub := submitter.New(submitter.Config{
 		InlineMaxBytes: int64(cfg.InlineMaxBytes),
 		Concurrency:    cfg.SubmitConcurrent,
 		CreateGrace:    cfg.CreateGrace,
+		CreateTimeout:  min(gemini.DefaultCallTimeout, cfg.LeaseTTL/2),
+		Lease:          fence(lease),
 		Quota:          submitter.Quota{MaxActiveJobs: cfg.MaxActiveJobs, TokenBudget: cfg.TokenBudget},
 		// The durable store gives bodies back for resubmissions; in memory they must stay.
 		KeepBodies: !durable && (cfg.MaxAttempts > 1 || cfg.DeadLetterSubject != ""),
 	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), submitter.NewMetrics(m.Registry),
-		poll.Enqueue, func(r *record.Record) { answers.enqueue(r, nil) })
+		func(r *record.Record) { answers.Enqueue(r, nil) })
+	poll := poller.New(poller.Config{
+		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
+		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
+	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
+		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.Enqueue(r, op) })
+	sub.OnSubmitted(poll.Enqueue)
+	batches.Policy = publisher.Policy{
+		MaxAttempts: cfg.MaxAttempts, ResubmitExpired: cfg.ResubmitExpired, ResubmitCancelled: cfg.ResubmitCancelled,
+		DeadLetter: cfg.DeadLetterSubject, Prices: prices, Resubmit: sub.Enqueue,
+	}
 
 	icfg := intake.Config{
 		Rules: intake.Rules{
@@ -152,13 +152,28 @@ func (m *Main) Run(ctx context.Context) error {
 		in = intake.New(icfg, nc, nil, pub, ilog, imetrics)
 	}
 
-	seal := m.sealer(sub, durable)
-	acc := accumulator.New(accumulator.Config{Limits: accumulator.Limits{
+	var coord *ownership.Coordinator
+	seal := m.coreSealer(sub)
+	if durable {
+		coord = ownership.NewCoordinator(lease, jss, m.Log.With().Str("component", "ownership").Logger(), ownership.NewMetrics(m.Registry))
+		own := func(r *record.Record) {
+			r.Owner, r.Epoch = lease.Self().Instance, lease.Self().Epoch
+			coord.Adopt(r.ID)
+		}
+		batches.Own = own
+		seal = (&durableSealer{store: jss, lease: lease, own: own, sub: sub, log: m.Log.With().Str("component", "sealer").Logger(),
+			margin: cfg.LeaseTTL / 10}).seal
+	}
+	heartbeat := time.Duration(0)
+	if durable {
+		heartbeat = cfg.EffectiveAckWait() / 4
+	}
+	acc := accumulator.New(accumulator.Config{Heartbeat: heartbeat, Limits: accumulator.Limits{
 		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
 	}}, seal, func(g record.Group, req record.Request, st *gemini.Status) {
 		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: intake.ReasonDuplicate, Key: req.Key, Status: st})
-		if req.Ack != nil {
-			req.Ack()
+		if req.Msg != nil {
+			_ = req.Msg.DoubleAck(context.Background())
 		}
 	}, accumulator.NewMetrics(m.Registry))
 	in.SetSink(holding{acc, sub})
@@ -178,7 +193,7 @@ func (m *Main) Run(ctx context.Context) error {
 	submitDone := make(chan struct{})
 	wg.Go(func() { errc <- sub.Run(workCtx); close(submitDone) })
 	wg.Go(func() { errc <- poll.Run(workCtx) })
-	wg.Go(func() { errc <- answers.run(workCtx) })
+	wg.Go(func() { errc <- answers.Run(workCtx) })
 	wg.Go(func() { errc <- srv.Serve(workCtx) })
 
 	route := func(rec *record.Record) {
@@ -189,18 +204,20 @@ func (m *Main) Run(ctx context.Context) error {
 			sub.Hold(rec)
 			poll.Enqueue(rec)
 		case record.Finished, record.Failed, record.Replied:
-			answers.enqueue(rec, nil)
+			answers.Enqueue(rec, nil)
 		}
 	}
 	if durable {
-		jss.OnLost(func(id string) { poll.Forget(id); sub.Release(id) })
+		coord.Route = func(rec *record.Record) { go m.takeOver(workCtx, jss, sin, rec, route) }
+		coord.Lost = func(id string) { poll.Forget(id); sub.Release(id); answers.Forget(id) }
+		wg.Go(func() { errc <- lease.Run(workCtx) })
 		watched := make(chan struct{})
-		wg.Go(func() { errc <- jss.Watch(workCtx, watched) })
+		wg.Go(func() { errc <- coord.Run(workCtx, watched) })
+		wg.Go(func() { m.shareQuota(workCtx, coord, sub) })
 		select {
 		case <-watched:
 		case <-ctx.Done():
 		}
-		wg.Go(func() { m.ownership(workCtx, jss, sub, route) })
 		err = sin.Start(ctx)
 	} else {
 		err = m.resume(ctx, route)
@@ -244,6 +261,13 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	stopWork()
 	wg.Wait()
+	if lease != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := lease.Release(rctx); err != nil {
+			m.Log.Warn().Err(err).Msg("release lease; other replicas take over once it expires")
+		}
+		cancel()
+	}
 	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		m.Log.Warn().Err(err).Msg("drain NATS connection")
 	}
@@ -269,35 +293,6 @@ func (m *Main) durable(ctx context.Context, js jetstream.JetStream) (bool, error
 	return false, nil
 }
 
-// sealer records a sealed batch and passes it to the submitter. In durable mode the batch's
-// messages are acknowledged only once the record is stored; if it cannot be stored they are
-// not, and the stream delivers them again.
-func (m *Main) sealer(sub *submitter.Submitter, durable bool) accumulator.SealFunc {
-	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
-	return func(rec *record.Record) {
-		for attempt := 0; ; attempt++ {
-			err := m.Store.Create(context.Background(), rec)
-			if err == nil {
-				break
-			}
-			if attempt == 5 || !durable {
-				m.Log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
-					Msg("could not record a sealed batch; its requests will be delivered again")
-				return
-			}
-			m.Log.Warn().Err(err).Str("record", rec.ID).Msg("record sealed batch; retrying")
-			time.Sleep(retry.Delay(attempt))
-		}
-		failpoint.Hit(failpoint.AfterSealBeforeAck)
-		for _, q := range rec.Requests {
-			if q.Ack != nil {
-				q.Ack()
-			}
-		}
-		sub.Enqueue(rec)
-	}
-}
-
 // resume routes every stored record (core mode: those of this process) to its stage.
 func (m *Main) resume(ctx context.Context, route func(*record.Record)) error {
 	recs, err := m.Store.List(ctx)
@@ -308,36 +303,6 @@ func (m *Main) resume(ctx context.Context, route func(*record.Record)) error {
 		route(rec)
 	}
 	return nil
-}
-
-// ownership renews this instance's leases and takes over the records of instances that stopped
-// renewing theirs (and, at start, this instance's own from before a restart). It also tells the
-// submitter what jobs the other instances hold, for the shared quota.
-func (m *Main) ownership(ctx context.Context, st *jsstore.Store, sub *submitter.Submitter, route func(*record.Record)) {
-	renew := time.NewTicker(m.Config.LeaseTTL / 3)
-	defer renew.Stop()
-	claim := time.NewTimer(0)
-	defer claim.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-renew.C:
-			st.Renew(ctx)
-		case <-claim.C:
-			recs, all, err := st.ClaimAll(ctx)
-			if err != nil && ctx.Err() == nil {
-				m.Log.Warn().Err(err).Msg("look for records to take over")
-			}
-			for _, rec := range recs {
-				route(rec)
-			}
-			if err == nil {
-				sub.SetOthers(all, m.Config.Instance)
-			}
-			claim.Reset(m.Config.LeaseTTL / 2)
-		}
-	}
 }
 
 func storageType(s string) jetstream.StorageType {
@@ -387,62 +352,3 @@ func readiness(nc *nats.Conn, api *gemini.Client, st *jsstore.Store) func(contex
 	}
 }
 
-// answerer runs the publisher's batch replies on a few workers, retrying a batch whose replies
-// could not be published (NATS down) until it succeeds or the daemon stops.
-type answerer struct {
-	batches *publisher.Batches
-	log     zerolog.Logger
-	queue   chan answerJob
-}
-
-type answerJob struct {
-	rec *record.Record
-	op  *gemini.Operation
-}
-
-func newAnswerer(b *publisher.Batches, log zerolog.Logger) *answerer {
-	return &answerer{batches: b, log: log.With().Str("component", "publisher").Logger(), queue: make(chan answerJob, 1024)}
-}
-
-func (a *answerer) enqueue(rec *record.Record, op *gemini.Operation) { a.queue <- answerJob{rec, op} }
-
-// salvageAfter is how many failed attempts (about five minutes of backoff) a batch's answers get
-// before the requests whose results cannot be read are answered with an error.
-const salvageAfter = 12
-
-func (a *answerer) run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	retry := backoff.Policy{Initial: time.Second, Max: time.Minute}
-	for range 4 {
-		wg.Go(func() {
-			for {
-				var j answerJob
-				select {
-				case <-ctx.Done():
-					return
-				case j = <-a.queue:
-				}
-				for attempt := 0; ; attempt++ {
-					answer := a.batches.Answer
-					if attempt >= salvageAfter {
-						answer = a.batches.Salvage
-					}
-					err := answer(ctx, j.rec, j.op)
-					if err == nil || ctx.Err() != nil {
-						break
-					}
-					if errors.Is(err, record.ErrConflict) || errors.Is(err, record.ErrNotFound) {
-						a.log.Warn().Err(err).Str("record", j.rec.ID).Msg("record changed elsewhere; leaving it to its owner")
-						break
-					}
-					a.log.Error().Err(err).Str("record", j.rec.ID).Int("attempt", attempt+1).Msg("answering batch; will retry")
-					if !backoff.Sleep(ctx, retry.Delay(attempt)) {
-						return
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return nil
-}

@@ -131,6 +131,7 @@ func expiredJobPartialResults(t *testing.T, durable string) {
 	cfg := testConfig()
 	cfg.Durable = durable
 	cfg.BatchMaxRequests = 10
+	cfg.KeepJobs = true // the jobs are looked at afterwards
 	h := start(t, cfg, emulator.Options{Faults: emulator.Faults{StuckPending: true, ExpireAfter: 300 * time.Millisecond, PartialResults: 0.5}})
 	keys := sendN(h, 10)
 	waitBatches(t, h, 1)
@@ -166,6 +167,7 @@ func stuckJobCancelledAndResubmitted(t *testing.T, durable string) {
 	cfg.Durable = durable
 	cfg.StuckAfter = 300 * time.Millisecond
 	cfg.StuckCancel = true
+	cfg.KeepJobs = true // the jobs are looked at afterwards
 	h := start(t, cfg, emulator.Options{Faults: emulator.Faults{StuckPending: true}})
 	keys := sendN(h, 4)
 	waitBatches(t, h, 1)

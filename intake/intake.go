@@ -181,7 +181,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		deferred: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_intake_deferred_total",
-			Help: "Stream messages left in the stream for a second because the pending bounds were reached.",
+			Help: "Times durable intake stopped pulling from the stream because the pending bounds were reached (it pulls again when there is room; nothing is handed back).",
 		}),
 	}
 	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/record"
 )
 
 // HeaderReply carries a request's reply subject inside the stream: JetStream does not keep a
@@ -113,8 +114,13 @@ type StreamIntake struct {
 	sealed  Sealed
 	futures chan forwarded
 	fwdDone chan struct{}
-	cc      jetstream.ConsumeContext
+	stop     chan struct{} // closed by Drain: the pull loop ends
+	pullDone chan struct{}
 }
+
+// fetchMax bounds one pull from the stream: intake holds at most this many requests past its
+// pending bounds.
+const fetchMax = 256
 
 type forwarded struct {
 	kind  gemini.Kind
@@ -126,7 +132,8 @@ type forwarded struct {
 // NewStream returns durable intake; Start forwards and consumes.
 func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed Sealed, rej Rejecter, log zerolog.Logger, m *Metrics) *StreamIntake {
 	in := New(cfg.Config, nc, nil, rej, log, m)
-	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{})}
+	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{}),
+		stop: make(chan struct{}), pullDone: make(chan struct{})}
 }
 
 // Start subscribes the forwarders and starts consuming the stream.
@@ -150,11 +157,63 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer %s on stream %s: %w", in.scfg.Consumer, in.scfg.Stream, err)
 	}
-	in.cc, err = cons.Consume(in.consume, jetstream.PullMaxMessages(1024))
-	if err != nil {
-		return fmt.Errorf("consume stream %s: %w", in.scfg.Stream, err)
-	}
+	go in.pull(cons)
 	return in.nc.Flush()
+}
+
+// pull fetches from the stream only as many messages as there is room for under the pending
+// bounds, and hands each on at once: nothing waits in a client buffer past its AckWait, and
+// nothing is handed back while the daemon is full.
+func (in *StreamIntake) pull(cons jetstream.Consumer) {
+	defer close(in.pullDone)
+	paused := false
+	for {
+		select {
+		case <-in.stop:
+			return
+		default:
+		}
+		room := in.room()
+		if room <= 0 {
+			if !paused {
+				in.m.deferred.Inc()
+				paused = true
+			}
+			select {
+			case <-in.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		paused = false
+		batch, err := cons.Fetch(room, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			in.log.Warn().Err(err).Msg("fetch requests from the stream; will try again")
+			select {
+			case <-in.stop:
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			in.consume(m)
+		}
+	}
+}
+
+// room is how many requests intake may take before passing its pending bounds.
+func (in *StreamIntake) room() int {
+	n, b := in.sink.Pending()
+	if in.cfg.MaxPendingBytes > 0 && b >= in.cfg.MaxPendingBytes {
+		return 0
+	}
+	room := fetchMax
+	if in.cfg.MaxPending > 0 {
+		room = min(room, int(in.cfg.MaxPending-n))
+	}
+	return room
 }
 
 // forward stores one producer message in the stream. A message with no reply subject cannot be
@@ -211,15 +270,12 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
 	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
 	if rej == nil {
-		if _, _, full := in.full(req.Size); full {
-			// Too much held in memory (the API may be down): leave it in the stream for now.
-			in.m.deferred.Inc()
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
+		if msg.Header.Get(HeaderKey) == "" {
+			req.Key = req.ID // the same on every delivery, so a redelivery is known as one
+		}
 		req.Seq = seq
-		req.Ack = func() { _ = m.Ack() }
+		req.Msg = m
 		if err := in.sink.Add(g, req); err == nil {
 			in.m.accepted.WithLabelValues(string(kind), g.Model).Inc()
 			return
@@ -232,6 +288,30 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	_ = m.Ack()
 }
 
+// Remove deletes the requests' messages from the stream, so that none is delivered again: for a
+// recorded batch whose acknowledgements its previous owner may not have sent.
+func (in *StreamIntake) Remove(ctx context.Context, reqs []record.Request) error {
+	s, err := in.js.Stream(ctx, in.scfg.Stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", in.scfg.Stream, err)
+	}
+	for _, q := range reqs {
+		if q.Seq == 0 {
+			continue
+		}
+		if err := s.DeleteMsg(ctx, q.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !isGone(err) {
+			return fmt.Errorf("remove message %d of stream %s: %w", q.Seq, in.scfg.Stream, err)
+		}
+	}
+	return nil
+}
+
+// isGone reports a delete of a message the stream no longer holds.
+func isGone(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound || apiErr.Code == 404)
+}
+
 // Drain stops forwarding and consuming and returns once what was delivered is handled.
 func (in *StreamIntake) Drain(ctx context.Context) error {
 	err := in.Intake.Drain(ctx)
@@ -242,13 +322,11 @@ func (in *StreamIntake) Drain(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	if in.cc != nil {
-		in.cc.Drain()
-		select {
-		case <-in.cc.Closed():
-		case <-ctx.Done():
-			return fmt.Errorf("drain stream consumer: %w", ctx.Err())
-		}
+	close(in.stop)
+	select {
+	case <-in.pullDone:
+	case <-ctx.Done():
+		return fmt.Errorf("stop pulling from the stream: %w", ctx.Err())
 	}
 	return err
 }

@@ -21,6 +21,7 @@ type API interface {
 	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
+	DeleteBatch(ctx context.Context, name string) error
 }
 
 // Batches answers every request of a finished or failed batch record, then cleans it up.
@@ -33,8 +34,16 @@ type Batches struct {
 	// CheckpointEvery is how many results pass between progress checkpoints.
 	CheckpointEvery int
 	Now             func() time.Time
+	// KeepJobs leaves finished jobs in the API's list; by default each is deleted once its
+	// answers are out, so that the list, which resolving a lost create reads, stays short.
+	KeepJobs bool
+	// Own stamps a record this replica creates (a resubmission) with its owner; nil in core mode.
+	Own func(*record.Record)
 
 	unpriced sync.Map // models without a price, warned about once
+	// flushed holds, by record id, how many results of an answer that failed were published and
+	// flushed, so that a retry in this process sends none of them again.
+	flushed sync.Map
 }
 
 // NewBatches returns a batch replier that never resubmits; set Policy to change that.
@@ -62,8 +71,20 @@ type answering struct {
 	// retry lists the requests kept for a later batch, with counts by reason.
 	retry        []int
 	retryReasons map[string]int
-	// stored holds request bodies read back from the store, by request id, once needed.
+	// stored holds request bodies read back from the store, by key, once needed.
 	stored map[string]json.RawMessage
+	// sent is how many results an earlier try in this process published and flushed.
+	sent int
+}
+
+// flush waits for the replies published so far, and remembers them as sent in this process.
+func (a *answering) flush() error {
+	if err := a.b.pub.Flush(); err != nil {
+		return err
+	}
+	a.sent = max(a.sent, a.seq)
+	a.b.flushed.Store(a.rec.ID, a.sent)
+	return nil
 }
 
 // Answer publishes one reply for every request of rec, which is Finished or Failed. op is the
@@ -83,10 +104,23 @@ func (b *Batches) Salvage(ctx context.Context, rec *record.Record, op *gemini.Op
 }
 
 func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Operation, salvage bool) error {
+	if rec.State == record.Replied {
+		return b.clean(ctx, rec) // answered before a crash: only the cleanup is left
+	}
+	if len(rec.Requests) == 0 && rec.Count > 0 {
+		full, err := b.store.Get(ctx, rec.ID) // taken over without its requests
+		if err != nil {
+			return fmt.Errorf("read the requests of record %s: %w", rec.ID, err)
+		}
+		rec.Requests = full.Requests
+	}
 	a := &answering{ctx: ctx, b: b, rec: rec, salvage: salvage, byKey: make(map[string]int, len(rec.Requests)),
 		answered: make([]bool, len(rec.Requests)), retryReasons: map[string]int{}, priced: true}
 	for i, r := range rec.Requests {
 		a.byKey[r.Key] = i
+	}
+	if n, ok := b.flushed.Load(rec.ID); ok {
+		a.sent = n.(int)
 	}
 	var err error
 	switch {
@@ -124,7 +158,7 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 			return err
 		}
 	}
-	if err := b.pub.Flush(); err != nil {
+	if err := a.flush(); err != nil {
 		return err
 	}
 	if err := a.resubmit(); err != nil {
@@ -132,12 +166,14 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	}
 	rec.Replied = a.seq
 	rec.State = record.Replied
+	// The sums go with the Replied state, in one write: a resumed run re-reads every result, so
+	// they are whole, and a record already Replied is never answered again.
+	rec.Usage = &record.Usage{UsageMetadata: a.usage, EstimatedPrompt: a.estimated, CostUSD: a.cost}
 	if err := b.store.Update(ctx, rec); err != nil {
 		return fmt.Errorf("record %s replied: %w", rec.ID, err)
 	}
+	b.flushed.Delete(rec.ID)
 	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
-	// Counted once, when the batch becomes Replied: a resumed run re-reads every result, so the
-	// sums are whole, and a batch already Replied is never answered again.
 	b.pub.m.countTokens(rec.Group.Model, a.usage, a.estimated)
 	b.pub.m.cost.WithLabelValues(rec.Group.Model).Add(a.cost)
 	if !a.priced {
@@ -159,6 +195,12 @@ func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
 			b.log.Warn().Err(err).Str("record", rec.ID).Str("file", f).Msg("could not delete the input file; it expires in 48h")
 		}
 	}
+	if rec.RemoteName != "" && !b.KeepJobs {
+		if err := b.api.DeleteBatch(ctx, rec.RemoteName); err != nil && !gemini.IsNotFound(err) {
+			b.log.Warn().Err(err).Str("record", rec.ID).Str("batch", rec.RemoteName).Msg("could not delete the finished job; it stays listed")
+		}
+	}
+	failpoint.Hit(failpoint.BeforeClean)
 	rec.State = record.Cleaned
 	if err := b.store.Update(ctx, rec); err != nil {
 		return fmt.Errorf("record %s cleaned: %w", rec.ID, err)
@@ -292,14 +334,15 @@ func (a *answering) all(st *gemini.Status) error {
 }
 
 // reply publishes one answer unless an earlier run already did (a counted result before the
-// checkpoint), and checkpoints progress every CheckpointEvery results.
+// checkpoint, or flushed by an earlier try in this process), and checkpoints progress every
+// CheckpointEvery results.
 func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) error {
 	a.answered[i] = true
-	if counted && a.seq <= a.rec.Replied {
+	if counted && a.seq <= max(a.rec.Replied, a.sent) {
 		return nil
 	}
 	req := a.rec.Requests[i]
-	if err := a.b.pub.Publish(Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}); err != nil {
+	if err := a.publish(req, resp, st); err != nil {
 		return err
 	}
 	a.b.pub.m.replyLatency.Observe(a.b.Now().Sub(req.Received).Seconds())
@@ -312,7 +355,7 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 		failpoint.Hit(failpoint.MidReply)
 	}
 	if counted && a.b.CheckpointEvery > 0 && a.seq%a.b.CheckpointEvery == 0 {
-		if err := a.b.pub.Flush(); err != nil {
+		if err := a.flush(); err != nil {
 			return err
 		}
 		a.rec.Replied = a.seq
@@ -320,6 +363,31 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 			return fmt.Errorf("checkpoint record %s at %d: %w", a.rec.ID, a.seq, err)
 		}
 	}
+	return nil
+}
+
+// publish sends one reply. A reply that can never be published as it is (larger than the
+// connection allows, or to a refused subject) is that request's own outcome: it is answered with
+// an error saying why, or skipped with a log line if even that cannot go, and nothing else waits.
+// Any other failure is the connection's, and the batch is tried again.
+func (a *answering) publish(req record.Request, resp []byte, st *gemini.Status) error {
+	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}
+	err := a.b.pub.Publish(r)
+	var ud *UndeliverableError
+	if !errors.As(err, &ud) {
+		return err
+	}
+	a.b.pub.m.undeliverable.Inc()
+	if st == nil {
+		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted,
+			"the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
+		a.b.log.Warn().Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
+			Msg("answer too large to publish; answering the request with an error")
+		if err = a.b.pub.Publish(r); !errors.As(err, &ud) {
+			return err
+		}
+	}
+	a.b.log.Error().Err(err).Str("record", a.rec.ID).Str("key", req.Key).Msg("reply cannot be published; skipped")
 	return nil
 }
 

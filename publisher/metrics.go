@@ -21,6 +21,9 @@ type Metrics struct {
 	resubmitted  *prometheus.CounterVec
 	gaveUp       *prometheus.CounterVec
 	deadLetters  prometheus.Counter
+	// undeliverable counts replies that could not be published as they were (too large, or a
+	// subject NATS refuses); each was answered with an error instead, or skipped if even that failed.
+	undeliverable prometheus.Counter
 }
 
 // NewMetrics builds the publisher's metrics on reg.
@@ -34,6 +37,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		errors: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_publish_errors_total",
 			Help: "Reply publishes or flushes that failed (the batch is retried).",
+		}),
+		undeliverable: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_publisher_undeliverable_replies_total",
+			Help: "Replies or dead letters that could not be published as they were (larger than the connection's max payload, or a refused subject).",
 		}),
 		unknownKeys: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_unknown_result_keys_total",

@@ -4,6 +4,7 @@ package publisher
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -98,10 +99,37 @@ func (p *Publisher) Publish(r Reply) error {
 	}
 	if err := p.nc.PublishMsg(msg); err != nil {
 		p.m.errors.Inc()
-		return fmt.Errorf("publish reply for key %q to %s: %w", r.Key, r.Subject, err)
+		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(msg.Data), err)
+		if undeliverable(err) {
+			return &UndeliverableError{Size: len(msg.Data), Limit: p.maxPayload(), Err: err}
+		}
+		return err
 	}
 	p.m.published.WithLabelValues(status).Inc()
 	return nil
+}
+
+// UndeliverableError is a reply that can never be published as it is, whatever the retries: too
+// large for the connection, or to a subject NATS refuses. It concerns that reply alone.
+type UndeliverableError struct {
+	Size, Limit int
+	Err         error
+}
+
+func (e *UndeliverableError) Error() string { return e.Err.Error() }
+func (e *UndeliverableError) Unwrap() error { return e.Err }
+
+// undeliverable reports whether a publish error is tied to the message rather than the connection.
+func undeliverable(err error) bool {
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported)
+}
+
+// maxPayload is what the connection may publish, if it says.
+func (p *Publisher) maxPayload() int {
+	if c, ok := p.nc.(interface{ MaxPayload() int64 }); ok {
+		return int(c.MaxPayload())
+	}
+	return 0
 }
 
 // Flush waits until the server has every reply published so far.

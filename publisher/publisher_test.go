@@ -43,9 +43,11 @@ func TestBody(t *testing.T) {
 
 // fakeAPI serves one result file and records deletions.
 type fakeAPI struct {
-	results string
-	fail    error
-	deleted []string
+	results     string
+	fail        error
+	deleted     []string
+	deletedJobs []string
+	downloads   int
 }
 
 var _ publisher.API = (*fakeAPI)(nil)
@@ -54,10 +56,15 @@ func (f *fakeAPI) GetBatch(context.Context, string) (*gemini.Operation, error) {
 	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
 }
 func (f *fakeAPI) Download(context.Context, string) (io.ReadCloser, error) {
+	f.downloads++
 	if f.fail != nil {
 		return nil, f.fail
 	}
 	return io.NopCloser(strings.NewReader(f.results)), nil
+}
+func (f *fakeAPI) DeleteBatch(_ context.Context, name string) error {
+	f.deletedJobs = append(f.deletedJobs, name)
+	return nil
 }
 func (f *fakeAPI) DeleteFile(_ context.Context, name string) error {
 	f.deleted = append(f.deleted, name)

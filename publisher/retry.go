@@ -86,7 +86,21 @@ func (a *answering) deadLetter(i int, st *gemini.Status) error {
 	msg.Header.Set(HeaderKey, q.Key)
 	msg.Header.Set(HeaderStatus, "error")
 	msg.Header.Set(HeaderMsgID, q.ID)
-	if err := a.b.pub.nc.PublishMsg(msg); err != nil {
+	err = a.b.pub.nc.PublishMsg(msg)
+	if undeliverable(err) && body != nil {
+		// Too large with the request in it: the letter still says what failed and why.
+		msg.Data, _ = json.Marshal(DeadLetter{
+			Key: q.Key, Reply: q.Reply, Kind: a.rec.Group.Kind, Model: a.rec.Group.Model, Priority: a.rec.Group.Priority,
+			Batch: a.rec.RemoteName, Attempts: q.Attempts(), Received: q.Received, Error: st,
+		})
+		err = a.b.pub.nc.PublishMsg(msg)
+	}
+	if undeliverable(err) {
+		a.b.pub.m.undeliverable.Inc()
+		a.b.log.Error().Err(err).Str("key", q.Key).Str("subject", subject).Msg("dead letter cannot be published; skipped")
+		return nil
+	}
+	if err != nil {
 		a.b.pub.m.errors.Inc()
 		return fmt.Errorf("publish dead letter for key %q to %s: %w", q.Key, subject, err)
 	}
@@ -101,16 +115,13 @@ func (a *answering) body(i int) (json.RawMessage, error) {
 		return b, nil
 	}
 	if a.stored == nil {
-		full, err := a.b.store.Get(a.ctx, a.rec.ID)
+		bodies, err := a.b.store.Bodies(a.ctx, a.rec.ID)
 		if err != nil {
-			return nil, fmt.Errorf("read the requests of record %s back: %w", a.rec.ID, err)
+			return nil, fmt.Errorf("read the request bodies of record %s back: %w", a.rec.ID, err)
 		}
-		a.stored = make(map[string]json.RawMessage, len(full.Requests))
-		for _, q := range full.Requests {
-			a.stored[q.ID] = q.Body
-		}
+		a.stored = bodies
 	}
-	return a.stored[a.rec.Requests[i].ID], nil
+	return a.stored[a.rec.Requests[i].Key], nil
 }
 
 // settle decides what becomes of request i, which failed with st: a retryable failure is kept
@@ -162,11 +173,14 @@ func (a *answering) resubmit() error {
 		q := a.rec.Requests[i]
 		q.Body, _ = a.body(i) // settle kept only requests whose body it could read
 		q.Attempt = q.Attempts() + 1
-		q.Ack = nil
+		q.Msg = nil
 		next.Requests = append(next.Requests, q)
 		next.Bytes += q.Size
 	}
 	next.Count = len(next.Requests)
+	if a.b.Own != nil {
+		a.b.Own(next)
+	}
 	err := a.b.store.Create(a.ctx, next)
 	if errors.Is(err, record.ErrExists) {
 		return nil // made before a crash; whoever owns it carries it on

@@ -2,6 +2,7 @@ package record
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"sync"
@@ -58,6 +59,21 @@ func (s *MemStore) Get(_ context.Context, id string) (*Record, error) {
 		return nil, ErrNotFound
 	}
 	return clone(r), nil
+}
+
+// Bodies returns the bodies the record's requests were stored with.
+func (s *MemStore) Bodies(_ context.Context, id string) (map[string]json.RawMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[id]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	out := make(map[string]json.RawMessage, len(r.Requests))
+	for _, q := range r.Requests {
+		out[q.Key] = q.Body
+	}
+	return out, nil
 }
 
 // List returns copies of all records, ordered by id.

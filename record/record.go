@@ -68,8 +68,17 @@ type Request struct {
 	// Attempt is which batch this is for the request: 1 (stored as 0) for its first, one more
 	// for each resubmission after a retryable failure.
 	Attempt int `json:"attempt,omitempty"`
-	// Ack acknowledges the request's message once its batch is recorded (durable mode).
-	Ack func() `json:"-"`
+	// Msg is the request's stream message while it waits to be recorded (durable mode).
+	Msg Held `json:"-"`
+}
+
+// Held is a request's stream message: kept from redelivery while its batch is open, handed
+// back when the batch cannot be recorded, acknowledged (and the acknowledgement confirmed) once
+// it is.
+type Held interface {
+	InProgress() error
+	Nak() error
+	DoubleAck(ctx context.Context) error
 }
 
 // Attempts is the request's attempt number, counting its first batch as 1.
@@ -114,12 +123,32 @@ type Record struct {
 	// unfinished requests are resubmitted rather than answered as cancelled.
 	StuckCancelled bool `json:"stuckCancelled,omitempty"`
 
-	// Owner is the gembatchd instance working on the record, until LeaseUntil (durable mode).
-	Owner      string    `json:"owner,omitempty"`
-	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
+	// Owner and Epoch name the gembatchd instance, and the run of it, working on the record
+	// (durable mode). Every write is a compare-and-set on Revision, so a replica that lost the
+	// record cannot write it again.
+	Owner string `json:"owner,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty"`
+	// Acked: the acknowledgements of the requests' stream messages are confirmed, so that no
+	// message of this record can be delivered again (durable mode).
+	Acked bool `json:"acked,omitempty"`
+	// Usage is what the batch's responses used and cost, written with the Replied state so that
+	// it is counted once whatever a crash interrupts.
+	Usage *Usage `json:"usage,omitempty"`
+
+	// IntentSeen is when this process first saw the record's create intent, on its own clock:
+	// the create grace runs from it, never from a time another machine wrote.
+	IntentSeen time.Time `json:"-"`
 
 	// Revision is the store's version of this record, for compare-and-set updates.
 	Revision uint64 `json:"-"`
+}
+
+// Usage sums a batch's token counts and estimated cost.
+type Usage struct {
+	gemini.UsageMetadata
+	// EstimatedPrompt counts prompt tokens estimated for responses without usage (embeddings).
+	EstimatedPrompt int64   `json:"estimatedPrompt,omitempty"`
+	CostUSD         float64 `json:"costUsd,omitempty"`
 }
 
 // DisplayName is the remote batch's displayName: it carries the record's id so that a job whose
@@ -147,8 +176,10 @@ var (
 type Store interface {
 	Create(ctx context.Context, r *Record) error
 	Update(ctx context.Context, r *Record) error
-	// Get returns a record with its requests.
+	// Get returns a record with its requests; a durable store leaves out their bodies.
 	Get(ctx context.Context, id string) (*Record, error)
+	// Bodies returns the request bodies of a record by request key.
+	Bodies(ctx context.Context, id string) (map[string]json.RawMessage, error)
 	// List returns every record not cleaned; a durable store may leave out their requests.
 	List(ctx context.Context) ([]*Record, error)
 	Delete(ctx context.Context, id string) error

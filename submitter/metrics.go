@@ -7,12 +7,13 @@ import (
 
 // Metrics are the submitter's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
 type Metrics struct {
-	queued    prometheus.Gauge
-	outcomes  *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	throttled prometheus.Counter
-	ambiguous prometheus.Counter
-	uploaded  prometheus.Counter
+	queued     prometheus.Gauge
+	outcomes   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	throttled  prometheus.Counter
+	duplicates prometheus.Counter
+	ambiguous  prometheus.Counter
+	uploaded   prometheus.Counter
 	// active, enqueuedTokens and waiting show the quota: what it holds and what waits for it.
 	active         prometheus.Gauge
 	enqueuedTokens *prometheus.GaugeVec
@@ -41,6 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		throttled: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_submitter_create_throttled_total",
 			Help: "Creates answered 429 RESOURCE_EXHAUSTED and retried after backing off.",
+		}),
+		duplicates: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_submitter_duplicate_jobs_cancelled_total",
+			Help: "Second jobs found for one batch (a create let through by a freeze past the lease), cancelled before they ran.",
 		}),
 		ambiguous: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_submitter_create_unanswered_total",

@@ -43,16 +43,16 @@ func newQuotaEnv(t *testing.T, faults emulator.Faults, jobDelay time.Duration, c
 		cfg.Backoff = backoff.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond}
 	}
 	e.sub = submitter.New(cfg, api, e.store, zerolog.New(zerolog.NewTestWriter(t)), submitter.NewMetrics(e.reg),
-		func(r *record.Record) {
-			e.mu.Lock()
-			e.submitted = append(e.submitted, r.Group.Model)
-			e.mu.Unlock()
-			e.wg.Go(func() {
-				time.Sleep(jobDelay + 20*time.Millisecond)
-				e.sub.Release(r.ID)
-			})
-		},
 		func(r *record.Record) { t.Errorf("record %s failed: %v", r.ID, r.Error) })
+	e.sub.OnSubmitted(func(r *record.Record) {
+		e.mu.Lock()
+		e.submitted = append(e.submitted, r.Group.Model)
+		e.mu.Unlock()
+		e.wg.Go(func() {
+			time.Sleep(jobDelay + 20*time.Millisecond)
+			e.sub.Release(r.ID)
+		})
+	})
 	return e
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 // API is the part of the Gemini client the submitter uses.
 type API interface {
 	CreateBatch(ctx context.Context, kind gemini.Kind, model string, b gemini.Batch) (*gemini.Operation, error)
+	CancelBatch(ctx context.Context, name string) error
 	UploadFile(ctx context.Context, r io.Reader, size int64, displayName, mimeType string) (*gemini.File, error)
 	ListBatches(ctx context.Context, pageSize int) iter.Seq2[*gemini.Operation, error]
 }
@@ -43,11 +45,23 @@ type Config struct {
 	Backoff backoff.Policy
 	// Quota bounds the active jobs and their tokens; batches that do not fit wait in the queue.
 	Quota Quota
+	// Lease, when set, fences every create: one is sent only while this replica certainly holds
+	// its lease for CreateTimeout and a second more, and never takes longer than CreateTimeout.
+	Lease         Lease
+	CreateTimeout time.Duration
 	// KeepBodies keeps request bodies in memory after submit, for resubmissions and dead
 	// letters, where the store cannot give them back (core mode).
 	KeepBodies bool
 	Now        func() time.Time
 }
+
+// Lease is this replica's ownership lease (durable mode).
+type Lease interface {
+	Holds(margin time.Duration) bool
+}
+
+// errLeaseLapsed: the lease is not certainly held long enough to send a create.
+var errLeaseLapsed = errors.New("lease not held long enough to send a create")
 
 // Submitter submits sealed records. Each record is worked on by one worker until it is submitted
 // or failed; Enqueue never blocks for long, as batches are few.
@@ -62,6 +76,7 @@ type Submitter struct {
 
 	mu     sync.Mutex
 	queue  []*record.Record
+	queued map[string]bool // ids queued or being submitted: each is worked on once
 	closed bool
 	ready  chan struct{}
 	adm    admission
@@ -71,9 +86,9 @@ type Submitter struct {
 	heldBytes    atomic.Int64
 }
 
-// New returns a Submitter that hands each submitted record to submitted and each record that
-// could not be created to failed.
-func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics, submitted, failed func(*record.Record)) *Submitter {
+// New returns a Submitter that hands each record that could not be created to failed; set
+// where submitted records go with OnSubmitted before Run.
+func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics, failed func(*record.Record)) *Submitter {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 4
 	}
@@ -86,19 +101,31 @@ func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.CreateTimeout <= 0 {
+		cfg.CreateTimeout = gemini.DefaultCallTimeout
+	}
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Submitter{cfg: cfg, api: api, store: store, log: log, m: m, submitted: submitted, failed: failed, ready: make(chan struct{}, 1), adm: newAdmission()}
+	s := &Submitter{queued: map[string]bool{}, cfg: cfg, api: api, store: store, log: log, m: m, failed: failed, ready: make(chan struct{}, 1), adm: newAdmission()}
 	m.held = func() (int64, int64) { return s.Held() }
 	return s
 }
 
-// Enqueue schedules a Sealed or Submitting record for submission.
+// OnSubmitted sets where each submitted record goes (the poller).
+func (s *Submitter) OnSubmitted(f func(*record.Record)) { s.submitted = f }
+
+// Enqueue schedules a Sealed or Submitting record for submission. A record already queued or
+// being submitted is not queued again.
 func (s *Submitter) Enqueue(rec *record.Record) {
+	s.mu.Lock()
+	if s.queued[rec.ID] {
+		s.mu.Unlock()
+		return
+	}
+	s.queued[rec.ID] = true
 	s.heldRequests.Add(int64(len(rec.Requests)))
 	s.heldBytes.Add(rec.Bytes)
-	s.mu.Lock()
 	s.queue = append(s.queue, rec)
 	s.m.queued.Set(float64(len(s.queue)))
 	s.mu.Unlock()
@@ -111,6 +138,7 @@ func (s *Submitter) requeue(rec *record.Record) {
 	s.heldRequests.Add(int64(len(rec.Requests)))
 	s.heldBytes.Add(rec.Bytes)
 	s.mu.Lock()
+	s.queued[rec.ID] = true
 	s.queue = append([]*record.Record{rec}, s.queue...)
 	s.m.queued.Set(float64(len(s.queue)))
 	s.mu.Unlock()
@@ -208,6 +236,11 @@ func (s *Submitter) Run(ctx context.Context) error {
 				s.work(ctx, rec)
 				s.heldRequests.Add(-n)
 				s.heldBytes.Add(-b)
+				s.mu.Lock()
+				if !slices.Contains(s.queue, rec) { // not put back in line (throttled)
+					delete(s.queued, rec.ID)
+				}
+				s.mu.Unlock()
 			}
 		})
 	}
@@ -274,8 +307,9 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		if err := s.store.Update(ctx, rec); err != nil {
 			return fmt.Errorf("record %s create intent: %w", rec.ID, err)
 		}
+		rec.IntentSeen = rec.CreateAttempted
 		failpoint.Hit(failpoint.BeforeCreate)
-		op, err := s.api.CreateBatch(ctx, rec.Group.Kind, rec.Group.Model, s.batch(rec))
+		op, err := s.create(ctx, rec)
 		if err == nil {
 			failpoint.Hit(failpoint.AfterCreateBeforeRec)
 			return s.adopt(ctx, rec, op, start)
@@ -307,6 +341,13 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			if op != nil {
 				return s.adopt(ctx, rec, op, start)
 			}
+		case errors.Is(err, errLeaseLapsed):
+			// Not sent: the lease may have lapsed (a freeze, NATS unreachable). Once renewed, the
+			// next intent write tells whether the record is still ours.
+			s.log.Warn().Str("record", rec.ID).Msg("create held back: the lease is not certainly held; waiting for its renewal")
+			if !backoff.Sleep(ctx, time.Second) {
+				return ctx.Err()
+			}
 		case gemini.IsRetryable(err):
 			// Nothing was created (the API could not be reached): send again after a while.
 			d := s.cfg.Backoff.Delay(attempt)
@@ -321,18 +362,33 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 	}
 }
 
+// create sends the create call, fenced by the lease: only while this replica certainly holds
+// it for longer than the call may take. A freeze between this check and the send that outlasts
+// the lease less the margin is the one window no fence closes; find cancels what it lets through.
+func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
+	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+time.Second) {
+		return nil, errLeaseLapsed
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.CreateTimeout)
+	defer cancel()
+	return s.api.CreateBatch(cctx, rec.Group.Kind, rec.Group.Model, s.batch(rec))
+}
+
 // resolve looks for rec's job in the remote list, waiting out the list's lag: it returns the job,
-// or nil once CreateGrace has passed since the last create attempt with no job listed.
+// or nil once CreateGrace has passed, on this process's own clock, since it first saw the intent.
 func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
+	if rec.IntentSeen.IsZero() {
+		rec.IntentSeen = s.cfg.Now()
+	}
 	for attempt := 0; ; attempt++ {
-		op, err := s.find(ctx, rec.DisplayName())
+		op, err := s.find(ctx, rec)
 		if err == nil && op != nil {
 			s.log.Info().Str("record", rec.ID).Str("batch", op.Name).Msg("adopted an existing remote batch")
 			return op, nil
 		}
 		if err != nil {
 			s.log.Warn().Err(err).Str("record", rec.ID).Msg("list batches to resolve a create")
-		} else if s.cfg.Now().Sub(rec.CreateAttempted) >= s.cfg.CreateGrace {
+		} else if s.cfg.Now().Sub(rec.IntentSeen) >= s.cfg.CreateGrace {
 			return nil, nil
 		}
 		d := min(s.cfg.Backoff.Delay(attempt), max(time.Second, s.cfg.CreateGrace/4))
@@ -342,17 +398,43 @@ func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Op
 	}
 }
 
-// find returns the remote batch with this displayName, if listed.
-func (s *Submitter) find(ctx context.Context, displayName string) (*gemini.Operation, error) {
+// listSkew is how much older than its record a job may be listed as created, allowing for
+// the difference between this machine's clock and the service's.
+const listSkew = time.Hour
+
+// find returns the remote batch made for rec, if listed. The list comes newest first, so it
+// reads only down to jobs created before the record was sealed. Should a second job with the
+// same displayName be there (a create let through by a freeze past the lease), every job but
+// the oldest is cancelled and deleted before it runs, and counted.
+func (s *Submitter) find(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
+	var found []*gemini.Operation
 	for op, err := range s.api.ListBatches(ctx, 100) {
 		if err != nil {
 			return nil, err
 		}
-		if op.Metadata != nil && op.Metadata.DisplayName == displayName {
-			return op, nil
+		if op.Metadata == nil {
+			continue
+		}
+		if op.Metadata.DisplayName == rec.DisplayName() {
+			found = append(found, op)
+		}
+		if !op.Metadata.CreateTime.IsZero() && op.Metadata.CreateTime.Before(rec.Sealed.Add(-listSkew)) {
+			break
 		}
 	}
-	return nil, nil
+	if len(found) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(found, func(a, b *gemini.Operation) int { return a.Metadata.CreateTime.Compare(b.Metadata.CreateTime) })
+	for _, dup := range found[1:] {
+		s.m.duplicates.Inc()
+		s.log.Error().Str("record", rec.ID).Str("batch", dup.Name).Str("kept", found[0].Name).
+			Msg("a second job was created for one batch; cancelling it before it runs")
+		if err := s.api.CancelBatch(ctx, dup.Name); err != nil {
+			s.log.Warn().Err(err).Str("batch", dup.Name).Msg("cancel duplicate job")
+		}
+	}
+	return found[0], nil
 }
 
 func (s *Submitter) adopt(ctx context.Context, rec *record.Record, op *gemini.Operation, start time.Time) error {

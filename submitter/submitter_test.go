@@ -41,8 +41,8 @@ func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 		cfg.Backoff = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
 	e.sub = submitter.New(cfg, api, e.store, zerolog.New(zerolog.NewTestWriter(t)), nil,
-		func(r *record.Record) { e.mu.Lock(); e.submitted = append(e.submitted, r); e.mu.Unlock() },
 		func(r *record.Record) { e.mu.Lock(); e.failed = append(e.failed, r); e.mu.Unlock() })
+	e.sub.OnSubmitted(func(r *record.Record) { e.mu.Lock(); e.submitted = append(e.submitted, r); e.mu.Unlock() })
 	return e
 }
 

@@ -407,7 +407,7 @@ func printShow(w io.Writer, rec *record.Record, remote string, op *gemini.Operat
 			row("  error", rec.Error.Error())
 		}
 		if rec.Owner != "" {
-			row("  owner", fmt.Sprintf("%s (lease until %s)", rec.Owner, rec.LeaseUntil.Local().Format(time.TimeOnly)))
+			row("  owner", fmt.Sprintf("%s (epoch %d)", rec.Owner, rec.Epoch))
 		}
 	} else {
 		fmt.Fprintf(tw, "Record\t(none: gembatchd has no record of %s)\n", remote)

@@ -19,6 +19,7 @@ const (
 	AfterCreateBeforeRec = "after-create-before-record"
 	WhilePolling         = "while-polling"
 	MidReply             = "mid-reply"
+	BeforeClean          = "before-clean"
 )
 
 var (

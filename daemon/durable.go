@@ -1,0 +1,215 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/accumulator"
+	"github.com/gembatch/gembatch/intake"
+	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/internal/failpoint"
+	"github.com/gembatch/gembatch/jsstore"
+	"github.com/gembatch/gembatch/ownership"
+	"github.com/gembatch/gembatch/record"
+	"github.com/gembatch/gembatch/submitter"
+)
+
+// openStore opens the record store and starts this replica's lease with a new epoch.
+func (m *Main) openStore(ctx context.Context, js jetstream.JetStream) (*jsstore.Store, *ownership.Leaser, error) {
+	cfg := m.Config
+	st, err := jsstore.Open(ctx, js, jsstore.Config{
+		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
+		Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
+	}, m.Log.With().Str("component", "store").Logger())
+	if err != nil {
+		return nil, nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.LeasesBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: cfg.LeasesBucket, Description: "gembatch replicas' leases", History: 1,
+			TTL: 24 * time.Hour, Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage),
+		})
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("leases bucket %s: %w", cfg.LeasesBucket, err)
+	}
+	lease, err := ownership.StartLease(ctx, kv, cfg.Instance, cfg.LeaseTTL, m.now, m.Log.With().Str("component", "lease").Logger())
+	if err != nil {
+		return nil, nil, err
+	}
+	m.Log.Info().Str("instance", cfg.Instance).Uint64("epoch", lease.Self().Epoch).Msg("lease taken")
+	return st, lease, nil
+}
+
+// now is the daemon's wall clock.
+func (m *Main) now() time.Time { return time.Now() }
+
+// fence is the submitter's view of the lease; none in core mode.
+func fence(l *ownership.Leaser) submitter.Lease {
+	if l == nil {
+		return nil
+	}
+	return l
+}
+
+// coreSealer records a sealed batch in memory and passes it to the submitter.
+func (m *Main) coreSealer(sub *submitter.Submitter) accumulator.SealFunc {
+	return func(rec *record.Record) {
+		if err := m.Store.Create(context.Background(), rec); err != nil {
+			m.Log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).Msg("could not record a sealed batch")
+			return
+		}
+		sub.Enqueue(rec)
+	}
+}
+
+// durableSealer records a sealed batch under this replica's lease, then confirms its messages'
+// acknowledgements, then passes it on. A batch begun before the lease last lapsed is not this
+// replica's to record: its messages may have been delivered elsewhere meanwhile, so they are
+// handed back instead.
+type durableSealer struct {
+	store  *jsstore.Store
+	lease  *ownership.Leaser
+	own    func(*record.Record)
+	sub    *submitter.Submitter
+	log    zerolog.Logger
+	margin time.Duration
+}
+
+func (d *durableSealer) seal(rec *record.Record) {
+	if !d.lease.HeldSince(oldest(rec), d.margin) {
+		d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
+			Msg("lease lapsed while the batch was open; handing its messages back to the stream")
+		for _, q := range rec.Requests {
+			_ = q.Msg.Nak()
+		}
+		return
+	}
+	d.own(rec)
+	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 0; ; attempt++ {
+		err := d.store.Create(context.Background(), rec)
+		if err == nil {
+			break
+		}
+		if attempt == 5 {
+			d.log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
+				Msg("could not record a sealed batch; its requests will be delivered again")
+			return
+		}
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("record sealed batch; retrying")
+		time.Sleep(retry.Delay(attempt))
+	}
+	failpoint.Hit(failpoint.AfterSealBeforeAck)
+	for attempt := 0; ; attempt++ {
+		err := confirmAcks(rec)
+		if err == nil {
+			err = d.store.Confirmed(context.Background(), rec)
+		}
+		if err == nil || errors.Is(err, record.ErrConflict) {
+			break
+		}
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("confirm the acknowledgements of a recorded batch; retrying")
+		time.Sleep(retry.Delay(attempt))
+	}
+	d.sub.Enqueue(rec)
+}
+
+// oldest is when the batch's first request was received.
+func oldest(rec *record.Record) time.Time {
+	t := rec.Sealed
+	for _, q := range rec.Requests {
+		if q.Received.Before(t) {
+			t = q.Received
+		}
+	}
+	return t
+}
+
+// confirmAcks acknowledges every message of a recorded batch and waits for the server to confirm
+// each, a few at a time.
+func confirmAcks(rec *record.Record) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	slots := make(chan struct{}, 64)
+	for _, q := range rec.Requests {
+		if q.Msg == nil {
+			continue
+		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := q.Msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				mu.Lock()
+				first = cmpErr(first, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// takeOver readies a record this replica just took over and hands it to its stage. A record
+// still to be submitted needs its request bodies, and the messages of a record whose acks were
+// never confirmed are removed from the stream first, so that none is delivered again.
+func (m *Main) takeOver(ctx context.Context, st *jsstore.Store, in *intake.StreamIntake, rec *record.Record, route func(*record.Record)) {
+	if rec.State == record.Sealed || rec.State == record.Submitting {
+		full, err := st.Get(ctx, rec.ID)
+		if err == nil {
+			var bodies map[string]json.RawMessage
+			bodies, err = st.Bodies(ctx, rec.ID)
+			for i := range full.Requests {
+				full.Requests[i].Body = bodies[full.Requests[i].Key]
+			}
+		}
+		if err != nil {
+			m.Log.Error().Err(err).Str("record", rec.ID).Msg("read the requests of a record taken over; leaving it for another try")
+			return
+		}
+		rec.Requests = full.Requests
+		if !rec.Acked {
+			if err := in.Remove(ctx, rec.Requests); err != nil {
+				m.Log.Warn().Err(err).Str("record", rec.ID).Msg("remove the messages of a record taken over")
+				return
+			}
+			if err := st.Confirmed(ctx, rec); err != nil {
+				return
+			}
+		}
+	}
+	route(rec)
+}
+
+// shareQuota tells the submitter what jobs the other replicas hold, from the coordinator's
+// index, for the quota shared by all of them.
+func (m *Main) shareQuota(ctx context.Context, coord *ownership.Coordinator, sub *submitter.Submitter) {
+	t := time.NewTicker(m.Config.LeaseTTL / 2)
+	defer t.Stop()
+	for {
+		sub.SetOthers(coord.Others(), m.Config.Instance)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
