@@ -351,4 +351,3 @@ func readiness(nc *nats.Conn, api *gemini.Client, st *jsstore.Store) func(contex
 		return nil
 	}
 }
-

@@ -109,11 +109,11 @@ func covers(have, want []string) bool {
 // every replica. A message is acknowledged only when the batch it joined is recorded.
 type StreamIntake struct {
 	*Intake
-	scfg    StreamConfig
-	js      jetstream.JetStream
-	sealed  Sealed
-	futures chan forwarded
-	fwdDone chan struct{}
+	scfg     StreamConfig
+	js       jetstream.JetStream
+	sealed   Sealed
+	futures  chan forwarded
+	fwdDone  chan struct{}
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
 }
