@@ -20,7 +20,7 @@ import (
 const typePrefix = "type.googleapis.com/google.ai.generativelanguage.v1main."
 
 // batchFields are the fields of the batch resource; output-only ones are accepted and ignored.
-var batchFields = []string{"name", "model", "displayName", "inputConfig", "priority", "output", "createTime", "endTime", "updateTime", "batchStats", "state"}
+var batchFields = []string{"name", "model", "displayName", "inputConfig", "priority", "webhookConfig", "output", "createTime", "endTime", "updateTime", "batchStats", "state"}
 
 // batch is one job. Its fields are guarded by Server.mu, except the input, which is fixed at
 // create and read without the lock when the results are made.
@@ -229,7 +229,8 @@ func (s *Server) produce(b *batch, closing *ending) {
 
 // answer answers one request of job b; fail is the draw of the item error rate.
 func (s *Server) answer(b *batch, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
-	return answer(b.kind, b.model, request, fail, s.directedFails)
+	m := model{name: b.model, imageBytes: s.opts.ImageBytes, directed: s.directedFails}
+	return m.answer(b.kind, request, fail)
 }
 
 // directedFails counts one answer to a request whose text carries a counted error directive

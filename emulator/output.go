@@ -25,14 +25,31 @@ const (
 // "[[emulator:error=13,times=2]]" the first two times a request with this text is answered.
 var directive = regexp.MustCompile(`\[\[emulator:error=(\d+)(?:,times=(\d+))?\]\]`)
 
-// The top-level fields of the two request kinds; the service refuses any other.
+// The top-level fields of the two request kinds; the service refuses any other. The generate
+// fields are those the official SDKs send to the Gemini API (go-genai, @google/genai 3.x).
 var (
-	generateFields = []string{"model", "contents", "tools", "toolConfig", "safetySettings", "systemInstruction", "generationConfig", "cachedContent"}
-	embedFields    = []string{"model", "content", "taskType", "title", "outputDimensionality"}
+	generateFields = []string{"model", "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
+		"generationConfig", "cachedContent", "serviceTier", "labels", "store", "continuationToken"}
+	embedFields = []string{"model", "content", "taskType", "title", "outputDimensionality"}
 )
 
+// inputContent is a Content of a request; only its text is read.
+type inputContent struct {
+	Parts []struct {
+		Text string `json:"text"`
+	} `json:"parts"`
+}
+
 type part struct {
-	Text string `json:"text,omitempty"`
+	Text       string `json:"text,omitempty"`
+	InlineData *blob  `json:"inlineData,omitempty"`
+	Thought    bool   `json:"thought,omitempty"`
+}
+
+// blob is inline data; Data encodes as standard base64, as the service sends it.
+type blob struct {
+	MimeType string `json:"mimeType"`
+	Data     []byte `json:"data"`
 }
 
 type content struct {
@@ -58,12 +75,13 @@ type embedResponse struct {
 	} `json:"embedding"`
 }
 
-// ExpectedText is the text the emulator answers for a GenerateContentRequest: "emulated: ",
-// the first 64 characters of the request's text parts (joined by newlines), " #" and 8 hex
-// digits of the SHA-256 of the whole text.
+// ExpectedText is the text the emulator answers for a GenerateContentRequest that asks for
+// plain text: "emulated: ", the first 64 characters of the request's text parts (joined by
+// newlines), " #" and 8 hex digits of the SHA-256 of the whole text. Requests for JSON or
+// images are answered as emulator/README.md says.
 func ExpectedText(request json.RawMessage) string {
-	text, _ := generateInput(request) // an invalid request is answered with an error, not a text
-	return reply(text)
+	g, _ := generateInput(request) // an invalid request is answered with an error, not a text
+	return reply(g.text)
 }
 
 // ExpectedEmbedding is the vector the emulator answers for an EmbedContentRequest: unit length,
@@ -73,12 +91,21 @@ func ExpectedEmbedding(request json.RawMessage) []float32 {
 	return vector(text, dims)
 }
 
+// model is what the emulated model needs besides the request: the batch's model, the size of
+// its images, and the count of directed failures.
+type model struct {
+	name       string
+	imageBytes int
+	// directed counts an answer to a text whose directive fails only a number of times, and
+	// reports whether this one fails.
+	directed func(text string, times int) bool
+}
+
 // answer is the emulated model's answer to one request of a batch: a response, or the per-item
-// error the service would give. directed counts an answer to a text whose directive fails only
-// a number of times, and reports whether this one fails.
-func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool, directed func(text string, times int) bool) (json.RawMessage, *gemini.Status) {
+// error the service would give.
+func (m model) answer(kind gemini.Kind, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
 	var (
-		text string
+		g    genRequest
 		dims int
 		err  error
 	)
@@ -86,16 +113,16 @@ func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool, 
 	case len(request) == 0:
 		err = errorf("* request: request is not specified")
 	case kind == gemini.KindEmbed:
-		text, dims, err = embedInput(request)
+		g.text, dims, err = embedInput(request)
 	default:
-		text, err = generateInput(request)
+		g, err = generateInput(request)
 	}
 	if err != nil {
 		return nil, &gemini.Status{Code: gemini.CodeInvalidArgument, Message: err.Error()}
 	}
-	if m := directive.FindStringSubmatch(text); m != nil {
-		if code, err := strconv.Atoi(m[1]); err == nil && code > 0 && code <= gemini.CodeUnauthenticated && directedNow(text, m[2], directed) {
-			return nil, &gemini.Status{Code: code, Message: fmt.Sprintf("%s: failed as the request asked (%s).", gemini.CodeName(code), m[0])}
+	if d := directive.FindStringSubmatch(g.text); d != nil {
+		if code, err := strconv.Atoi(d[1]); err == nil && code > 0 && code <= gemini.CodeUnauthenticated && directedNow(g.text, d[2], m.directed) {
+			return nil, &gemini.Status{Code: code, Message: fmt.Sprintf("%s: failed as the request asked (%s).", gemini.CodeName(code), d[0])}
 		}
 	}
 	if fail {
@@ -104,18 +131,10 @@ func answer(kind gemini.Kind, model string, request json.RawMessage, fail bool, 
 	var resp any
 	if kind == gemini.KindEmbed {
 		var e embedResponse
-		e.Embedding.Values = vector(text, dims)
+		e.Embedding.Values = vector(g.text, dims)
 		resp = e
-	} else {
-		out := reply(text)
-		prompt, answered := tokens(text), tokens(out)
-		resp = generateResponse{
-			Candidates: []candidate{{Content: content{Parts: []part{{Text: out}}, Role: "model"}, FinishReason: "STOP"}},
-			UsageMetadata: gemini.UsageMetadata{
-				PromptTokenCount: prompt, CandidatesTokenCount: answered, TotalTokenCount: prompt + answered,
-			},
-			ModelVersion: strings.TrimPrefix(model, "models/"),
-		}
+	} else if resp, err = m.generate(g); err != nil {
+		return nil, &gemini.Status{Code: gemini.CodeInvalidArgument, Message: err.Error()}
 	}
 	b, err := marshal(resp)
 	if err != nil { // not reached: the response types always encode
@@ -132,28 +151,6 @@ func directedNow(text, times string, directed func(text string, times int) bool)
 	}
 	k, err := strconv.Atoi(times)
 	return err != nil || directed(text, k)
-}
-
-// generateInput checks a GenerateContentRequest as the service does and returns its text.
-func generateInput(request json.RawMessage) (string, error) {
-	f, err := fields(request, "", generateFields...)
-	if err != nil {
-		return "", err
-	}
-	var contents []content
-	if err := decodeField(f, "contents", "request", &contents); err != nil {
-		return "", err
-	}
-	if len(contents) == 0 {
-		return "", errorf("* GenerateContentRequest.contents: contents is not specified")
-	}
-	var texts []string
-	for _, c := range contents {
-		for _, p := range c.Parts {
-			texts = append(texts, p.Text)
-		}
-	}
-	return strings.Join(texts, "\n"), nil
 }
 
 // embedInput checks an EmbedContentRequest as the service does and returns its text and the
@@ -185,15 +182,19 @@ func embedInput(request json.RawMessage) (text string, dims int, err error) {
 
 func reply(text string) string {
 	sum := sha256.Sum256([]byte(text))
-	head, n := text, 0
+	return "emulated: " + head(text) + " #" + hex.EncodeToString(sum[:4])
+}
+
+// head is the first replyHeadRunes characters of text.
+func head(text string) string {
+	n := 0
 	for i := range text {
 		if n == replyHeadRunes {
-			head = text[:i]
-			break
+			return text[:i]
 		}
 		n++
 	}
-	return "emulated: " + head + " #" + hex.EncodeToString(sum[:4])
+	return text
 }
 
 // tokens estimates a token count the way a rule of thumb does: four bytes a token.

@@ -41,6 +41,9 @@ type Options struct {
 	Faults Faults
 	// Logger gets one debug line per request. The zero Logger logs nothing.
 	Logger zerolog.Logger
+	// ImageBytes is the size, about, of the PNG answered to a request whose
+	// generationConfig.responseModalities holds IMAGE (default DefaultImageBytes).
+	ImageBytes int
 	// BaseURL is the public URL that upload URLs and file URIs are built on.
 	// If empty, it is taken from each request's Host.
 	BaseURL string
@@ -80,6 +83,10 @@ func New(opts Options) *Server {
 	if opts.FileMaxBytes <= 0 {
 		opts.FileMaxBytes = DefaultFileMaxBytes
 	}
+	if opts.ImageBytes <= 0 {
+		opts.ImageBytes = DefaultImageBytes
+	}
+	opts.ImageBytes = min(opts.ImageBytes, MaxImageBytes)
 	opts.BaseURL = strings.TrimSuffix(opts.BaseURL, "/")
 	dir, err := os.MkdirTemp("", "gemini-emulator-")
 	if err != nil {
@@ -221,7 +228,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if !s.authorized(w, r) {
 		return
 	}
-	key, name := routeKey(r.URL.Path)
+	key, name := routeKey(canonicalPath(r.URL.Path))
 	route, ok := s.routes[key]
 	if !ok || (strings.Contains(key, "{}") && name == "") {
 		writeError(w, http.StatusNotFound, gemini.CodeNotFound, "No route for %s %s.", r.Method, r.URL.Path)
@@ -235,6 +242,39 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h(w, r, name)
+}
+
+// apiVersions are the version prefixes the official SDKs use: Python and Go send v1beta,
+// @google/genai 3.x sends v1 by default, and all three can be told v1alpha. The emulator
+// answers the same API under each; its routes are written with v1beta.
+var apiVersions = []string{"v1beta", "v1", "v1alpha"}
+
+// canonicalPath turns "/v1/batches", "/upload/v1alpha/files", ... into their v1beta form.
+func canonicalPath(path string) string {
+	for _, area := range []string{"/", "/upload/", "/download/"} {
+		rest, ok := strings.CutPrefix(path, area)
+		if !ok {
+			continue
+		}
+		version, tail, _ := strings.Cut(rest, "/")
+		if version != "v1beta" && slices.Contains(apiVersions, version) {
+			return area + "v1beta/" + tail
+		}
+	}
+	return path
+}
+
+// apiVersion is the version prefix a request came with ("v1beta" when none is known), so that
+// the URLs the emulator hands out keep to the client's version.
+func apiVersion(path string) string {
+	for _, area := range []string{"/", "/upload/", "/download/"} {
+		if rest, ok := strings.CutPrefix(path, area); ok {
+			if version, _, _ := strings.Cut(rest, "/"); slices.Contains(apiVersions, version) {
+				return version
+			}
+		}
+	}
+	return "v1beta"
 }
 
 // collections are the paths whose last segment is a resource name, optionally with a ":verb".

@@ -72,7 +72,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request) {
 	s.uploads[u.id] = u
 	s.mu.Unlock()
 	h := w.Header()
-	h.Set("X-Goog-Upload-URL", u.base+"/upload/v1beta/files?upload_id="+u.id+"&upload_protocol=resumable")
+	h.Set("X-Goog-Upload-URL", u.base+"/upload/"+apiVersion(r.URL.Path)+"/files?upload_id="+u.id+"&upload_protocol=resumable")
 	h.Set("X-Goog-Upload-Status", "active")
 	h.Set("X-Goog-Upload-Chunk-Granularity", strconv.Itoa(chunkGranularity))
 	w.WriteHeader(http.StatusOK)

@@ -24,7 +24,7 @@ import (
 
 const shutdownGrace = 10 * time.Second
 
-func main() { os.Exit(run(context.Background(), os.Args[1:], os.Stderr)) }
+func main() { os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)) }
 
 type config struct {
 	addr     string
@@ -33,9 +33,10 @@ type config struct {
 }
 
 // run serves until ctx ends or SIGINT or SIGTERM comes, then shuts down within shutdownGrace.
-// It returns the exit code: 0 after a clean stop or --help, 2 for bad flags, 1 otherwise.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
+// It returns the exit code: 0 after a clean stop or --help (written to stdout, so that it pages),
+// 2 for bad flags, 1 otherwise. Logs go to stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -87,7 +88,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
-func parseFlags(args []string, stderr io.Writer) (config, error) {
+// parseFlags reads the flags; --help writes the usage to stdout, a bad flag says so on stderr.
+func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 	var (
 		cfg config
 		f   = &cfg.opts.Faults
@@ -99,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.opts.JobDelay, "job-delay", 2*time.Second, "time from create to a job's end: PENDING for the first half, RUNNING for the second")
 	fs.Int64Var(&cfg.opts.InlineMaxBytes, "inline-max-bytes", emulator.DefaultInlineMaxBytes, "largest create body; a larger one answers 400")
 	fs.Int64Var(&cfg.opts.FileMaxBytes, "file-max-bytes", emulator.DefaultFileMaxBytes, "largest uploaded file; a larger one answers 400")
+	fs.IntVar(&cfg.opts.ImageBytes, "image-bytes", emulator.DefaultImageBytes, "about how large the PNG answered to a request for IMAGE is, in bytes")
 	fs.StringVar(&cfg.opts.BaseURL, "base-url", "", "public `URL` for upload URLs and file URIs (default: from each request's Host)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log `level`: debug (one line per request), info, warn, error")
 
@@ -117,9 +120,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&f.ListLag, "list-lag", 0, "batches.list leaves out batches created less than this long ago")
 	fs.IntVar(&f.LoseCreateAnswers, "lose-create-answers", 0, "the next `N` creates make their job but answer 503")
 	fs.Int64Var(&f.Seed, "seed", 0, "seed of the fault rates, to repeat a run")
-	fs.Usage = func() { usage(fs) }
+	fs.Usage = func() {} // said below: to stdout for --help, a hint on stderr after a bad flag
 
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(fs, stdout)
+		} else {
+			fmt.Fprintln(stderr, "Run 'gemini-emulator --help' for the flags.")
+		}
 		return cfg, err
 	}
 	if fs.NArg() > 0 {
@@ -135,6 +143,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return cfg, errors.New("bad rate")
 		}
 	}
+	if cfg.opts.ImageBytes < 1 || cfg.opts.ImageBytes > emulator.MaxImageBytes {
+		fmt.Fprintf(stderr, "gemini-emulator: --image-bytes %d is not between 1 and %d\n", cfg.opts.ImageBytes, emulator.MaxImageBytes)
+		return cfg, errors.New("bad image size")
+	}
 	if f.MaxActiveJobs < 0 || f.EnqueuedTokenLimit < 0 {
 		fmt.Fprintln(stderr, "gemini-emulator: --max-active-jobs and --enqueued-token-limit cannot be negative")
 		return cfg, errors.New("bad limit")
@@ -142,15 +154,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	return cfg, nil
 }
 
-func usage(fs *flag.FlagSet) {
-	w := fs.Output()
+func usage(fs *flag.FlagSet, w io.Writer) {
 	fmt.Fprint(w, `gemini-emulator serves a local stand-in for the Gemini Batch API and File API.
 
 Usage: gemini-emulator [flags]
 
-Jobs go PENDING, RUNNING, then SUCCEEDED over --job-delay. Answers are deterministic; a request
-whose text contains [[emulator:error=N]] fails with per-item error code N (a gRPC code, 1-16);
-with [[emulator:error=N,times=K]] only the first K times a request with that text is answered.
+It answers under /v1, /v1beta and /v1alpha. Jobs go PENDING, RUNNING, then SUCCEEDED over
+--job-delay. Answers are deterministic: text, JSON valid against responseSchema or
+responseJsonSchema, a PNG of about --image-bytes when responseModalities holds IMAGE, and
+cached and thinking tokens when cachedContent or thinkingConfig ask for them.
+A request whose text contains [[emulator:error=N]] fails with per-item error code N (a gRPC
+code, 1-16); with [[emulator:error=N,times=K]] only the first K times a request with that text
+is answered. [[emulator:image-bytes=N]] sets the size of that request's image.
 Point a client at it with its base URL, e.g. GEMBATCH_GEMINI_BASE_URL=http://127.0.0.1:8085.
 
 Flags:

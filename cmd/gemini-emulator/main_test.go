@@ -72,13 +72,19 @@ func get(t *testing.T, url string) string {
 	return string(b)
 }
 
+// TestHelp: --help writes every flag and directive to stdout, so that `| less` shows it, and
+// exits 0 with nothing on stderr.
 func TestHelp(t *testing.T) {
-	var out bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out, &errOut); code != 0 {
 		t.Fatalf("--help exited %d", code)
 	}
+	if errOut.Len() != 0 {
+		t.Errorf("--help wrote to stderr: %s", errOut.String())
+	}
 	for _, want := range []string{
-		"--addr", "--api-key", "--job-delay", "--inline-max-bytes", "--file-max-bytes", "--log-level",
+		"--addr", "--api-key", "--job-delay", "--inline-max-bytes", "--file-max-bytes", "--log-level", "--image-bytes",
+		"[[emulator:image-bytes=N]]", "/v1alpha",
 		"--create-429-rate", "--throttle-delay", "--get-error-rate", "--upload-chunk-failures", "--item-error-rate",
 		"--stuck-pending", "--expire-after", "--fail-jobs", "--out-of-order", "--list-lag", "--lose-create-answers",
 		"--partial-results", "--max-active-jobs", "--enqueued-token-limit",
@@ -99,14 +105,15 @@ func TestBadArguments(t *testing.T) {
 		{"--max-active-jobs", "-1"},
 		{"--enqueued-token-limit", "-5"},
 		{"--log-level", "loud"},
+		{"--image-bytes", "0"},
 		{"extra"},
 	} {
-		var out bytes.Buffer
-		if code := run(context.Background(), args, &out); code != 2 {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, &out, &errOut); code != 2 {
 			t.Errorf("%v exited %d, want 2", args, code)
 		}
-		if out.Len() == 0 {
-			t.Errorf("%v said nothing", args)
+		if errOut.Len() == 0 || out.Len() != 0 {
+			t.Errorf("%v said %q on stdout and %q on stderr, want a word on stderr only", args, out.String(), errOut.String())
 		}
 	}
 }
@@ -117,7 +124,7 @@ func TestRunStopsWithContext(t *testing.T) {
 	var out syncBuffer
 	exit := make(chan int, 1)
 	go func() {
-		exit <- run(ctx, []string{"--addr", "127.0.0.1:0", "--log-level", "debug", "--job-delay", "50ms"}, &out)
+		exit <- run(ctx, []string{"--addr", "127.0.0.1:0", "--log-level", "debug", "--job-delay", "50ms"}, io.Discard, &out)
 	}()
 	var addr string
 	for deadline := time.Now().Add(10 * time.Second); addr == ""; {
@@ -145,6 +152,20 @@ func TestRunStopsWithContext(t *testing.T) {
 	}
 	if log := out.String(); !strings.Contains(log, `"path":"/v1beta/batches"`) || !strings.Contains(log, `"message":"stopped"`) {
 		t.Errorf("log lacks the request line or the stop line:\n%s", log)
+	}
+}
+
+// TestHelpProcess: the built command prints --help on its stdout and exits 0.
+func TestHelpProcess(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--help")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("--help: %v (stderr %q)", err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "Usage: gemini-emulator") || stderr.Len() != 0 {
+		t.Errorf("--help wrote %d bytes to stdout and %q to stderr", stdout.Len(), stderr.String())
 	}
 }
 
