@@ -13,7 +13,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -398,11 +397,8 @@ func TestAlertsDocumented(t *testing.T) {
 // the pod's termination grace period covers GEMBATCH_SHUTDOWN_GRACE.
 func TestKubernetesConfig(t *testing.T) {
 	known := map[string]bool{}
-	typ := reflect.TypeFor[daemon.Config]()
-	for i := range typ.NumField() {
-		if name, ok := typ.Field(i).Tag.Lookup("envconfig"); ok {
-			known[daemon.Prefix+"_"+name] = true
-		}
+	for _, name := range daemon.Variables() {
+		known[name] = true
 	}
 	vars := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(read(t, "kubernetes/base/config.env")))
