@@ -487,3 +487,23 @@ func TestComposeFiles(t *testing.T) {
 		t.Error(`compose Prometheus does not scrape gembatchd:9090 as job "gembatch"`)
 	}
 }
+
+// TestMetricsFromStart: every metric in the README's metrics table is on /metrics of a daemon
+// that has served nothing yet, so that dashboards and absent() alerts work from the start.
+func TestMetricsFromStart(t *testing.T) {
+	st := stacktest.Start(t, stacktest.Config(), emulator.Options{})
+	e := get(t, "http://"+st.Main.MetricsAddr+"/metrics")
+	docs := operatingDocs(t)
+	table := docs[strings.Index(docs, "### Metrics"):]
+	table = table[:strings.Index(table, "\n### ")]
+	row := regexp.MustCompile("(?m)^\\| `(gembatch_[a-z_]+)` \\|")
+	names := row.FindAllStringSubmatch(table, -1)
+	if len(names) < 40 {
+		t.Fatalf("found %d metrics in the README's table", len(names))
+	}
+	for _, m := range names {
+		if !e.has(m[1]) {
+			t.Errorf("%s is documented but not on /metrics of a fresh daemon", m[1])
+		}
+	}
+}
