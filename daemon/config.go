@@ -8,82 +8,85 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/pricing"
 )
 
-// Config is gembatchd's configuration, read from GEMBATCH_* environment variables.
+// Config is gembatchd's configuration, read from GEMBATCH_* environment variables. Each tag
+// holds the variable's full name: LoadConfig reads those names only.
 type Config struct {
-	NATSURL           string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
-	NATSUser          string `envconfig:"NATS_USER" desc:"NATS user name (with NATS_PASSWORD)"`
-	NATSPassword      Secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
-	NATSToken         Secret `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
-	NATSNKeyFile      string `envconfig:"NATS_NKEY_FILE" desc:"file holding an NKey seed"`
-	NATSCredsFile     string `envconfig:"NATS_CREDS_FILE" desc:"NATS credentials (.creds) file"`
-	NATSTLSCA         string `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS server"`
-	NATSTLSCert       string `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS TLS"`
-	NATSTLSKey        string `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS TLS"`
-	NATSTLSServerName string `envconfig:"NATS_TLS_SERVER_NAME" desc:"server name expected in the NATS server's certificate"`
+	NATSURL           string `envconfig:"GEMBATCH_NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
+	NATSUser          string `envconfig:"GEMBATCH_NATS_USER" desc:"NATS user name (with NATS_PASSWORD)"`
+	NATSPassword      Secret `envconfig:"GEMBATCH_NATS_PASSWORD" desc:"NATS password"`
+	NATSToken         Secret `envconfig:"GEMBATCH_NATS_TOKEN" desc:"NATS authentication token"`
+	NATSNKeyFile      string `envconfig:"GEMBATCH_NATS_NKEY_FILE" desc:"file holding an NKey seed"`
+	NATSCredsFile     string `envconfig:"GEMBATCH_NATS_CREDS_FILE" desc:"NATS credentials (.creds) file"`
+	NATSTLSCA         string `envconfig:"GEMBATCH_NATS_TLS_CA" desc:"CA certificate file to verify the NATS server"`
+	NATSTLSCert       string `envconfig:"GEMBATCH_NATS_TLS_CERT" desc:"client certificate file for NATS TLS"`
+	NATSTLSKey        string `envconfig:"GEMBATCH_NATS_TLS_KEY" desc:"client key file for NATS TLS"`
+	NATSTLSServerName string `envconfig:"GEMBATCH_NATS_TLS_SERVER_NAME" desc:"server name expected in the NATS server's certificate"`
 
-	SubjectGenerate string `envconfig:"SUBJECT_GENERATE" default:"gembatch.generate" desc:"subject of GenerateContentRequest messages"`
-	SubjectEmbed    string `envconfig:"SUBJECT_EMBED" default:"gembatch.embed" desc:"subject of EmbedContentRequest messages"`
-	Queue           string `envconfig:"QUEUE" default:"gembatch" desc:"NATS queue group shared by all replicas"`
-	DefaultModel    string `envconfig:"DEFAULT_MODEL" default:"gemini-2.5-flash" desc:"model for requests that name none"`
+	SubjectGenerate string `envconfig:"GEMBATCH_SUBJECT_GENERATE" default:"gembatch.generate" desc:"subject of GenerateContentRequest messages"`
+	SubjectEmbed    string `envconfig:"GEMBATCH_SUBJECT_EMBED" default:"gembatch.embed" desc:"subject of EmbedContentRequest messages"`
+	Queue           string `envconfig:"GEMBATCH_QUEUE" default:"gembatch" desc:"NATS queue group shared by all replicas"`
+	DefaultModel    string `envconfig:"GEMBATCH_DEFAULT_MODEL" default:"gemini-2.5-flash" desc:"model for requests that name none"`
 
-	BatchMaxRequests int           `envconfig:"BATCH_MAX_REQUESTS" default:"10000" desc:"a batch closes at this many requests"`
-	BatchMaxBytes    ByteSize      `envconfig:"BATCH_MAX_BYTES" default:"100MiB" desc:"a batch closes at this many encoded bytes (at most 2GB)"`
-	BatchMaxWait     time.Duration `envconfig:"BATCH_MAX_WAIT" default:"1m" desc:"a batch closes this long after its first request"`
-	InlineMaxBytes   ByteSize      `envconfig:"INLINE_MAX_BYTES" default:"19MiB" desc:"batches up to this size are sent inline, larger ones as a JSONL file (the API's inline limit is 20MB)"`
+	BatchMaxRequests int           `envconfig:"GEMBATCH_BATCH_MAX_REQUESTS" default:"10000" desc:"a batch closes at this many requests"`
+	BatchMaxBytes    ByteSize      `envconfig:"GEMBATCH_BATCH_MAX_BYTES" default:"100MiB" desc:"a batch closes at this many encoded bytes (at most 2GB)"`
+	BatchMaxWait     time.Duration `envconfig:"GEMBATCH_BATCH_MAX_WAIT" default:"1m" desc:"a batch closes this long after its first request"`
+	InlineMaxBytes   ByteSize      `envconfig:"GEMBATCH_INLINE_MAX_BYTES" default:"19MiB" desc:"batches up to this size are sent inline, larger ones as a JSONL file (the API's inline limit is 20MB)"`
 
-	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"15s" desc:"first wait before polling a submitted batch"`
-	PollMaxInterval  time.Duration `envconfig:"POLL_MAX_INTERVAL" default:"5m" desc:"longest wait between polls of one batch"`
-	PollConcurrency  int           `envconfig:"POLL_CONCURRENCY" default:"8" desc:"batch get calls in flight at once"`
-	SubmitConcurrent int           `envconfig:"SUBMIT_CONCURRENCY" default:"4" desc:"batches being submitted at once"`
-	CreateGrace      time.Duration `envconfig:"CREATE_GRACE" default:"1m" desc:"how long a create with a lost answer may take to appear in the batch list before it is sent again"`
+	PollInterval     time.Duration `envconfig:"GEMBATCH_POLL_INTERVAL" default:"15s" desc:"first wait before polling a submitted batch"`
+	PollMaxInterval  time.Duration `envconfig:"GEMBATCH_POLL_MAX_INTERVAL" default:"5m" desc:"longest wait between polls of one batch"`
+	PollConcurrency  int           `envconfig:"GEMBATCH_POLL_CONCURRENCY" default:"8" desc:"batch get calls in flight at once"`
+	SubmitConcurrent int           `envconfig:"GEMBATCH_SUBMIT_CONCURRENCY" default:"4" desc:"batches being submitted at once"`
+	CreateGrace      time.Duration `envconfig:"GEMBATCH_CREATE_GRACE" default:"1m" desc:"how long a create with a lost answer may take to appear in the batch list before it is sent again"`
 
-	GeminiBaseURL    string `envconfig:"GEMINI_BASE_URL" default:"https://generativelanguage.googleapis.com" desc:"Gemini API base URL (point it at gemini-emulator for tests)"`
-	GeminiAPIKey     Secret `envconfig:"GEMINI_API_KEY" desc:"Gemini API key; GEMINI_API_KEY (no prefix) is read too"`
-	GeminiAPIKeyFile string `envconfig:"GEMINI_API_KEY_FILE" desc:"file holding the Gemini API key"`
+	GeminiBaseURL    string `envconfig:"GEMBATCH_GEMINI_BASE_URL" default:"https://generativelanguage.googleapis.com" desc:"Gemini API base URL (point it at gemini-emulator for tests)"`
+	GeminiAPIKey     Secret `envconfig:"GEMBATCH_GEMINI_API_KEY" desc:"Gemini API key; GEMINI_API_KEY (no prefix) is read too"`
+	GeminiAPIKeyFile string `envconfig:"GEMBATCH_GEMINI_API_KEY_FILE" desc:"file holding the Gemini API key"`
 
-	ReplyAllow      []string `envconfig:"REPLY_ALLOW" default:"_INBOX.>" desc:"comma-separated subject patterns replies may be sent to ($SYS.> and the request subjects never)"`
-	MaxRequestBytes ByteSize `envconfig:"MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
-	MaxPending      int64    `envconfig:"MAX_PENDING" default:"100000" desc:"requests held in memory (open batches and sealed ones not yet submitted) before new ones wait (durable) or are refused (core)"`
-	MaxPendingBytes ByteSize `envconfig:"MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in memory before new requests wait (durable) or are refused (core)"`
+	ReplyAllow      []string `envconfig:"GEMBATCH_REPLY_ALLOW" default:"_INBOX.>" desc:"comma-separated subject patterns replies may be sent to ($SYS.> and the request subjects never)"`
+	MaxRequestBytes ByteSize `envconfig:"GEMBATCH_MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
+	MaxPending      int64    `envconfig:"GEMBATCH_MAX_PENDING" default:"100000" desc:"requests held in memory (open batches and sealed ones not yet submitted) before new ones wait (durable) or are refused (core)"`
+	MaxPendingBytes ByteSize `envconfig:"GEMBATCH_MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in memory before new requests wait (durable) or are refused (core)"`
 
-	Durable         string        `envconfig:"DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
-	Stream          string        `envconfig:"STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
-	StreamSubject   string        `envconfig:"STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply)"`
-	StreamReplicas  int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"replicas of the stream and buckets (1 to 5)"`
-	StreamStorage   string        `envconfig:"STREAM_STORAGE" default:"file" desc:"file or memory, for the stream and buckets"`
-	StreamMaxAge    time.Duration `envconfig:"STREAM_MAX_AGE" default:"72h" desc:"oldest request the stream keeps"`
-	StreamUpdate    bool          `envconfig:"STREAM_UPDATE" default:"false" desc:"allow changing a stream gembatch did not create"`
-	Consumer        string        `envconfig:"CONSUMER" default:"gembatch" desc:"durable consumer shared by every replica"`
-	AckWait         time.Duration `envconfig:"ACK_WAIT" default:"0s" desc:"redelivery wait of unacknowledged requests (0: BATCH_MAX_WAIT plus one minute)"`
-	LeasesBucket    string        `envconfig:"LEASES_BUCKET" default:"gembatch-leases" desc:"KV bucket of the replicas' leases"`
-	KeepJobs        bool          `envconfig:"KEEP_JOBS" default:"false" desc:"leave finished jobs listed in the API instead of deleting them once answered"`
-	RecordsBucket   string        `envconfig:"RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
-	RequestsBucket  string        `envconfig:"REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
-	RecordRetention time.Duration `envconfig:"RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
-	Instance        string        `envconfig:"INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
-	LeaseTTL        time.Duration `envconfig:"LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
+	Durable         string        `envconfig:"GEMBATCH_DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
+	Stream          string        `envconfig:"GEMBATCH_STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
+	StreamSubject   string        `envconfig:"GEMBATCH_STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply)"`
+	StreamReplicas  int           `envconfig:"GEMBATCH_STREAM_REPLICAS" default:"1" desc:"replicas of the stream and buckets (1 to 5)"`
+	StreamStorage   string        `envconfig:"GEMBATCH_STREAM_STORAGE" default:"file" desc:"file or memory, for the stream and buckets"`
+	StreamMaxAge    time.Duration `envconfig:"GEMBATCH_STREAM_MAX_AGE" default:"72h" desc:"oldest request the stream keeps"`
+	StreamUpdate    bool          `envconfig:"GEMBATCH_STREAM_UPDATE" default:"false" desc:"allow changing a stream gembatch did not create"`
+	Consumer        string        `envconfig:"GEMBATCH_CONSUMER" default:"gembatch" desc:"durable consumer shared by every replica"`
+	AckWait         time.Duration `envconfig:"GEMBATCH_ACK_WAIT" default:"0s" desc:"redelivery wait of unacknowledged requests (0: BATCH_MAX_WAIT plus one minute)"`
+	LeasesBucket    string        `envconfig:"GEMBATCH_LEASES_BUCKET" default:"gembatch-leases" desc:"KV bucket of the replicas' leases"`
+	KeepJobs        bool          `envconfig:"GEMBATCH_KEEP_JOBS" default:"false" desc:"leave finished jobs listed in the API instead of deleting them once answered"`
+	RecordsBucket   string        `envconfig:"GEMBATCH_RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
+	RequestsBucket  string        `envconfig:"GEMBATCH_REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
+	RecordRetention time.Duration `envconfig:"GEMBATCH_RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
+	Instance        string        `envconfig:"GEMBATCH_INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
+	LeaseTTL        time.Duration `envconfig:"GEMBATCH_LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
 
-	MaxAttempts       int           `envconfig:"MAX_ATTEMPTS" default:"3" desc:"batches a request may be sent in: requests that fail with a retryable error (13, 14, 4, 8) or that an expired or stuck job left unfinished go into a later batch until then (1: never resubmit)"`
-	ResubmitExpired   bool          `envconfig:"RESUBMIT_EXPIRED" default:"true" desc:"resubmit the unfinished requests of an EXPIRED job (false: answer them with DEADLINE_EXCEEDED)"`
-	ResubmitCancelled bool          `envconfig:"RESUBMIT_CANCELLED" default:"false" desc:"resubmit the unfinished requests of a job cancelled outside gembatch (false: answer them with CANCELLED)"`
-	StuckAfter        time.Duration `envconfig:"STUCK_AFTER" default:"24h" desc:"a job still PENDING or RUNNING this long after its create is reported stuck (metric, log); 0 never"`
-	StuckCancel       bool          `envconfig:"STUCK_CANCEL" default:"false" desc:"cancel stuck jobs and resubmit their unfinished requests"`
-	DeadLetterSubject string        `envconfig:"DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
-	MaxActiveJobs     int           `envconfig:"MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
-	TokenBudget       TokenBudget   `envconfig:"TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
-	PricesFile        string        `envconfig:"PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
+	MaxAttempts       int           `envconfig:"GEMBATCH_MAX_ATTEMPTS" default:"3" desc:"batches a request may be sent in: requests that fail with a retryable error (13, 14, 4, 8) or that an expired or stuck job left unfinished go into a later batch until then (1: never resubmit)"`
+	ResubmitExpired   bool          `envconfig:"GEMBATCH_RESUBMIT_EXPIRED" default:"true" desc:"resubmit the unfinished requests of an EXPIRED job (false: answer them with DEADLINE_EXCEEDED)"`
+	ResubmitCancelled bool          `envconfig:"GEMBATCH_RESUBMIT_CANCELLED" default:"false" desc:"resubmit the unfinished requests of a job cancelled outside gembatch (false: answer them with CANCELLED)"`
+	StuckAfter        time.Duration `envconfig:"GEMBATCH_STUCK_AFTER" default:"24h" desc:"a job still PENDING or RUNNING this long after its create is reported stuck (metric, log); 0 never"`
+	StuckCancel       bool          `envconfig:"GEMBATCH_STUCK_CANCEL" default:"false" desc:"cancel stuck jobs and resubmit their unfinished requests"`
+	DeadLetterSubject string        `envconfig:"GEMBATCH_DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
+	MaxActiveJobs     int           `envconfig:"GEMBATCH_MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
+	TokenBudget       TokenBudget   `envconfig:"GEMBATCH_TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
+	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
 
-	MetricsAddr   string        `envconfig:"METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
-	LogLevel      string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
-	LogFormat     string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or console"`
-	ShutdownGrace time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"on SIGTERM, time to flush and submit open batches before exiting"`
+	MetricsAddr   string        `envconfig:"GEMBATCH_METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
+	LogLevel      string        `envconfig:"GEMBATCH_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat     string        `envconfig:"GEMBATCH_LOG_FORMAT" default:"json" desc:"json or console"`
+	ShutdownGrace time.Duration `envconfig:"GEMBATCH_SHUTDOWN_GRACE" default:"25s" desc:"on SIGTERM, time to flush and submit open batches before exiting"`
 }
 
 // Prefix is the environment prefix of every variable.
@@ -92,10 +95,17 @@ const Prefix = "GEMBATCH"
 // fileLimit is the API's input file limit.
 const fileLimit = 2 << 30
 
-// LoadConfig reads the environment. Its error is one line naming the variable at fault.
+// LoadConfig reads the environment: GEMBATCH_* variables, and GEMINI_API_KEY as the SDKs read
+// it. Its error is one line naming the variable at fault; an unknown GEMBATCH_* variable (a
+// typo) is one too, with the closest known name.
 func LoadConfig() (Config, error) {
 	var c Config
-	if err := envconfig.Process(Prefix, &c); err != nil {
+	if err := checkNames(os.Environ()); err != nil {
+		return c, err
+	}
+	// An empty prefix and full names in the tags: envconfig then reads nothing but those names
+	// (with a prefix it falls back to the bare name, so LOG_LEVEL would be read).
+	if err := envconfig.Process("", &c); err != nil {
 		var pe *envconfig.ParseError
 		if errors.As(err, &pe) {
 			return c, fmt.Errorf("%s=%q: %v", pe.KeyName, pe.Value, unwrapParse(pe.Err))
@@ -112,7 +122,32 @@ func LoadConfig() (Config, error) {
 		}
 		c.GeminiAPIKey = Secret(strings.TrimSpace(string(b)))
 	}
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, c.checkFiles()
+}
+
+// checkFiles reads each file the configuration names, so that a missing or broken one stops
+// start-up before anything connects.
+func (c *Config) checkFiles() error {
+	if c.PricesFile != "" {
+		if _, err := pricing.Load(c.PricesFile); err != nil {
+			return fmt.Errorf("%s_PRICES_FILE: %w", Prefix, err)
+		}
+	}
+	for _, f := range []struct{ name, path string }{
+		{"NATS_NKEY_FILE", c.NATSNKeyFile}, {"NATS_CREDS_FILE", c.NATSCredsFile},
+		{"NATS_TLS_CA", c.NATSTLSCA}, {"NATS_TLS_CERT", c.NATSTLSCert}, {"NATS_TLS_KEY", c.NATSTLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.ReadFile(f.path); err != nil {
+			return fmt.Errorf("%s_%s: %w", Prefix, f.name, err)
+		}
+	}
+	return nil
 }
 
 // Defaults returns the configuration with every variable at its default, whatever the
@@ -186,6 +221,9 @@ func (c *Config) Validate() error {
 		return bad("SUBJECT_GENERATE", "and SUBJECT_EMBED must be set and differ")
 	case len(c.ReplyAllow) == 0:
 		return bad("REPLY_ALLOW", "must name at least one subject pattern")
+	}
+	if err := c.validateNames(bad); err != nil {
+		return err
 	}
 	switch {
 	case c.Durable != "auto" && c.Durable != "true" && c.Durable != "false":
@@ -279,7 +317,7 @@ func (c Config) Effective() map[string]string {
 		if l, ok := f.([]string); ok {
 			f = strings.Join(l, ",")
 		}
-		out[Prefix+"_"+name] = fmt.Sprint(f)
+		out[name] = fmt.Sprint(f)
 	}
 	return out
 }
@@ -294,10 +332,17 @@ func (c *Config) EffectiveAckWait() time.Duration {
 	return c.BatchMaxWait + time.Minute
 }
 
-// Usage writes every variable with its default and description.
+// Usage lists every variable with its default and description, in aligned columns.
 func Usage() string {
 	var b strings.Builder
-	_ = envconfig.Usagef(Prefix, &Config{}, &b, "{{range .}}  {{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tMEANING")
+	typ := reflect.TypeFor[Config]()
+	for i := range typ.NumField() {
+		tag := typ.Field(i).Tag
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", tag.Get("envconfig"), tag.Get("default"), tag.Get("desc"))
+	}
+	_ = tw.Flush() // a strings.Builder does not fail
 	return b.String()
 }
 

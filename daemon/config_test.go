@@ -2,16 +2,14 @@ package daemon
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 )
 
 func TestDefaultsMatchEnvconfig(t *testing.T) {
-	for _, kv := range []string{"NATS_URL", "LOG_LEVEL", "QUEUE", "GEMINI_API_KEY"} {
-		t.Setenv(kv, "") // restored after the test
-		os.Unsetenv(kv)
-	}
+	cleanEnv(t)
 	got, err := LoadConfig()
 	if err != nil {
 		t.Fatalf("defaults do not validate: %v", err)
@@ -45,9 +43,24 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"GEMBATCH_TOKEN_BUDGET", "gemini-2.5-flash", `is not model=tokens with a positive number of tokens`},
 		{"GEMBATCH_DEAD_LETTER_SUBJECT", "dead.>", `GEMBATCH_DEAD_LETTER_SUBJECT: "dead.>" is not a subject to publish to`},
 		{"GEMBATCH_DEAD_LETTER_SUBJECT", "gembatch.generate", `GEMBATCH_DEAD_LETTER_SUBJECT: "gembatch.generate" must not be a subject gembatch takes requests on`},
+		{"GEMBATCH_METRICS_ADDR", "notanaddr", `GEMBATCH_METRICS_ADDR: "notanaddr" is not host:port`},
+		{"GEMBATCH_METRICS_ADDR", ":99999", `GEMBATCH_METRICS_ADDR: ":99999" is not host:port`},
+		{"GEMBATCH_NATS_URL", "http://example.com", `GEMBATCH_NATS_URL: "http://example.com" is not a NATS URL`},
+		{"GEMBATCH_NATS_URL", "nats://", `GEMBATCH_NATS_URL: "nats://" is not a NATS URL`},
+		{"GEMBATCH_GEMINI_BASE_URL", "generativelanguage.googleapis.com", `GEMBATCH_GEMINI_BASE_URL: "generativelanguage.googleapis.com" is not an http(s) URL`},
+		{"GEMBATCH_PRICES_FILE", "/nonexistent/prices.json", "GEMBATCH_PRICES_FILE: open /nonexistent/prices.json"},
+		{"GEMBATCH_NATS_NKEY_FILE", "/nonexistent/seed", "GEMBATCH_NATS_NKEY_FILE: open /nonexistent/seed"},
+		{"GEMBATCH_NATS_CREDS_FILE", "/nonexistent/creds", "GEMBATCH_NATS_CREDS_FILE: open /nonexistent/creds"},
+		{"GEMBATCH_NATS_TLS_CA", "/nonexistent/ca.pem", "GEMBATCH_NATS_TLS_CA: open /nonexistent/ca.pem"},
+		{"GEMBATCH_SUBJECT_GENERATE", "gembatch.*", `GEMBATCH_SUBJECT_GENERATE: "gembatch.*" is not a subject`},
+		{"GEMBATCH_REPLY_ALLOW", "_INBOX.>,bad subject", `GEMBATCH_REPLY_ALLOW: "bad subject" is not a subject pattern`},
+		{"GEMBATCH_QUEUE", "a queue", `GEMBATCH_QUEUE: "a queue" is not a queue group name`},
+		{"GEMBATCH_RECORDS_BUCKET", "records.v1", `GEMBATCH_RECORDS_BUCKET: "records.v1" is not a bucket name`},
+		{"GEMBATCH_STREAM_SUBJECT", "gembatch.>", `GEMBATCH_STREAM_SUBJECT: "gembatch.>" is not a subject`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
+			cleanEnv(t)
 			t.Setenv(tt.env, tt.value)
 			_, err := LoadConfig()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -68,6 +81,7 @@ func TestTokenBudget(t *testing.T) {
 	if len(b) != 2 || b["models/gemini-2.5-flash"] != 3_000_000 || b["models/gemini-2.5-pro"] != 5_000_000 {
 		t.Fatalf("budget %v", b)
 	}
+	cleanEnv(t)
 	t.Setenv("GEMBATCH_STUCK_AFTER", "0")
 	t.Setenv("GEMBATCH_STUCK_CANCEL", "true")
 	if _, err := LoadConfig(); err == nil || !strings.Contains(err.Error(), "GEMBATCH_STUCK_CANCEL: needs STUCK_AFTER above 0") {
@@ -91,6 +105,7 @@ func TestByteSize(t *testing.T) {
 }
 
 func TestSecretsNeverPrint(t *testing.T) {
+	cleanEnv(t)
 	t.Setenv("GEMBATCH_GEMINI_API_KEY", "AIza-secret-key")
 	t.Setenv("GEMBATCH_NATS_PASSWORD", "hunter2")
 	t.Setenv("GEMBATCH_NATS_TOKEN", "tok-secret")
@@ -140,10 +155,11 @@ func TestREADMEListsEveryVariable(t *testing.T) {
 
 // reflectDefault reports whether a variable has a default tag.
 func reflectDefault(name string) (string, bool) {
-	for _, line := range strings.Split(Usage(), "\n") {
-		f := strings.Split(strings.TrimSpace(line), "\t")
-		if len(f) >= 2 && f[0] == name && f[1] != "" {
-			return f[1], true
+	typ := reflect.TypeFor[Config]()
+	for i := range typ.NumField() {
+		if tag := typ.Field(i).Tag; tag.Get("envconfig") == name {
+			def, ok := tag.Lookup("default")
+			return def, ok && def != ""
 		}
 	}
 	return "", false
@@ -156,6 +172,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add("-1", "3GiB", "-5s", "yes", "")
 	f.Add("9999999999999999999", "1.5MiB", "1h1h", "true", ",,,")
 	f.Fuzz(func(t *testing.T, requests, bytes, wait, durable, allow string) {
+		cleanEnv(t)
 		vars := map[string]string{
 			"GEMBATCH_BATCH_MAX_REQUESTS": requests, "GEMBATCH_BATCH_MAX_BYTES": bytes,
 			"GEMBATCH_BATCH_MAX_WAIT": wait, "GEMBATCH_DURABLE": durable, "GEMBATCH_REPLY_ALLOW": allow,
@@ -173,6 +190,75 @@ func FuzzLoadConfig(f *testing.F) {
 		msg := err.Error()
 		if strings.Contains(msg, "\n") || !strings.Contains(msg, "GEMBATCH_") {
 			t.Fatalf("refusal %q is not one line naming a variable", msg)
+		}
+	})
+}
+
+// cleanEnv unsets every GEMBATCH_* variable and GEMINI_API_KEY for the test (restored after it),
+// so that what the shell or CI exports does not change what LoadConfig sees.
+func cleanEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "GEMBATCH_") || k == "GEMINI_API_KEY" {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+}
+
+// TestOnlyPrefixedVariablesAreRead: common names in a pod's environment (LOG_LEVEL, STREAM,
+// QUEUE...) must not change the configuration; only GEMBATCH_* and GEMINI_API_KEY count.
+func TestOnlyPrefixedVariablesAreRead(t *testing.T) {
+	cleanEnv(t)
+	for k, v := range map[string]string{
+		"LOG_LEVEL": "banana", "LOG_FORMAT": "xml", "STREAM": "OTHER", "QUEUE": "other", "INSTANCE": "pod-7",
+		"CONSUMER": "other", "NATS_URL": "nats://elsewhere:4222", "BATCH_MAX_WAIT": "5s", "GEMINI_API_KEY_FILE": "/nonexistent",
+	} {
+		t.Setenv(k, v)
+	}
+	c, err := LoadConfig()
+	if err != nil {
+		t.Fatalf("unprefixed variables changed the outcome: %v", err)
+	}
+	want := Defaults()
+	if c.LogLevel != want.LogLevel || c.LogFormat != want.LogFormat || c.Stream != want.Stream || c.Queue != want.Queue ||
+		c.Instance != "" || c.Consumer != want.Consumer || c.NATSURL != want.NATSURL || c.BatchMaxWait != want.BatchMaxWait {
+		t.Fatalf("unprefixed variables were read: %+v", c)
+	}
+	t.Setenv("GEMINI_API_KEY", "from-the-sdk-variable")
+	if c, err := LoadConfig(); err != nil || c.GeminiAPIKey != "from-the-sdk-variable" {
+		t.Fatalf("GEMINI_API_KEY not read: %v", err)
+	}
+}
+
+// TestUnknownVariableIsRefused: a misspelt GEMBATCH_* variable stops start-up with one line
+// naming it and the closest known name; the variables Kubernetes sets for a Service named
+// gembatch are not mistakes.
+func TestUnknownVariableIsRefused(t *testing.T) {
+	for _, tt := range []struct{ env, want string }{
+		{"GEMBATCH_BATCH_MAX_WIAT", "GEMBATCH_BATCH_MAX_WIAT is not a gembatchd variable; did you mean GEMBATCH_BATCH_MAX_WAIT?"},
+		{"GEMBATCH_LOGLEVEL", "did you mean GEMBATCH_LOG_LEVEL?"},
+		{"GEMBATCH_API_KEY", "did you mean GEMBATCH_GEMINI_API_KEY?"},
+	} {
+		t.Run(tt.env, func(t *testing.T) {
+			cleanEnv(t)
+			t.Setenv(tt.env, "1")
+			_, err := LoadConfig()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("LoadConfig() error = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("kubernetes service links", func(t *testing.T) {
+		cleanEnv(t)
+		for _, k := range []string{"GEMBATCH_SERVICE_HOST", "GEMBATCH_SERVICE_PORT", "GEMBATCH_SERVICE_PORT_METRICS",
+			"GEMBATCH_PORT", "GEMBATCH_PORT_9090_TCP", "GEMBATCH_PORT_9090_TCP_ADDR", "GEMBATCH_PORT_9090_TCP_PORT", "GEMBATCH_PORT_9090_TCP_PROTO"} {
+			t.Setenv(k, "10.0.0.1")
+		}
+		t.Setenv("GEMBATCH_FAILPOINT", "") // read by the crash tests' failpoints
+		if _, err := LoadConfig(); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

@@ -99,7 +99,10 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	plog := m.Log.With().Str("component", "publisher").Logger()
-	pub := publisher.New(nc, publisher.NewMetrics(m.Registry))
+	pubMetrics, subMetrics := publisher.NewMetrics(m.Registry), submitter.NewMetrics(m.Registry)
+	pubMetrics.InitModel(cfg.DefaultModel)
+	subMetrics.InitModel(cfg.DefaultModel)
+	pub := publisher.New(nc, pubMetrics)
 	batches := publisher.NewBatches(pub, m.Store, api, plog)
 	batches.KeepJobs = cfg.KeepJobs
 	answers := publisher.NewAnswerer(batches, 4, plog)
@@ -112,7 +115,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Quota:          submitter.Quota{MaxActiveJobs: cfg.MaxActiveJobs, TokenBudget: cfg.TokenBudget},
 		// The durable store gives bodies back for resubmissions; in memory they must stay.
 		KeepBodies: !durable && (cfg.MaxAttempts > 1 || cfg.DeadLetterSubject != ""),
-	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), submitter.NewMetrics(m.Registry),
+	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), subMetrics,
 		func(r *record.Record) { answers.Enqueue(r, nil) })
 	poll := poller.New(poller.Config{
 		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
@@ -323,31 +326,4 @@ func (h holding) Pending() (requests, bytes int64) {
 	n, b := h.Accumulator.Pending()
 	sn, sb := h.sub.Held()
 	return n + sn, b + sb
-}
-
-// readiness is ready while NATS is connected, the record buckets answer (durable mode), and the
-// Gemini API answered within the last minute.
-func readiness(nc *nats.Conn, api *gemini.Client, st *jsstore.Store) func(context.Context) error {
-	var mu sync.Mutex
-	var lastOK time.Time
-	return func(ctx context.Context) error {
-		if !nc.IsConnected() {
-			return fmt.Errorf("NATS is %s", nc.Status())
-		}
-		if st != nil {
-			if err := st.Ping(ctx); err != nil {
-				return err
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(lastOK) < time.Minute {
-			return nil
-		}
-		if err := api.Ping(ctx); err != nil {
-			return fmt.Errorf("gemini API: %w", err)
-		}
-		lastOK = time.Now()
-		return nil
-	}
 }

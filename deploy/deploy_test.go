@@ -13,7 +13,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -398,11 +397,8 @@ func TestAlertsDocumented(t *testing.T) {
 // the pod's termination grace period covers GEMBATCH_SHUTDOWN_GRACE.
 func TestKubernetesConfig(t *testing.T) {
 	known := map[string]bool{}
-	typ := reflect.TypeFor[daemon.Config]()
-	for i := range typ.NumField() {
-		if name, ok := typ.Field(i).Tag.Lookup("envconfig"); ok {
-			known[daemon.Prefix+"_"+name] = true
-		}
+	for _, name := range daemon.Variables() {
+		known[name] = true
 	}
 	vars := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(read(t, "kubernetes/base/config.env")))
@@ -489,5 +485,25 @@ func TestComposeFiles(t *testing.T) {
 	prom := read(t, "compose/prometheus/prometheus.yml")
 	if !strings.Contains(prom, "job_name: gembatch\n") || !strings.Contains(prom, `"gembatchd:9090"`) {
 		t.Error(`compose Prometheus does not scrape gembatchd:9090 as job "gembatch"`)
+	}
+}
+
+// TestMetricsFromStart: every metric in the README's metrics table is on /metrics of a daemon
+// that has served nothing yet, so that dashboards and absent() alerts work from the start.
+func TestMetricsFromStart(t *testing.T) {
+	st := stacktest.Start(t, stacktest.Config(), emulator.Options{})
+	e := get(t, "http://"+st.Main.MetricsAddr+"/metrics")
+	docs := operatingDocs(t)
+	table := docs[strings.Index(docs, "### Metrics"):]
+	table = table[:strings.Index(table, "\n### ")]
+	row := regexp.MustCompile("(?m)^\\| `(gembatch_[a-z_]+)` \\|")
+	names := row.FindAllStringSubmatch(table, -1)
+	if len(names) < 40 {
+		t.Fatalf("found %d metrics in the README's table", len(names))
+	}
+	for _, m := range names {
+		if !e.has(m[1]) {
+			t.Errorf("%s is documented but not on /metrics of a fresh daemon", m[1])
+		}
 	}
 }

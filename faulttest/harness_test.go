@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -132,7 +133,9 @@ type daemon struct {
 func (w *world) start(instance string, env ...string) *daemon {
 	w.t.Helper()
 	cmd := exec.Command(gembatchd)
-	cmd.Env = append(os.Environ(),
+	// Without the GEMBATCH_* variables of the test's own environment (GEMBATCH_FAULT_REPORT...),
+	// which gembatchd would refuse as unknown.
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GEMBATCH_") }),
 		"GEMBATCH_NATS_URL="+w.ns.ClientURL(),
 		"GEMBATCH_GEMINI_BASE_URL="+w.http.URL,
 		"GEMBATCH_GEMINI_API_KEY=fault-test-key",

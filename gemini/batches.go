@@ -180,10 +180,11 @@ func (c *Client) UpdateBatch(ctx context.Context, name string, displayName *stri
 }
 
 // Ping checks that the service answers and accepts the key, with one cheap call and no retry.
+// It is left out of the metrics (a health probe is not traffic) but sets LastAnswer.
 func (c *Client) Ping(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("gemini: ping: %w", err)
 	}
 	q := url.Values{"pageSize": {"1"}}
-	return c.attemptJSON(ctx, call{op: "ping", method: http.MethodGet, path: "/v1beta/batches", query: q}, &ListBatchesResponse{})
+	return c.attemptJSON(ctx, call{op: "ping", method: http.MethodGet, path: "/v1beta/batches", query: q, unmetered: true}, &ListBatchesResponse{})
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -50,6 +51,8 @@ type Client struct {
 	chunkSize   int
 	metrics     *Metrics
 	log         zerolog.Logger
+	// lastAnswer is when a call last got a 2xx answer (Unix nanoseconds; 0: never).
+	lastAnswer atomic.Int64
 }
 
 // Option configures a Client.
@@ -147,11 +150,12 @@ var errAttemptTimeout = errors.New("attempt deadline exceeded")
 
 // call describes one JSON exchange.
 type call struct {
-	op     string // metric label and error prefix
-	method string
-	path   string // below the base URL, escaped
-	query  url.Values
-	body   []byte // JSON, or nil
+	op        string // metric label and error prefix
+	method    string
+	path      string // below the base URL, escaped
+	query     url.Values
+	body      []byte // JSON, or nil
+	unmetered bool   // left out of the metrics (health pings)
 }
 
 func (k call) url(base string) string {
@@ -185,7 +189,11 @@ func (c *Client) attemptJSON(ctx context.Context, k call, out any) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.send(k.op, req)
+	m := c.metrics
+	if k.unmetered {
+		m = unmetered
+	}
+	resp, err := c.sendWith(m, k.op, req)
 	if err != nil {
 		return err
 	}
@@ -237,17 +245,37 @@ func (c *Client) newRequest(ctx context.Context, op, method, u string, body []by
 	return req, nil
 }
 
+// unmetered receives the metrics of calls kept out of the registered ones.
+var unmetered = NewMetrics(nil)
+
+// LastAnswer is when a call, of any kind, last got a successful answer from the API (zero if
+// none has): the API is reachable and takes the key.
+func (c *Client) LastAnswer() time.Time {
+	if n := c.lastAnswer.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 // send performs one HTTP exchange and records it. A 200 comes back open; any other status
 // becomes an *APIError with the body read and closed.
 func (c *Client) send(op string, req *http.Request) (*http.Response, error) {
+	return c.sendWith(c.metrics, op, req)
+}
+
+// sendWith is send recording into m.
+func (c *Client) sendWith(m *Metrics, op string, req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := c.hc.Do(req)
-	c.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil {
-		c.metrics.requests.WithLabelValues(op, "error").Inc()
+		m.requests.WithLabelValues(op, "error").Inc()
 		return nil, c.transportErr(req.Context(), op, err)
 	}
-	c.metrics.requests.WithLabelValues(op, strconv.Itoa(resp.StatusCode)).Inc()
+	m.requests.WithLabelValues(op, strconv.Itoa(resp.StatusCode)).Inc()
+	if resp.StatusCode/100 == 2 {
+		c.lastAnswer.Store(time.Now().UnixNano())
+	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		return nil, c.newAPIError(op, resp)

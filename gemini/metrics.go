@@ -40,5 +40,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.retries, m.uploadBytes, m.downloadBytes)
 	}
+	for _, op := range operations {
+		m.requests.WithLabelValues(op, "200")
+		m.duration.WithLabelValues(op)
+		m.retries.WithLabelValues(op)
+	}
 	return m
+}
+
+// operations are the calls the daemon makes, whose series exist from start.
+var operations = []string{
+	"batches.create", "batches.get", "batches.list", "batches.cancel", "batches.delete",
+	"files.upload.start", "files.upload.chunk", "files.upload.query", "files.download", "files.delete",
 }

@@ -59,6 +59,11 @@ func New(cfg Config, nc *nats.Conn, sink Sink, rej Rejecter, log zerolog.Logger,
 	if m == nil {
 		m = NewMetrics(nil)
 	}
+	if cfg.Rules.DefaultModel != "" { // the model most requests go to: its series exist from start
+		for _, k := range []gemini.Kind{gemini.KindGenerate, gemini.KindEmbed} {
+			m.accepted.WithLabelValues(string(k), gemini.ModelName(cfg.Rules.DefaultModel))
+		}
+	}
 	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m}
 }
 

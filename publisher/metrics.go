@@ -95,7 +95,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.gaveUp.WithLabelValues("deadline")
 	m.published.WithLabelValues("ok")
 	m.published.WithLabelValues("error")
+	for _, s := range []gemini.State{gemini.StateSucceeded, gemini.StateFailed, gemini.StateCancelled, gemini.StateExpired} {
+		m.batches.WithLabelValues(s.Short())
+	}
 	return m
+}
+
+// InitModel creates a model's series at zero, so that they exist before its first batch.
+func (m *Metrics) InitModel(model string) {
+	model = gemini.ModelName(model)
+	m.countTokens(model, gemini.UsageMetadata{}, 0)
+	m.cost.WithLabelValues(model)
 }
 
 func (m *Metrics) countTokens(model string, u gemini.UsageMetadata, estimated int64) {

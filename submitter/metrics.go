@@ -3,6 +3,8 @@ package submitter
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/gembatch/gembatch/gemini"
 )
 
 // Metrics are the submitter's Prometheus metrics. A nil Registerer gives working, unregistered metrics.
@@ -92,9 +94,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		return float64(b)
 	})
 	for _, mode := range []string{"inline", "file"} {
+		m.duration.WithLabelValues(mode)
 		for _, o := range []string{"submitted", "failed"} {
 			m.outcomes.WithLabelValues(mode, o)
 		}
 	}
 	return m
+}
+
+// InitModel creates a model's series at zero, so that they exist before its first batch.
+func (m *Metrics) InitModel(model string) {
+	m.enqueuedTokens.WithLabelValues(gemini.ModelName(model))
 }

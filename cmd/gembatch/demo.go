@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -50,12 +49,9 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flash := fs.Int("requests", 220, "generate requests for gemini-2.5-flash (batches close at 100)")
 	verbose := fs.Bool("v", false, "show gembatchd's log")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up waiting for replies after this long")
-	fs.Usage = func() { fmt.Fprint(stderr, demoUsage); fs.PrintDefaults() }
+	fs.Usage = func() {} // flagError prints it
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+		return flagError(fs, err, demoUsage, stdout, stderr)
 	}
 	if err := runDemo(ctx, stdout, stderr, *jobDelay, *flash, *verbose, *timeout); err != nil {
 		fmt.Fprintf(stderr, "gembatch demo: %v\n", err)

@@ -65,7 +65,7 @@ type jobsFlags struct {
 	interval                time.Duration
 }
 
-func newJobsFlagSet(name, usage string, stderr io.Writer, f *jobsFlags, gem bool) *flag.FlagSet {
+func newJobsFlagSet(name string, stderr io.Writer, f *jobsFlags, gem bool) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.natsURL, "nats", natsURLDefault(), "NATS server URL (env GEMBATCH_NATS_URL)")
@@ -73,7 +73,7 @@ func newJobsFlagSet(name, usage string, stderr io.Writer, f *jobsFlags, gem bool
 	if gem {
 		fs.StringVar(&f.baseURL, "gemini-base-url", envOr("GEMBATCH_GEMINI_BASE_URL", gemini.DefaultBaseURL), "Gemini API base URL (env GEMBATCH_GEMINI_BASE_URL)")
 	}
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.Usage = func() {} // flagError prints it
 	return fs
 }
 
@@ -86,13 +86,10 @@ func envOr(name, def string) string {
 
 // parseCommand parses a command's flags and checks its positional arguments; ok false means
 // return code.
-func parseCommand(fs *flag.FlagSet, args []string, nargs int, what string, stderr io.Writer) (pos []string, code int, ok bool) {
+func parseCommand(fs *flag.FlagSet, args []string, nargs int, what, usage string, stdout, stderr io.Writer) (pos []string, code int, ok bool) {
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, 0, false
-		}
-		return nil, 2, false
+		return nil, flagError(fs, err, usage, stdout, stderr), false
 	}
 	if len(pos) != nargs {
 		fmt.Fprintf(stderr, "gembatch %s: %s\nRun \"gembatch %s --help\" for an example.\n", fs.Name(), what, fs.Name())
@@ -103,11 +100,11 @@ func parseCommand(fs *flag.FlagSet, args []string, nargs int, what string, stder
 
 func jobs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var f jobsFlags
-	fs := newJobsFlagSet("jobs", jobsUsage, stderr, &f, false)
+	fs := newJobsFlagSet("jobs", stderr, &f, false)
 	fs.StringVar(&f.output, "o", "table", "output format: table or json")
 	fs.BoolVar(&f.watch, "watch", false, "refresh every --interval until interrupted")
 	fs.DurationVar(&f.interval, "interval", 2*time.Second, "refresh interval of --watch")
-	if _, code, ok := parseCommand(fs, args, 0, "takes no arguments", stderr); !ok {
+	if _, code, ok := parseCommand(fs, args, 0, "takes no arguments", jobsUsage, stdout, stderr); !ok {
 		return code
 	}
 	if f.output != "table" && f.output != "json" {
@@ -326,9 +323,9 @@ func resolve(ctx context.Context, f *jobsFlags, arg string) (*record.Record, str
 
 func show(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var f jobsFlags
-	fs := newJobsFlagSet("show", showUsage, stderr, &f, true)
+	fs := newJobsFlagSet("show", stderr, &f, true)
 	fs.StringVar(&f.output, "o", "text", "output format: text or json")
-	pos, code, ok := parseCommand(fs, args, 1, "give one batch: a record id or batches/NAME", stderr)
+	pos, code, ok := parseCommand(fs, args, 1, "give one batch: a record id or batches/NAME", showUsage, stdout, stderr)
 	if !ok {
 		return code
 	}
@@ -441,8 +438,8 @@ func printShow(w io.Writer, rec *record.Record, remote string, op *gemini.Operat
 
 func cancelJob(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var f jobsFlags
-	fs := newJobsFlagSet("cancel", cancelUsage, stderr, &f, true)
-	pos, code, ok := parseCommand(fs, args, 1, "give one batch: a record id or batches/NAME", stderr)
+	fs := newJobsFlagSet("cancel", stderr, &f, true)
+	pos, code, ok := parseCommand(fs, args, 1, "give one batch: a record id or batches/NAME", cancelUsage, stdout, stderr)
 	if !ok {
 		return code
 	}

@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -55,4 +57,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gembatch: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
+}
+
+// flagError ends a command whose flags did not parse: asked for help (-h, --help), it prints
+// usage and the flags to stdout and returns 0; after a bad flag (which the flag package has
+// named on stderr) it points to --help and returns 2. Commands set fs.Usage to do nothing, so
+// that usage is printed here, where the two cases are told apart.
+func flagError(fs *flag.FlagSet, err error, usage string, stdout, stderr io.Writer) int {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	fmt.Fprintf(stderr, "Run \"gembatch %s --help\" for its flags.\n", fs.Name())
+	return 2
 }

@@ -39,8 +39,25 @@ func TestUsage(t *testing.T) {
 	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `unknown command "frobnicate"`) {
 		t.Fatalf("unknown command: exit %d", code)
 	}
-	errb.Reset()
-	if code := run([]string{"demo", "--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "Example:") {
-		t.Fatalf("demo --help: exit %d, %q", code, errb.String())
+}
+
+// TestCommandHelp: each command's --help goes to standard output (so `| less` shows it) with
+// exit 0; a bad flag goes to standard error with exit 2.
+func TestCommandHelp(t *testing.T) {
+	for _, cmd := range []string{"demo", "submit", "jobs", "show", "cancel"} {
+		t.Run(cmd, func(t *testing.T) {
+			for _, help := range []string{"--help", "-h"} {
+				var out, errb bytes.Buffer
+				code := run([]string{cmd, help}, &out, &errb)
+				if code != 0 || !strings.Contains(out.String(), "Usage: gembatch "+cmd) || !strings.Contains(out.String(), "-nats") && cmd != "demo" || errb.Len() > 0 {
+					t.Errorf("%s %s: exit %d, stdout %q, stderr %q", cmd, help, code, out.String(), errb.String())
+				}
+			}
+			var out, errb bytes.Buffer
+			code := run([]string{cmd, "--no-such-flag"}, &out, &errb)
+			if code != 2 || out.Len() > 0 || !strings.Contains(errb.String(), "no-such-flag") || !strings.Contains(errb.String(), "gembatch "+cmd+" --help") {
+				t.Errorf("%s --no-such-flag: exit %d, stdout %q, stderr %q", cmd, code, out.String(), errb.String())
+			}
+		})
 	}
 }

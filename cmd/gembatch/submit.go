@@ -90,13 +90,10 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10000, "requests sent but not yet answered, at most")
 	fs.BoolVar(&o.wait, "wait", true, "wait for the answers and write them; --wait=false only publishes")
 	fs.DurationVar(&o.progressEvery, "progress-every", 10*time.Second, "interval of progress lines when stderr is not a terminal")
-	fs.Usage = func() { fmt.Fprint(stderr, submitUsage); fs.PrintDefaults() }
+	fs.Usage = func() {} // flagError prints it
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+		return flagError(fs, err, submitUsage, stdout, stderr)
 	}
 	usageErr := func(format string, args ...any) int {
 		fmt.Fprintf(stderr, "gembatch submit: "+format+"\nRun \"gembatch submit --help\" for an example.\n", args...)

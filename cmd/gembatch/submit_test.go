@@ -225,10 +225,6 @@ func TestSubmitUsage(t *testing.T) {
 		{[]string{"submit", "in.jsonl", "-o", "x", "--kind", "chat"}, 2, `--kind "chat"`},
 		{[]string{"submit", "in.jsonl", "-o", "x", "--bogus"}, 2, "flag provided but not defined"},
 		{[]string{"submit", "/nonexistent/in.jsonl", "-o", "x"}, 2, "cannot read the input"},
-		{[]string{"submit", "--help"}, 0, "Example:"},
-		{[]string{"jobs", "--help"}, 0, "Example:"},
-		{[]string{"show", "--help"}, 0, "Example:"},
-		{[]string{"cancel", "--help"}, 0, "Example:"},
 		{[]string{"show"}, 2, "give one batch"},
 		{[]string{"jobs", "-o", "yaml"}, 2, `-o "yaml"`},
 	} {

@@ -20,18 +20,19 @@ var (
 	commit  = "none"
 )
 
-func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	for _, a := range args {
 		switch a {
 		case "-h", "-help", "--help":
-			fmt.Fprintf(stderr, "gembatchd %s: batch Gemini requests from NATS into Gemini Batch API jobs.\n\n"+
-				"Usage: gembatchd\n\nConfigured by environment variables (default, description):\n%s\n"+
+			fmt.Fprintf(stdout, "gembatchd %s: batch Gemini requests from NATS into Gemini Batch API jobs.\n\n"+
+				"Usage: gembatchd\n\nConfigured by environment variables (GEMBATCH_* only, and GEMINI_API_KEY);\n"+
+				"an unknown GEMBATCH_* variable stops start-up:\n\n%s\n"+
 				"Example:\n  GEMBATCH_NATS_URL=nats://127.0.0.1:4222 GEMINI_API_KEY=... gembatchd\n", version, daemon.Usage())
 			return 0
 		case "-version", "--version":
-			fmt.Fprintf(stderr, "gembatchd %s (%s)\n", version, commit)
+			fmt.Fprintf(stdout, "gembatchd %s (%s)\n", version, commit)
 			return 0
 		default:
 			fmt.Fprintf(stderr, "gembatchd: unknown argument %q; configuration is by environment (see --help)\n", a)

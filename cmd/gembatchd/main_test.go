@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,19 +33,123 @@ func build(t *testing.T) string {
 	return bin
 }
 
+// TestHelpListsEveryVariable: --help goes to standard output (so `| less` shows it), exits 0
+// and lists every variable in columns that line up.
 func TestHelpListsEveryVariable(t *testing.T) {
-	var out bytes.Buffer
-	if code := run([]string{"--help"}, &out); code != 0 {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--help"}, &out, &errOut); code != 0 {
 		t.Fatalf("--help exit %d", code)
+	}
+	if errOut.Len() > 0 {
+		t.Errorf("--help wrote to stderr: %q", errOut.String())
 	}
 	for _, v := range []string{"GEMBATCH_NATS_URL", "GEMBATCH_BATCH_MAX_WAIT", "GEMBATCH_INLINE_MAX_BYTES", "GEMBATCH_REPLY_ALLOW", "GEMBATCH_SHUTDOWN_GRACE", "1m"} {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("--help does not mention %s", v)
 		}
 	}
-	if code := run([]string{"--bogus"}, io.Discard); code != 2 {
+	// Every row's default and meaning start at the same columns as the header's.
+	var header string
+	rows := 0
+	for line := range strings.SplitSeq(out.String(), "\n") {
+		if strings.Contains(line, "\t") {
+			t.Errorf("tab in %q: columns are not laid out", line)
+		}
+		if strings.HasPrefix(strings.TrimSpace(line), "VARIABLE ") {
+			header = line
+			continue
+		}
+		if header != "" && line == "" {
+			break // the end of the table
+		}
+		if header == "" {
+			continue
+		}
+		rows++
+		for _, col := range []string{"DEFAULT", "MEANING"} {
+			at := strings.Index(header, col)
+			if len(line) <= at || line[at-1] != ' ' {
+				t.Errorf("row %q does not line up with column %s", line, col)
+			}
+		}
+		if at := strings.Index(header, "MEANING"); len(line) > at && line[at] == ' ' {
+			t.Errorf("row %q has no meaning under MEANING", line)
+		}
+	}
+	if rows < 50 {
+		t.Errorf("--help lists %d variables in its table", rows)
+	}
+	out.Reset()
+	if code := run([]string{"--version"}, &out, io.Discard); code != 0 || !strings.HasPrefix(out.String(), "gembatchd ") {
+		t.Fatalf("--version: exit %d, stdout %q", code, out.String())
+	}
+	if code := run([]string{"--bogus"}, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("unknown flag: exit %d, want 2", code)
 	}
+}
+
+// TestBadValuesStopBeforeNATS: every bad value is refused with exit 2 and one line naming the
+// variable, before gembatchd connects to anything (GEMBATCH_NATS_URL points nowhere: a value
+// that slipped through would fail later, with exit 1).
+func TestBadValuesStopBeforeNATS(t *testing.T) {
+	for _, tt := range []struct{ env, value string }{
+		{"GEMBATCH_METRICS_ADDR", "notanaddr"},
+		{"GEMBATCH_METRICS_ADDR", "127.0.0.1:http-alt"},
+		{"GEMBATCH_GEMINI_BASE_URL", "localhost:8085"},
+		{"GEMBATCH_PRICES_FILE", "/nonexistent/prices.json"},
+		{"GEMBATCH_NATS_CREDS_FILE", "/nonexistent/user.creds"},
+		{"GEMBATCH_SUBJECT_EMBED", "gembatch embed"},
+		{"GEMBATCH_REPLY_ALLOW", "_INBOX.>.more"},
+		{"GEMBATCH_BATCH_MAX_WIAT", "5s"},
+		{"GEMBATCH_LOG_LEVEL", "banana"},
+	} {
+		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
+			cleanEnv(t)
+			t.Setenv("GEMBATCH_NATS_URL", "nats://127.0.0.1:1")
+			t.Setenv(tt.env, tt.value)
+			var errOut bytes.Buffer
+			code := run(nil, io.Discard, &errOut)
+			lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
+			if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], tt.env) {
+				t.Fatalf("exit %d, stderr %q: want exit 2 and one line naming %s", code, errOut.String(), tt.env)
+			}
+		})
+	}
+	t.Run("LOG_LEVEL=banana is not gembatchd's", func(t *testing.T) {
+		cleanEnv(t)
+		t.Setenv("GEMBATCH_NATS_URL", "nats://127.0.0.1:1")
+		t.Setenv("LOG_LEVEL", "banana")
+		var errOut bytes.Buffer
+		if code := run(nil, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), "cannot reach NATS") {
+			t.Fatalf("exit %d, stderr %q: want the configuration accepted and NATS not reached", code, errOut.String())
+		}
+	})
+}
+
+// cleanEnv unsets every GEMBATCH_* variable for the test, so that what the shell or CI exports
+// (GEMBATCH_FAULT_REPORT...) is not taken for a typo.
+func cleanEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range daemonVars(os.Environ()) {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+}
+
+// daemonVars are the names of the GEMBATCH_* variables in environ.
+func daemonVars(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "GEMBATCH_") {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// hermeticEnv is os.Environ without GEMBATCH_* variables, for the gembatchd subprocesses.
+func hermeticEnv() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GEMBATCH_") })
 }
 
 // TestBinary runs the real gembatchd: a bad variable stops it with one line and exit 2; a good
@@ -56,7 +161,7 @@ func TestBinary(t *testing.T) {
 	bin := build(t)
 
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "GEMBATCH_BATCH_MAX_WAIT=whenever")
+	cmd.Env = append(hermeticEnv(), "GEMBATCH_BATCH_MAX_WAIT=whenever")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("bad config: %v, want exit 2", err)
@@ -76,7 +181,7 @@ func TestBinary(t *testing.T) {
 
 	const key = "AIzaSy-test-key-that-must-not-leak"
 	cmd = exec.Command(bin)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(hermeticEnv(),
 		"GEMBATCH_NATS_URL="+ns.ClientURL(),
 		"GEMBATCH_GEMINI_BASE_URL="+srv.URL,
 		"GEMBATCH_GEMINI_API_KEY="+key,
