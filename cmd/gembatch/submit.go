@@ -200,7 +200,7 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 				fmt.Fprintf(stderr, "%s:%d: not sent: %s\n", o.input, line, problem)
 				return nil
 			}
-			if _, err := c.Publish(req); errors.Is(err, client.ErrInvalidRequest) {
+			if _, err := c.Publish(ctx, req); errors.Is(err, client.ErrInvalidRequest) {
 				fmt.Fprintf(stderr, "%s:%d: not sent: %v\n", o.input, line, err)
 				return nil
 			} else if err != nil {
