@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 )
 
@@ -35,7 +36,19 @@ const (
 	HeaderDeadline = "Gembatch-Deadline"
 	HeaderStatus   = "Gembatch-Status"
 	HeaderBatch    = "Gembatch-Batch"
+	// HeaderResultObject is on a reply whose answer was too large for a NATS message: the
+	// answer is the object <bucket>/<object> of the JetStream object store.
+	HeaderResultObject = "Gembatch-Result-Object"
+	// HeaderResultSize is the size in bytes of the answer named by HeaderResultObject.
+	HeaderResultSize = "Gembatch-Result-Size"
+	// HeaderBodyObject is on a request whose body was too large for a NATS message: the body
+	// is the object <bucket>/<object>, and the message's own body is empty.
+	HeaderBodyObject = "Gembatch-Body-Object"
 )
+
+// DefaultBodiesBucket is the object store bucket of request bodies too large for a NATS
+// message, as gembatchd's GEMBATCH_BODIES_BUCKET names it by default.
+const DefaultBodiesBucket = "gembatch-bodies"
 
 // Default request subjects, as gembatchd subscribes to them unless configured otherwise.
 const (
@@ -54,6 +67,8 @@ var (
 	ErrClosed = errors.New("client: closed")
 	// ErrInvalidRequest: the request cannot be sent as it is (bad kind or key, no body).
 	ErrInvalidRequest = errors.New("client: invalid request")
+	// ErrResultObject: an answer sent by reference could not be read whole from the object store.
+	ErrResultObject = errors.New("client: cannot read the result object")
 )
 
 // Kind is the kind of request: generate (GenerateContentRequest) or embed (EmbedContentRequest).
@@ -106,8 +121,25 @@ type Reply struct {
 	Response json.RawMessage
 	// Err is the request's error; nil on success.
 	Err *Error
-	// Line is the reply body as it came: one line of the Gemini result-file format.
+	// Line is one line of the Gemini result-file format: the reply body as it came, or, for an
+	// answer sent by reference and resolved, the whole line read from the object store.
 	Line []byte
+	// Object is where an answer too large for a NATS message was written, nil otherwise. The
+	// client reads it into Response, Err and Line, unless WithResultReferences is set: then
+	// Response is nil, Line is the reference and ReadResult reads the answer.
+	Object *ResultObject
+}
+
+// ResultObject names an answer written to the JetStream object store because it was larger
+// than a NATS message may be.
+type ResultObject struct {
+	Bucket string `json:"bucket"`
+	Name   string `json:"name"`
+	// Size is the answer's size in bytes.
+	Size int64 `json:"size"`
+	// Digest is "SHA-256=" and the URL-safe base64 of the answer's SHA-256, as the object
+	// store writes it.
+	Digest string `json:"digest"`
 }
 
 // Error is a request's error as gembatchd or the Gemini API answered it (a google.rpc.Status).
@@ -147,14 +179,35 @@ func WithDefaultModel(model string) Option {
 	return func(c *Client) { c.model = model }
 }
 
+// WithResultReferences keeps answers sent by reference as references: Reply.Object names the
+// object, Reply.Response is nil, and ReadResult streams the answer where the caller wants it.
+// Without it the client reads each such answer into the Reply before handing it over.
+func WithResultReferences() Option {
+	return func(c *Client) { c.keepRefs = true }
+}
+
+// WithBodiesBucket sets the object store bucket of request bodies too large for a NATS
+// message (default gembatch-bodies); it must be gembatchd's GEMBATCH_BODIES_BUCKET.
+func WithBodiesBucket(bucket string) Option {
+	return func(c *Client) { c.bodies.bucket = bucket }
+}
+
 // Client publishes requests to gembatchd and matches the replies. It is safe for concurrent use.
 type Client struct {
 	nc              *nats.Conn
+	js              jetstream.JetStream
 	generate, embed string
 	prefix          string
 	model           string
+	keepRefs        bool
+	bodies          bodyStore
 	sub             *nats.Subscription
 	seq             atomic.Uint64
+
+	// ctx ends at Close: it stops the reads of result objects still under way.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	resolving sync.WaitGroup
 
 	mu      sync.Mutex
 	waiting map[string]*waiter // by key
@@ -163,21 +216,31 @@ type Client struct {
 
 // waiter is one request waiting for its reply.
 type waiter struct {
+	ctx  context.Context // the request's
 	done func(*Reply, error)
 	stop func() bool // stops the context watcher
 }
 
 // New returns a client publishing on nc, with its reply subscription in place.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
-	c := &Client{nc: nc, generate: DefaultGenerateSubject, embed: DefaultEmbedSubject, waiting: make(map[string]*waiter)}
+	c := &Client{nc: nc, generate: DefaultGenerateSubject, embed: DefaultEmbedSubject, waiting: make(map[string]*waiter),
+		bodies: bodyStore{bucket: DefaultBodiesBucket}}
 	for _, o := range opts {
 		o(c)
 	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	c.js = js
 	if c.prefix == "" {
 		c.prefix = nats.InboxPrefix + nuid.Next()
 	}
 	if c.generate == "" || c.embed == "" {
 		return nil, fmt.Errorf("%w: empty request subject", ErrInvalidRequest)
+	}
+	if c.bodies.bucket == "" {
+		return nil, fmt.Errorf("%w: empty bodies bucket", ErrInvalidRequest)
 	}
 	sub, err := nc.Subscribe(c.prefix+".>", c.receive)
 	if err != nil {
@@ -189,6 +252,7 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	c.sub = sub
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
 
@@ -202,7 +266,8 @@ func (c *Client) InFlight() int {
 	return len(c.waiting)
 }
 
-// Close unsubscribes. Requests still waiting end with ErrClosed. The connection stays open.
+// Close unsubscribes. Requests still waiting end with ErrClosed, as do answers still being
+// read from the object store. The connection stays open.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -219,6 +284,8 @@ func (c *Client) Close() error {
 		}
 		w.done(nil, ErrClosed)
 	}
+	c.cancel()
+	c.resolving.Wait()
 	return c.sub.Unsubscribe()
 }
 
@@ -279,8 +346,10 @@ func (c *Client) SubmitAsync(ctx context.Context, req Request) (*Pending, error)
 
 // SubmitFunc publishes req and calls done exactly once: with the reply, or with ctx's error
 // when ctx ends first, or ErrClosed. done runs on the client's subscription goroutine (or the
-// context's): it must not block for long. SubmitFunc returns the request's key. Use it to
-// keep many thousands of requests in flight without a goroutine each.
+// context's, or the one reading an answer from the object store): it must not block for long.
+// SubmitFunc returns the request's key. Use it to keep many thousands of requests in flight
+// without a goroutine each. A body too large for a NATS message is put in the bodies bucket
+// first (see WithBodiesBucket).
 func (c *Client) SubmitFunc(ctx context.Context, req Request, done func(*Reply, error)) (string, error) {
 	msg, err := c.message(req)
 	if err != nil {
@@ -289,8 +358,11 @@ func (c *Client) SubmitFunc(ctx context.Context, req Request, done func(*Reply, 
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if err := c.offload(ctx, msg); err != nil {
+		return "", err
+	}
 	key := msg.Header.Get(HeaderKey)
-	w := &waiter{done: done}
+	w := &waiter{ctx: ctx, done: done}
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -327,9 +399,13 @@ func (c *Client) SubmitFunc(ctx context.Context, req Request, done func(*Reply, 
 
 // Publish publishes req without waiting for its reply: the reply goes to a subject under the
 // client's reply prefix and is dropped unless someone else subscribes to it. It returns the key.
-func (c *Client) Publish(req Request) (string, error) {
+// A body too large for a NATS message is put in the bodies bucket first, within ctx.
+func (c *Client) Publish(ctx context.Context, req Request) (string, error) {
 	msg, err := c.message(req)
 	if err != nil {
+		return "", err
+	}
+	if err := c.offload(ctx, msg); err != nil {
 		return "", err
 	}
 	if err := c.nc.PublishMsg(msg); err != nil {
@@ -420,20 +496,41 @@ func (c *Client) receive(m *nats.Msg) {
 	if w.stop != nil {
 		w.stop()
 	}
-	w.done(r, nil)
+	if r.Object == nil || c.keepRefs {
+		w.done(r, nil)
+		return
+	}
+	// Reading a big answer takes a while: not on the goroutine every reply comes in on.
+	c.resolving.Add(1)
+	go func() {
+		defer c.resolving.Done()
+		ctx, cancel := context.WithCancel(w.ctx)
+		defer cancel()
+		defer context.AfterFunc(c.ctx, cancel)()
+		w.done(c.resolve(ctx, r))
+	}()
 }
 
-// ParseReply decodes a gembatchd reply message.
+// ParseReply decodes a gembatchd reply message. An answer sent by reference comes back with
+// Object set and Response nil (Client.ReadResult reads it).
 func ParseReply(m *nats.Msg) (*Reply, error) {
 	var body struct {
 		Key      string          `json:"key"`
 		Response json.RawMessage `json:"response"`
 		Error    *Error          `json:"error"`
+		Object   *ResultObject   `json:"object"`
 	}
 	if err := json.Unmarshal(m.Data, &body); err != nil {
 		return nil, fmt.Errorf("client: reply is not a result line: %w", err)
 	}
-	r := &Reply{Key: m.Header.Get(HeaderKey), Response: body.Response, Err: body.Error, Line: m.Data}
+	if m.Header.Get(HeaderResultObject) != "" {
+		if body.Object == nil || body.Object.Bucket == "" || body.Object.Name == "" {
+			return nil, fmt.Errorf("client: reply has %s but no object in its body", HeaderResultObject)
+		}
+	} else {
+		body.Object = nil
+	}
+	r := &Reply{Key: m.Header.Get(HeaderKey), Response: body.Response, Err: body.Error, Line: m.Data, Object: body.Object}
 	if r.Key == "" {
 		r.Key = body.Key
 	}

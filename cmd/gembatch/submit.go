@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/client"
 )
@@ -50,6 +52,7 @@ type submitOptions struct {
 	replyPrefix   string
 	maxInFlight   int
 	wait          bool
+	resend        bool
 	progressEvery time.Duration
 }
 
@@ -88,6 +91,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.subject, "subject", "", "request subject (default gembatch.generate or gembatch.embed, by --kind)")
 	fs.StringVar(&o.replyPrefix, "reply-prefix", "", "reply subjects are <prefix>.<n> (default _INBOX.<unique id>); gembatchd must allow them")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10000, "requests sent but not yet answered, at most")
+	fs.BoolVar(&o.resend, "resend", false, "send again the keys an earlier run sent that have no answer yet (they may be billed twice)")
 	fs.BoolVar(&o.wait, "wait", true, "wait for the answers and write them; --wait=false only publishes")
 	fs.DurationVar(&o.progressEvery, "progress-every", 10*time.Second, "interval of progress lines when stderr is not a terminal")
 	fs.Usage = func() {} // flagError prints it
@@ -120,6 +124,8 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // submitStats are the counters shown in progress lines.
 type submitStats struct {
 	sent, answered, errors, skipped, batches atomic.Int64
+	// awaited counts the keys sent by an earlier run whose answers have not come yet.
+	awaited atomic.Int64
 }
 
 func (s *submitStats) line(started time.Time) string {
@@ -130,7 +136,6 @@ func (s *submitStats) line(started time.Time) string {
 
 // runSubmit does the work of submit and returns the exit status.
 func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (int, error) {
-	started := time.Now()
 	in := io.Reader(os.Stdin)
 	if o.input != "-" {
 		f, err := os.Open(o.input)
@@ -140,145 +145,52 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 		defer f.Close()
 		in = f
 	}
-
 	nc, err := nats.Connect(o.natsURL, nats.Name("gembatch submit"), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
 	if err != nil {
 		return 1, fmt.Errorf("cannot reach NATS at %s: is gembatchd's NATS running? set GEMBATCH_NATS_URL or --nats (%v)", o.natsURL, err)
 	}
 	defer nc.Close()
-
-	var (
-		done      map[string]struct{}
-		oldErrors int
-		out       *os.File
-	)
-	if o.wait {
-		var err error
-		done, oldErrors, err = answeredKeys(o.output)
-		if err != nil {
-			return 2, fmt.Errorf("cannot resume from %s: %w (give another -o, or move the file away)", o.output, err)
-		}
-		out, err = os.OpenFile(o.output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return 2, fmt.Errorf("cannot write the results: %w", err)
-		}
-		defer out.Close()
-		if len(done) > 0 {
-			fmt.Fprintf(stderr, "resuming: %d keys already answered in %s are skipped\n", len(done), o.output)
-		}
+	if !o.wait {
+		return publishOnly(ctx, o, nc, in, stdout, stderr)
 	}
+	return submitAndWait(ctx, o, nc, in, stdout, stderr)
+}
 
+// newSubmitClient is the client of a run: subjects and model from the flags.
+func newSubmitClient(nc *nats.Conn, o submitOptions, replyPrefix string, more ...client.Option) (*client.Client, error) {
 	generate, embed := client.DefaultGenerateSubject, client.DefaultEmbedSubject
-	kind := client.Kind(o.kind)
 	if o.subject != "" {
-		if kind == client.KindEmbed {
+		if client.Kind(o.kind) == client.KindEmbed {
 			embed = o.subject
 		} else {
 			generate = o.subject
 		}
 	}
 	opts := []client.Option{client.WithSubjects(generate, embed), client.WithDefaultModel(o.model)}
-	if o.replyPrefix != "" {
-		opts = append(opts, client.WithReplyPrefix(o.replyPrefix))
+	if replyPrefix != "" {
+		opts = append(opts, client.WithReplyPrefix(replyPrefix))
 	}
-	c, err := client.New(nc, opts...)
+	return client.New(nc, append(opts, more...)...)
+}
+
+// publishOnly is --wait=false: publish every request, read no answer.
+func publishOnly(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Reader, stdout, stderr io.Writer) (int, error) {
+	c, err := newSubmitClient(nc, o, o.replyPrefix)
 	if err != nil {
 		return 1, err
 	}
 	defer c.Close()
-
 	var st submitStats
-	tty := isTerminal(stderr)
-	stopProgress := progress(&st, started, tty, o.progressEvery, stderr)
-
-	if !o.wait {
-		_, err := readRequests(ctx, in, o.input, done, &st, func(line int, req client.Request, problem string) error {
-			if problem != "" {
-				fmt.Fprintf(stderr, "%s:%d: not sent: %s\n", o.input, line, problem)
-				return nil
-			}
-			if _, err := c.Publish(req); errors.Is(err, client.ErrInvalidRequest) {
-				fmt.Fprintf(stderr, "%s:%d: not sent: %v\n", o.input, line, err)
-				return nil
-			} else if err != nil {
-				return err
-			}
-			st.sent.Add(1)
-			return nil
-		})
-		if err == nil {
-			err = nc.Flush()
-		}
-		stopProgress()
-		if err != nil {
-			return 1, err
-		}
-		fmt.Fprintf(stdout, "published %d requests; replies go to %s.* (subscribe there to read them)\n", st.sent.Load(), c.ReplyPrefix())
-		return 0, nil
-	}
-
-	// Replies come in on the client's subscription goroutine; one writer writes them out. Each
-	// request holds a slot from being sent until its reply is written: memory stays bounded.
-	slots := make(chan struct{}, o.maxInFlight)
-	replies := make(chan *client.Reply, o.maxInFlight)
-	var outstanding sync.WaitGroup
-	var writeErr error
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		w := bufio.NewWriterSize(out, 256<<10)
-		batches := map[string]struct{}{}
-		for r := range replies {
-			if r != nil && writeErr == nil {
-				if _, err := w.Write(r.Line); err != nil {
-					writeErr = err
-				} else if err := w.WriteByte('\n'); err != nil {
-					writeErr = err
-				}
-				st.answered.Add(1)
-				if r.Err != nil {
-					st.errors.Add(1)
-				}
-				if _, seen := batches[r.Batch]; !seen && r.Batch != "" {
-					batches[r.Batch] = struct{}{}
-					st.batches.Add(1)
-				}
-			}
-			if len(replies) == 0 && writeErr == nil {
-				writeErr = w.Flush() // keep the file current for a resume
-			}
-			<-slots
-			outstanding.Done()
-		}
-		if writeErr == nil {
-			writeErr = w.Flush()
-		}
-	}()
-	deliver := func(r *client.Reply, _ error) { replies <- r } // never blocks: capacity is the slot count
-
-	total, err := readRequests(ctx, in, o.input, done, &st, func(line int, req client.Request, problem string) error {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		outstanding.Add(1)
-		if problem != "" { // answered here, without sending it
-			msg := fmt.Sprintf("%s line %d: %s", o.input, line, problem)
-			deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 3, "INVALID_ARGUMENT", msg), Err: &client.Error{}}, nil)
+	stopProgress := progress(&st, time.Now(), isTerminal(stderr), o.progressEvery, stderr)
+	_, err = readRequests(ctx, in, o.input, func(string) bool { return false }, func(line int, req client.Request, problem string) error {
+		if problem != "" {
+			fmt.Fprintf(stderr, "%s:%d: not sent: %s\n", o.input, line, problem)
 			return nil
 		}
-		if _, err := c.SubmitFunc(ctx, req, deliver); err != nil {
-			switch {
-			case errors.Is(err, client.ErrDuplicateKey):
-				deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 6, "ALREADY_EXISTS", "key "+strconv.Quote(req.Key)+" appears twice in the input"), Err: &client.Error{}}, nil)
-				return nil
-			case errors.Is(err, client.ErrInvalidRequest): // a key gembatchd would refuse
-				deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 3, "INVALID_ARGUMENT", fmt.Sprintf("%s line %d: %v", o.input, line, err)), Err: &client.Error{}}, nil)
-				return nil
-			}
-			<-slots
-			outstanding.Done()
+		if _, err := c.Publish(ctx, req); errors.Is(err, client.ErrInvalidRequest) {
+			fmt.Fprintf(stderr, "%s:%d: not sent: %v\n", o.input, line, err)
+			return nil
+		} else if err != nil {
 			return err
 		}
 		st.sent.Add(1)
@@ -287,23 +199,121 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 	if err == nil {
 		err = nc.Flush()
 	}
-	allIn := make(chan struct{})
-	go func() { outstanding.Wait(); close(allIn) }()
-	if err == nil {
-		select {
-		case <-allIn:
-		case <-ctx.Done():
-		}
+	stopProgress()
+	if err != nil {
+		return 1, err
 	}
-	_ = c.Close() // gives up whatever is still waiting
-	<-allIn
-	close(replies)
+	fmt.Fprintf(stdout, "published %d requests; replies go to %s.* (subscribe there to read them)\n", st.sent.Load(), c.ReplyPrefix())
+	return 0, nil
+}
+
+// delivery is one answer for the writer; slot says it holds a --max-in-flight slot.
+type delivery struct {
+	r    *client.Reply
+	slot bool
+}
+
+// waitRun is a submit that waits for its answers: requests go out from the input, answers
+// come in on the client's subscription (this run's keys) and from the earlier-run collector,
+// and one writer goroutine appends them to the results file.
+type waitRun struct {
+	o    submitOptions
+	c    *client.Client
+	out  *os.File
+	sent *sentFile
+	st   submitStats
+	// Each request of this run holds a slot from being sent until its reply is written:
+	// memory stays bounded.
+	slots       chan struct{}
+	replies     chan delivery
+	outstanding sync.WaitGroup
+	writeErr    error
+	stderr      io.Writer
+}
+
+// submitAndWait sends the requests not yet sent, waits for every answer (this run's and those
+// sent by an earlier run) and writes them.
+func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Reader, stdout, stderr io.Writer) (int, error) {
+	started := time.Now()
+	done, oldErrors, err := answeredKeys(o.output)
+	if err != nil {
+		return 2, fmt.Errorf("cannot resume from %s: %w (give another -o, or move the file away)", o.output, err)
+	}
+	sent, awaited, err := openSent(o.output, o.replyPrefix)
+	if err != nil {
+		return 2, fmt.Errorf("cannot resume from %s: %w", o.output, err)
+	}
+	complete := false
+	defer func() { _ = sent.close(complete) }()
+	for k := range done {
+		delete(awaited, k)
+	}
+	if o.resend {
+		for k := range awaited {
+			if err := sent.mark(k, false); err != nil {
+				return 1, err
+			}
+		}
+		clear(awaited)
+	}
+	out, err := os.OpenFile(o.output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return 2, fmt.Errorf("cannot write the results: %w", err)
+	}
+	defer out.Close()
+	stream, err := ensureCapture(ctx, nc, sent)
+	if err != nil {
+		return 1, err
+	}
+	if stream == nil {
+		fmt.Fprintf(stderr, "no JetStream at %s: answers that come while submit is not running are lost (see README)\n", o.natsURL)
+	}
+	if len(done) > 0 || len(awaited) > 0 {
+		fmt.Fprintf(stderr, "resuming: %d keys already answered in %s are skipped; %d sent by an earlier run are awaited, not sent again\n",
+			len(done), o.output, len(awaited))
+	}
+	c, err := newSubmitClient(nc, o, sent.Prefix, client.WithResultReferences())
+	if err != nil {
+		return 1, err
+	}
+	defer c.Close()
+
+	r := &waitRun{o: o, c: c, out: out, sent: sent, stderr: stderr,
+		slots: make(chan struct{}, o.maxInFlight), replies: make(chan delivery, o.maxInFlight)}
+	writerDone := make(chan struct{})
+	go r.write(ctx, writerDone)
+	fromEarlier := len(awaited)
+	r.st.awaited.Store(int64(fromEarlier))
+	sentBefore := maps.Clone(awaited) // the collector takes awaited as its own
+	old, err := collectEarlier(ctx, nc, stream, sent.Prefix, awaited, func(rep *client.Reply) {
+		r.st.awaited.Add(-1)
+		r.replies <- delivery{r: rep}
+	})
+	if err != nil {
+		close(r.replies)
+		<-writerDone
+		return 1, err
+	}
+	stopProgress := progress(&r.st, started, isTerminal(stderr), o.progressEvery, stderr)
+	n, err := readRequests(ctx, in, o.input, func(key string) bool {
+		if _, ok := done[key]; ok {
+			r.st.skipped.Add(1)
+			return true
+		}
+		_, ok := sentBefore[key]
+		return ok
+	}, func(line int, req client.Request, problem string) error { return r.send(ctx, line, req, problem) })
+	if err == nil {
+		err = nc.Flush()
+	}
+	r.await(ctx, err == nil, old)
 	<-writerDone
 	stopProgress()
 
-	answered, errs := st.answered.Load(), st.errors.Load()
-	if writeErr != nil {
-		return 1, fmt.Errorf("cannot write the results to %s: %w", o.output, writeErr)
+	total := int64(n + fromEarlier)
+	answered, errs := r.st.answered.Load(), r.st.errors.Load()
+	if r.writeErr != nil {
+		return 1, fmt.Errorf("cannot write the results to %s: %w", o.output, r.writeErr)
 	}
 	if err == nil {
 		err = ctx.Err()
@@ -312,18 +322,200 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 		if ctx.Err() != nil {
 			err = errors.New("interrupted")
 		}
-		return 1, fmt.Errorf("%v with %d of %d requests answered; run the same command again to resume (answered keys are skipped)", err, answered, total)
+		return 1, fmt.Errorf("%v with %d of %d requests answered; run the same command again to resume (answered keys are skipped, keys already sent are not sent again)", err, answered, total)
 	}
-	if answered < int64(total) {
-		return 1, fmt.Errorf("only %d of %d requests answered", answered, total)
+	if answered < total {
+		return 1, fmt.Errorf("only %d of %d requests answered; run the same command again for the rest", answered, total)
 	}
-	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %d batches, %s; results in %s\n",
-		answered, st.skipped.Load(), st.batches.Load(), time.Since(started).Round(100*time.Millisecond), o.output)
+	complete = true
+	if stream != nil { // the stream goes with the state file: nothing is left to resume
+		if err := deleteStream(ctx, nc, stream); err != nil {
+			fmt.Fprintf(stderr, "cannot delete the stream of captured answers: %v\n", err)
+		}
+	}
+	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %s, %s; results in %s\n",
+		answered, r.st.skipped.Load(), plural(r.st.batches.Load(), "batch", "batches"), time.Since(started).Round(100*time.Millisecond), o.output)
 	if n := errs + int64(oldErrors); n > 0 {
 		fmt.Fprintf(stdout, "%d answers are errors: they are the lines with \"error\" in %s\n", n, o.output)
 		return 1, nil
 	}
 	return 0, nil
+}
+
+// deleteStream deletes the capture stream once the run is complete.
+func deleteStream(ctx context.Context, nc *nats.Conn, stream jetstream.Stream) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return js.DeleteStream(ctx, stream.CachedInfo().Config.Name)
+}
+
+// plural is "1 batch", "2 batches".
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.FormatInt(n, 10) + " " + many
+}
+
+// send sends one request of this run, or answers it here when it cannot be sent. The key is
+// recorded as sent before it is published.
+func (r *waitRun) send(ctx context.Context, line int, req client.Request, problem string) error {
+	select {
+	case r.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r.outstanding.Add(1)
+	if problem != "" { // answered here, without sending it
+		msg := fmt.Sprintf("%s line %d: %s", r.o.input, line, problem)
+		r.deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 3, "INVALID_ARGUMENT", msg), Err: &client.Error{}}, nil)
+		return nil
+	}
+	if err := r.sent.mark(req.Key, true); err != nil {
+		r.release()
+		return fmt.Errorf("record the keys sent: %w", err)
+	}
+	_, err := r.c.SubmitFunc(ctx, req, r.deliver)
+	if err == nil {
+		r.st.sent.Add(1)
+		return nil
+	}
+	if errors.Is(err, client.ErrDuplicateKey) { // in flight from this run: it stays sent
+		r.deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 6, "ALREADY_EXISTS", "key "+strconv.Quote(req.Key)+" appears twice in the input"), Err: &client.Error{}}, nil)
+		return nil
+	}
+	if merr := r.sent.mark(req.Key, false); merr != nil {
+		r.release()
+		return fmt.Errorf("record the keys sent: %w", merr)
+	}
+	if errors.Is(err, client.ErrInvalidRequest) { // a key gembatchd would refuse
+		r.deliver(&client.Reply{Key: req.Key, Line: errorLine(req.Key, 3, "INVALID_ARGUMENT", fmt.Sprintf("%s line %d: %v", r.o.input, line, err)), Err: &client.Error{}}, nil)
+		return nil
+	}
+	r.release()
+	return err
+}
+
+// deliver hands an answer of this run to the writer (nil: given up). It never blocks: the
+// channel holds as many answers as there are slots.
+func (r *waitRun) deliver(rep *client.Reply, _ error) { r.replies <- delivery{r: rep, slot: true} }
+
+// release gives back the slot of a request that will get no answer.
+func (r *waitRun) release() {
+	<-r.slots
+	r.outstanding.Done()
+}
+
+// await waits for every answer (unless ctx ends first, or wait is false), then stops taking
+// them and lets the writer finish.
+func (r *waitRun) await(ctx context.Context, wait bool, old *earlier) {
+	thisRun := make(chan struct{})
+	go func() { r.outstanding.Wait(); close(thisRun) }()
+	for pending := []<-chan struct{}{thisRun, old.empty}; wait && len(pending) > 0; {
+		select {
+		case <-pending[0]:
+			pending = pending[1:]
+		case <-ctx.Done():
+			wait = false
+		}
+	}
+	_ = r.c.Close() // gives up whatever is still waiting
+	old.close()
+	<-thisRun
+	close(r.replies)
+}
+
+// write appends each answer to the results file, flushing whenever no other is waiting so
+// that the file is current for a resume. It closes done when replies is closed and drained.
+func (r *waitRun) write(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	w := bufio.NewWriterSize(r.out, 256<<10)
+	batches := map[string]struct{}{}
+	for d := range r.replies {
+		if d.r != nil && r.writeErr == nil {
+			written, err := r.writeAnswer(ctx, w, d.r)
+			r.writeErr = err
+			if written {
+				r.st.answered.Add(1)
+				if d.r.Err != nil {
+					r.st.errors.Add(1)
+				}
+				if _, seen := batches[d.r.Batch]; !seen && d.r.Batch != "" {
+					batches[d.r.Batch] = struct{}{}
+					r.st.batches.Add(1)
+				}
+			}
+		}
+		if len(r.replies) == 0 && r.writeErr == nil {
+			r.writeErr = w.Flush()
+		}
+		if d.slot {
+			r.release()
+		}
+	}
+	if r.writeErr == nil {
+		r.writeErr = w.Flush()
+	}
+}
+
+// writeAnswer writes one result line. An answer sent by reference is streamed from the object
+// store; when it cannot be read whole, what was written of it is cut off, and it is left for a
+// resume to read again (the capture stream keeps its reference).
+func (r *waitRun) writeAnswer(ctx context.Context, w *bufio.Writer, rep *client.Reply) (bool, error) {
+	if rep.Object == nil {
+		if _, err := w.Write(rep.Line); err != nil {
+			return false, err
+		}
+		return true, w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		return false, err
+	}
+	start, err := r.out.Seek(0, io.SeekEnd)
+	if err != nil {
+		return false, err
+	}
+	lw := &lastByteWriter{w: w}
+	err = r.c.ReadResult(ctx, rep.Object, lw)
+	if err == nil && lw.last != '\n' {
+		err = w.WriteByte('\n')
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil || lw.err != nil {
+		return err == nil, err
+	}
+	w.Reset(r.out)
+	if err := r.out.Truncate(start); err != nil {
+		return false, err
+	}
+	if ctx.Err() == nil {
+		fmt.Fprintf(r.stderr, "key %q: %v; run the same command again to read it again\n", rep.Key, err)
+	}
+	return false, nil
+}
+
+// lastByteWriter remembers the last byte written and the writer's own error.
+type lastByteWriter struct {
+	w    io.Writer
+	last byte
+	err  error
+}
+
+func (l *lastByteWriter) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	if n > 0 {
+		l.last = p[n-1]
+	}
+	if err != nil {
+		l.err = err
+	}
+	return n, err
 }
 
 // progress prints the counters: a line redrawn in place on a terminal, plain lines every
@@ -362,9 +554,9 @@ func progress(st *submitStats, started time.Time, tty bool, every time.Duration,
 // maxLine is the longest input or result line read.
 const maxLine = 64 << 20
 
-// readRequests streams the input, calling send for each request not already answered. A line
+// readRequests streams the input, calling send for each request not skipped. A line
 // that cannot be sent is passed with the problem. It returns how many lines it passed on.
-func readRequests(ctx context.Context, in io.Reader, name string, done map[string]struct{}, st *submitStats,
+func readRequests(ctx context.Context, in io.Reader, name string, skip func(key string) bool,
 	send func(line int, req client.Request, problem string) error) (int, error) {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
@@ -379,8 +571,7 @@ func readRequests(ctx context.Context, in io.Reader, name string, done map[strin
 			continue
 		}
 		key, body, problem := parseInputLine(b, line)
-		if _, ok := done[key]; ok {
-			st.skipped.Add(1)
+		if skip(key) {
 			continue
 		}
 		req := client.Request{Key: key}

@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 // testStack is NATS, the emulator and gembatchd, in-process.
 type testStack struct {
 	natsURL, geminiURL string
+	emu                *emulator.Server
 }
 
 func startStack(t *testing.T, jobDelay time.Duration, tune func(*daemon.Config)) *testStack {
@@ -47,7 +48,7 @@ func startStack(t *testing.T, jobDelay time.Duration, tune func(*daemon.Config))
 		tune(&cfg)
 	}
 	s := stacktest.Start(t, cfg, emulator.Options{JobDelay: jobDelay})
-	return &testStack{natsURL: s.NATS.ClientURL(), geminiURL: s.API.URL}
+	return &testStack{natsURL: s.NATS.ClientURL(), geminiURL: s.API.URL, emu: s.Emulator}
 }
 
 // cmd runs a gembatch command with a context and returns its exit status and output.
