@@ -5,6 +5,7 @@
 //	gembatch jobs    list the batches gembatchd is tracking
 //	gembatch show    show one batch: its record and the remote job
 //	gembatch cancel  cancel a batch job
+//	gembatch bench   measure gembatchd against raw NATS, JetStream and HTTP, in-process
 package main
 
 import (
@@ -28,6 +29,7 @@ Usage:
   gembatch jobs [--watch] [-o json]              list the batches gembatchd is tracking (durable mode)
   gembatch show ID|batches/NAME                  one batch: gembatchd's record, the remote job's state and statistics
   gembatch cancel ID|batches/NAME                cancel a batch job; its requests are answered with CANCELLED errors
+  gembatch bench [--quick] [-o json]             measure gembatchd against raw NATS, JetStream and HTTP, in-process
 
 Run "gembatch COMMAND --help" for a command's flags.
 `
@@ -50,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return show(ctx, args[1:], stdout, stderr)
 	case "cancel":
 		return cancelJob(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return bench(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

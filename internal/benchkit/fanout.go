@@ -1,0 +1,204 @@
+package benchkit
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gembatch/gembatch/gemini"
+)
+
+// collector subscribes to a subject and keeps every message with the time of the first and the
+// last; the baselines and gembatchd are received by the same code.
+type collector struct {
+	mu          sync.Mutex
+	msgs        []*nats.Msg
+	bytes       int64
+	first, last time.Time
+	want        int
+	done        chan struct{}
+	sub         *nats.Subscription
+}
+
+func (e *env) collect(subject string, want int) (*collector, error) {
+	c := &collector{want: want, done: make(chan struct{}), msgs: make([]*nats.Msg, 0, want)}
+	sub, err := e.nc.Subscribe(subject, func(m *nats.Msg) {
+		now := time.Now()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if len(c.msgs) == 0 {
+			c.first = now
+		}
+		c.last = now
+		c.msgs = append(c.msgs, m)
+		c.bytes += int64(len(m.Data))
+		if len(c.msgs) == c.want {
+			close(c.done)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	c.sub = sub
+	return c, e.nc.Flush()
+}
+
+// wait waits for every message, then stops the subscription.
+func (c *collector) wait(ctx context.Context, within time.Duration) error {
+	defer func() { _ = c.sub.Unsubscribe() }()
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(within):
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return fmt.Errorf("received %d of %d messages within %s", len(c.msgs), c.want, within)
+	}
+}
+
+// fanOut: one batch of 10,000 requests; replies per second from the first reply received to the
+// last, against a raw publish of the same replies (same headers and bodies) on one connection,
+// timed the same way. Both are timed at the receiver: when the first reply was published is not
+// visible from outside the daemon, and timing both alike keeps the ratio fair.
+func fanOut(ctx context.Context, e *env) ([]Row, error) {
+	n := e.size(10000, 1000)
+	a, err := startAPI(0)
+	if err != nil {
+		return nil, err
+	}
+	defer a.close()
+	cfg := e.config(true, a.url)
+	cfg.BatchMaxRequests, cfg.BatchMaxWait = n, time.Minute
+	d, err := e.startDaemon(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer d.close()
+	f, err := e.fleet()
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	body, raw := generateBody(1024), e.name()
+	var r rounds
+	for round := range e.opts.Rounds {
+		// gembatchd first: the baseline publishes the replies it delivered.
+		replies, err := e.collect(replySubject(cfg, "fan"), n)
+		if err != nil {
+			return nil, err
+		}
+		if err := f.publish(requests(cfg.SubjectGenerate, replySubject(cfg, "fan"), fmt.Sprintf("o%d", round), body, n, false)); err != nil {
+			return nil, err
+		}
+		if err := replies.wait(ctx, 5*time.Minute); err != nil {
+			return nil, fmt.Errorf("gembatchd replies: %w", err)
+		}
+		got := rate(n, replies.last.Sub(replies.first))
+		if err := d.drained(ctx); err != nil {
+			return nil, err
+		}
+
+		rawReplies, err := e.collect(raw, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range replies.msgs {
+			if err := f.conns[0].PublishMsg(&nats.Msg{Subject: raw, Header: m.Header, Data: m.Data}); err != nil {
+				return nil, err
+			}
+		}
+		if err := f.conns[0].Flush(); err != nil {
+			return nil, err
+		}
+		if err := rawReplies.wait(ctx, 5*time.Minute); err != nil {
+			return nil, fmt.Errorf("raw replies: %w", err)
+		}
+		base := rate(n, rawReplies.last.Sub(rawReplies.first))
+		r.add(base, got)
+		e.progress("fan-out round %d/%d: raw %.0f replies/s, gembatchd %.0f replies/s", round+1, e.opts.Rounds, base, got)
+	}
+	return []Row{r.row(fmt.Sprintf("reply fan-out of one %d-request batch (durable), first reply received to last", n), "replies/s", "higher", "raw publish of the same replies")}, nil
+}
+
+// resultFile: a file batch of embeddings (3072 values each); gembatchd's MB/s and replies/s
+// from the first reply to the last, against a raw HTTP read of the same result file.
+func resultFile(ctx context.Context, e *env) ([]Row, error) {
+	size := e.size(64<<20, 4<<20)
+	if e.opts.Full {
+		size = 1 << 30
+	}
+	const lineBytes = 62 << 10 // about one embedding line of 3072 values; the figure uses the real size
+	n := max(1, size/lineBytes)
+	a, err := startAPI(0)
+	if err != nil {
+		return nil, err
+	}
+	defer a.close()
+	a.keepFiles.Store(true)
+	cfg := e.config(false, a.url)
+	cfg.BatchMaxRequests, cfg.BatchMaxWait, cfg.InlineMaxBytes = n, time.Minute, 0
+	d, err := e.startDaemon(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer d.close()
+	f, err := e.fleet()
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	client := gemini.New("bench", gemini.WithBaseURL(a.url))
+	body := []byte(`{"content":{"parts":[{"text":"a passage to embed"}]},"taskType":"RETRIEVAL_DOCUMENT","outputDimensionality":3072}`)
+	var mbs, lines rounds
+	var fileBytes int64
+	for round := range e.opts.Rounds {
+		replies, err := e.collect(replySubject(cfg, "emb"), n)
+		if err != nil {
+			return nil, err
+		}
+		if err := f.publish(requests(cfg.SubjectEmbed, replySubject(cfg, "emb"), fmt.Sprintf("e%d", round), body, n, false)); err != nil {
+			return nil, err
+		}
+		if err := replies.wait(ctx, 10*time.Minute); err != nil {
+			return nil, fmt.Errorf("gembatchd replies: %w", err)
+		}
+		took := replies.last.Sub(replies.first)
+		if err := d.drained(ctx); err != nil {
+			return nil, err
+		}
+		ops := a.emu.Batches()
+		out := ops[len(ops)-1].Output()
+		if out == nil || out.ResponsesFile == "" {
+			return nil, fmt.Errorf("the batch has no result file")
+		}
+		t0 := time.Now()
+		rc, err := client.Download(ctx, out.ResponsesFile)
+		if err != nil {
+			return nil, err
+		}
+		fileBytes, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		rawTook := time.Since(t0)
+		a.deleteFile(out.ResponsesFile)
+		mb := float64(fileBytes) / 1e6
+		mbs.add(mb/rawTook.Seconds(), mb/took.Seconds())
+		lines.add(rate(n, rawTook), rate(n, took))
+		e.progress("result file round %d/%d (%.0f MB): raw read %.0f MB/s, gembatchd %.1f MB/s, %.0f replies/s",
+			round+1, e.opts.Rounds, mb, mb/rawTook.Seconds(), mb/took.Seconds(), rate(n, took))
+	}
+	what := fmt.Sprintf("reading a result file (%.0f MB, %d embeddings)", float64(fileBytes)/1e6, n)
+	return []Row{
+		mbs.row(what, "MB/s", "higher", "raw HTTP read of the same file"),
+		lines.row(what+", replies", "replies/s", "higher", "raw HTTP read, lines/s"),
+	}, nil
+}
