@@ -24,7 +24,7 @@ func TestParseOffset(t *testing.T) {
 // The child mode: print the offset and how far Now is from time.Now, in whole seconds.
 func TestMain(m *testing.M) {
 	if os.Getenv("CLOCK_CHILD") != "" {
-		println(clock.Offset().String(), clock.Now().Sub(time.Now()).Round(time.Second).String())
+		println(clock.Offset().String(), time.Until(clock.Now()).Round(time.Second).String())
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
