@@ -1,6 +1,7 @@
 package faulttest_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -24,6 +25,7 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 			a := w.start("a")
 			b := w.start("b")
 			w.send(60, "before")
+			w.checkReplicas(3)
 			time.Sleep(200 * time.Millisecond)
 			w.nats.restart(t, node, time.Second)
 			w.send(60, "after")
@@ -38,4 +40,22 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 		})
 	}
 	report(t, fmt.Sprintf("nats cluster node loss: seed=%d %s", seed, sum))
+}
+
+// checkReplicas fails the test unless every stream (requests, and the buckets' streams) has n
+// replicas, all current.
+func (w *world) checkReplicas(n int) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	streams := 0
+	for info := range w.js.ListStreams(ctx).Info() {
+		streams++
+		if info.Config.Replicas != n || info.Cluster == nil || len(info.Cluster.Replicas) != n-1 {
+			w.t.Fatalf("stream %s: %d replicas configured, cluster %+v; want %d", info.Config.Name, info.Config.Replicas, info.Cluster, n)
+		}
+	}
+	if streams < 3 { // the requests, the records, the ledger at least
+		w.t.Fatalf("%d streams", streams)
+	}
 }
