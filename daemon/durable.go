@@ -14,6 +14,7 @@ import (
 	"github.com/gembatch/gembatch/accumulator"
 	"github.com/gembatch/gembatch/intake"
 	"github.com/gembatch/gembatch/internal/backoff"
+	"github.com/gembatch/gembatch/internal/clock"
 	"github.com/gembatch/gembatch/internal/failpoint"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/ownership"
@@ -49,8 +50,8 @@ func (m *Main) openStore(ctx context.Context, js jetstream.JetStream) (*jsstore.
 	return st, lease, nil
 }
 
-// now is the daemon's wall clock.
-func (m *Main) now() time.Time { return time.Now() }
+// now is the daemon's wall clock (shifted in the fault tests' clock-skew trials).
+func (m *Main) now() time.Time { return clock.Now() }
 
 // fence is the submitter's view of the lease; none in core mode.
 func fence(l *ownership.Leaser) submitter.Lease {

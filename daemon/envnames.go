@@ -12,7 +12,7 @@ import (
 )
 
 // readElsewhere are GEMBATCH_* variables gembatchd reads outside Config.
-var readElsewhere = []string{"GEMBATCH_FAILPOINT"} // internal/failpoint, for the crash tests
+var readElsewhere = []string{"GEMBATCH_FAILPOINT", "GEMBATCH_TEST_CLOCK_OFFSET"} // internal/failpoint and internal/clock, for the fault tests
 
 // serviceLink matches the variables Kubernetes sets in every pod for a Service named gembatch
 // (GEMBATCH_SERVICE_HOST, GEMBATCH_PORT_9090_TCP_ADDR...): not the user's mistakes.

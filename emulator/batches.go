@@ -227,10 +227,13 @@ func (s *Server) produce(b *batch, closing *ending) {
 	s.dropInput(b)
 }
 
-// answer answers one request of job b; fail is the draw of the item error rate.
-func (s *Server) answer(b *batch, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
+// answer answers the request with key of job b, and bills it; fail is the draw of the item
+// error rate.
+func (s *Server) answer(b *batch, key string, request json.RawMessage, fail bool) (json.RawMessage, *gemini.Status) {
 	m := model{name: b.model, imageBytes: s.opts.ImageBytes, directed: s.directedFails}
-	return m.answer(b.kind, request, fail)
+	resp, st := m.answer(b.kind, request, fail)
+	s.billing.bill(key, request, resp, st)
+	return resp, st
 }
 
 // directedFails counts one answer to a request whose text carries a counted error directive
@@ -259,10 +262,14 @@ func (s *Server) dropInput(b *batch) {
 func (s *Server) answerInline(b *batch, end *ending, n int64, fail func() bool) {
 	out := make([]gemini.InlinedResponse, n)
 	for i, req := range b.requests[:n] {
-		resp, st := s.answer(b, req.Request, fail())
+		var key string
+		if req.Metadata != nil {
+			key = req.Metadata.Key
+		}
+		resp, st := s.answer(b, key, req.Request, fail())
 		out[i] = gemini.InlinedResponse{Response: resp, Error: st}
 		if req.Metadata != nil {
-			out[i].Metadata = &gemini.ResponseMetadata{Key: req.Metadata.Key}
+			out[i].Metadata = &gemini.ResponseMetadata{Key: key}
 		}
 		if st != nil {
 			end.failed++

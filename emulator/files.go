@@ -240,7 +240,7 @@ func (s *Server) answerLine(b *batch, line []byte, fail bool) resultLine {
 	if err := json.Unmarshal(line, &in); err != nil {
 		return resultLine{Error: &gemini.Status{Code: gemini.CodeInvalidArgument, Message: "Invalid JSON payload received: " + err.Error()}}
 	}
-	resp, st := s.answer(b, in.Request, fail)
+	resp, st := s.answer(b, in.Key, in.Request, fail)
 	return resultLine{Key: in.Key, Response: resp, Error: st}
 }
 

@@ -72,6 +72,8 @@ type Server struct {
 	throttled  int              // creates answered 429, any cause
 	peakActive int              // most jobs active at once, measured at each create
 	peakTokens map[string]int64 // most estimated tokens active at once, per model
+
+	billing billing // every answer billed, by request
 }
 
 // New returns a Server. It panics if it cannot make its temporary directory, as
@@ -126,6 +128,7 @@ func New(opts Options) *Server {
 		"/v1beta/files/{}":                   {http.MethodGet: s.getFile, http.MethodDelete: s.deleteFile},
 		"/v1beta/files/{}:download":          {http.MethodGet: s.download},
 		"/download/v1beta/files/{}:download": {http.MethodGet: s.download},
+		"/emulator/ledger":                   {http.MethodGet: s.ledger},
 	}
 	s.SetFaults(opts.Faults)
 	return s

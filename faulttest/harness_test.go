@@ -2,8 +2,6 @@ package faulttest_test
 
 import (
 	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http/httptest"
@@ -17,12 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/emulator"
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/failpoint"
 )
 
 var gembatchd string // the binary under test
@@ -43,53 +40,75 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// world is NATS, the emulator and a ledger of replies, all outliving the daemons under test.
+// The daemon's timing in these tests: a lease outlives a renewal or two, a create's answer is
+// looked for in the list this long before the create is sent again.
+const (
+	leaseTTL    = 2 * time.Second
+	createGrace = time.Second
+)
+
+// worldOptions shape a world: how long the emulator's jobs take, its faults, and the NATS
+// servers (one, or a cluster of three with the daemon's stream and buckets at three replicas).
+type worldOptions struct {
+	jobDelay time.Duration
+	faults   emulator.Faults
+	cluster  bool
+}
+
+// world is NATS, the emulator and the ledger of replies, all outliving the daemons under test.
 type world struct {
 	t       *testing.T
-	dir     string
-	port    int
-	ns      *server.Server
+	nats    *natsWorld
 	emu     *emulator.Server
 	http    *httptest.Server
-	nc      *nats.Conn
+	nc      *nats.Conn // to the first NATS server, which no test stops in a cluster
 	js      jetstream.JetStream
-	replies jetstream.Stream
+	replies *replyLedger
 	sent    []string
+	daemons []*daemon
 	// models are the models requests go to in turn; the default is a flash and a pro model.
 	models []string
 }
 
 func newWorld(t *testing.T, faults emulator.Faults) *world {
-	return newWorldWithJobs(t, 300*time.Millisecond, faults)
+	return newWorldWith(t, worldOptions{jobDelay: 300 * time.Millisecond, faults: faults})
 }
 
 func newWorldWithJobs(t *testing.T, jobDelay time.Duration, faults emulator.Faults) *world {
+	return newWorldWith(t, worldOptions{jobDelay: jobDelay, faults: faults})
+}
+
+func newWorldWith(t *testing.T, o worldOptions) *world {
 	t.Helper()
-	w := &world{t: t, dir: t.TempDir(), port: freePort(t)}
-	w.startNATS()
-	w.emu = emulator.New(emulator.Options{JobDelay: jobDelay, Faults: faults})
+	w := &world{t: t}
+	size := 1
+	if o.cluster {
+		size = 3
+	}
+	w.nats = startNATS(t, size)
+	w.emu = emulator.New(emulator.Options{JobDelay: o.jobDelay, Faults: o.faults})
 	w.http = httptest.NewServer(w.emu)
 	t.Cleanup(func() {
-		w.nc.Close()
+		for _, d := range w.daemons {
+			d.kill()
+		}
+		if w.nc != nil {
+			w.nc.Close()
+		}
 		w.http.Close()
 		w.emu.Close()
-		w.ns.Shutdown()
-		w.ns.WaitForShutdown()
+		w.nats.shutdown()
 	})
 	var err error
-	if w.nc, err = nats.Connect(w.ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond)); err != nil {
+	w.nc, err = nats.Connect(w.nats.nodes[0].url(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
 		t.Fatal(err)
 	}
 	if w.js, err = jetstream.New(w.nc); err != nil {
 		t.Fatal(err)
 	}
-	// The ledger: replies captured by a stream whose duplicate window drops repeats by Nats-Msg-Id.
-	w.replies, err = w.js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: "LEDGER", Subjects: []string{"ledger.>"}, Duplicates: 10 * time.Minute, Storage: jetstream.FileStorage,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w.nats.waitJetStream(t, w.js)
+	w.replies = newReplyLedger(t, w.nc, w.js, size)
 	return w
 }
 
@@ -103,44 +122,38 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func (w *world) startNATS() {
-	w.t.Helper()
-	ns, err := embedded.NATSWith(&server.Options{Port: w.port}, filepath.Join(w.dir, "nats"))
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.ns = ns
-}
-
-// restartNATS stops the server and starts it again on the same port and store.
+// restartNATS stops the (single) server and starts it again on the same port and store.
 func (w *world) restartNATS(down time.Duration) {
-	w.ns.Shutdown()
-	w.ns.WaitForShutdown()
-	time.Sleep(down)
-	w.startNATS()
+	w.t.Helper()
+	w.nats.restart(w.t, 0, down)
 }
 
 // daemon is one gembatchd subprocess.
 type daemon struct {
+	name string
 	cmd  *exec.Cmd
 	mu   sync.Mutex
 	logs strings.Builder
+	hit  chan struct{} // closed when the armed failpoint is reached
 	done chan struct{}
 	err  error
+	// metrics is the last exposition scraped before the daemon was stopped.
+	metrics string
 }
 
-// start runs gembatchd with the world's settings plus env.
+// start runs gembatchd with the world's settings plus env, and waits until it is ready.
 func (w *world) start(instance string, env ...string) *daemon {
 	w.t.Helper()
 	cmd := exec.Command(gembatchd)
 	// Without the GEMBATCH_* variables of the test's own environment (GEMBATCH_FAULT_REPORT...),
 	// which gembatchd would refuse as unknown.
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GEMBATCH_") }),
-		"GEMBATCH_NATS_URL="+w.ns.ClientURL(),
+		"GEMBATCH_NATS_URL="+w.nats.urls(),
 		"GEMBATCH_GEMINI_BASE_URL="+w.http.URL,
 		"GEMBATCH_GEMINI_API_KEY=fault-test-key",
 		"GEMBATCH_DURABLE=true",
 		"GEMBATCH_INSTANCE="+instance,
+		fmt.Sprintf("GEMBATCH_STREAM_REPLICAS=%d", len(w.nats.nodes)),
 		"GEMBATCH_METRICS_ADDR=127.0.0.1:0",
 		"GEMBATCH_REPLY_ALLOW=ledger.>",
 		"GEMBATCH_BATCH_MAX_REQUESTS=40",
@@ -149,8 +162,8 @@ func (w *world) start(instance string, env ...string) *daemon {
 		"GEMBATCH_INLINE_MAX_BYTES=8KiB",
 		"GEMBATCH_POLL_INTERVAL=100ms",
 		"GEMBATCH_POLL_MAX_INTERVAL=400ms",
-		"GEMBATCH_CREATE_GRACE=1s",
-		"GEMBATCH_LEASE_TTL=2s",
+		"GEMBATCH_CREATE_GRACE="+createGrace.String(),
+		"GEMBATCH_LEASE_TTL="+leaseTTL.String(),
 		"GEMBATCH_SHUTDOWN_GRACE=5s",
 		"GEMBATCH_LOG_LEVEL=info",
 	)
@@ -159,34 +172,42 @@ func (w *world) start(instance string, env ...string) *daemon {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, done: make(chan struct{})}
+	d := &daemon{name: instance, cmd: cmd, hit: make(chan struct{}), done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
 	}
+	w.daemons = append(w.daemons, d)
 	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			d.mu.Lock()
-			d.logs.WriteString(sc.Text() + "\n")
-			d.mu.Unlock()
-			if strings.Contains(sc.Text(), `"gembatchd ready"`) {
-				close(ready)
-			}
-		}
-		d.err = cmd.Wait()
-		close(d.done)
-	}()
+	go d.read(stderr, ready)
 	w.t.Cleanup(func() { d.kill() })
 	select {
 	case <-ready:
 	case <-d.done:
 		w.t.Fatalf("gembatchd exited before ready: %v\n%s", d.err, d.log())
-	case <-time.After(20 * time.Second):
-		w.t.Fatalf("gembatchd not ready after 20s\n%s", d.log())
+	case <-time.After(30 * time.Second):
+		w.t.Fatalf("gembatchd not ready after 30s\n%s", d.log())
 	}
 	return d
+}
+
+// read keeps the daemon's log and notes when it is ready and when its failpoint is reached.
+func (d *daemon) read(stderr interface{ Read([]byte) (int, error) }, ready chan struct{}) {
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		d.mu.Lock()
+		d.logs.WriteString(line + "\n")
+		d.mu.Unlock()
+		switch {
+		case strings.Contains(line, `"gembatchd ready"`):
+			close(ready)
+		case strings.Contains(line, `"failpoint reached"`):
+			close(d.hit)
+		}
+	}
+	d.err = d.cmd.Wait()
+	close(d.done)
 }
 
 func (d *daemon) log() string { d.mu.Lock(); defer d.mu.Unlock(); return d.logs.String() }
@@ -196,7 +217,18 @@ func (d *daemon) kill() {
 	case <-d.done:
 	default:
 		_ = d.cmd.Process.Signal(syscall.SIGKILL)
+		_ = d.cmd.Process.Signal(syscall.SIGCONT) // a stopped process dies only once continued
 		<-d.done
+	}
+}
+
+// running reports whether the process has not ended.
+func (d *daemon) running() bool {
+	select {
+	case <-d.done:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -210,125 +242,61 @@ func (d *daemon) died(within time.Duration) bool {
 	}
 }
 
-// stop sends SIGTERM and waits for a clean exit.
+// frozen waits until the daemon has reached its failpoint and stands stopped.
+func (d *daemon) frozen(within time.Duration) bool {
+	select {
+	case <-d.hit:
+	case <-d.done:
+		return false
+	case <-time.After(within):
+		return false
+	}
+	deadline := time.Now().Add(within)
+	for !failpoint.Stopped(d.cmd.Process.Pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// stop scrapes the daemon's metrics, sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
+	if err := d.finish(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// finish is stop that returns what went wrong instead of failing the test.
+func (d *daemon) finish() error {
+	select {
+	case <-d.done:
+		return fmt.Errorf("gembatchd %s had exited already: %v", d.name, d.err)
+	default:
+	}
+	if m, err := scrapeDaemon(d); err == nil {
+		d.metrics = m
+	}
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	if !d.died(15 * time.Second) {
 		d.kill()
-		t.Fatalf("gembatchd did not stop within 15s of SIGTERM\n%s", d.log())
+		return fmt.Errorf("gembatchd %s did not stop within 15s of SIGTERM\n%s", d.name, d.log())
 	}
 	if d.err != nil {
-		t.Fatalf("gembatchd exited with %v after SIGTERM\n%s", d.err, d.log())
+		return fmt.Errorf("gembatchd %s exited with %v after SIGTERM\n%s", d.name, d.err, d.log())
 	}
+	return nil
 }
 
-// send publishes n requests to the stream with a JetStream publish (the producer's durable path)
-// and returns once each has its PubAck. Half go to a model whose batches go by file.
-func (w *world) send(n int, tag string) {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for i := range n {
-		key := fmt.Sprintf("%s-%04d", tag, i)
-		text := key
-		models := w.models
-		if models == nil {
-			models = []string{"gemini-2.5-flash", "gemini-2.5-pro"}
-		}
-		if i%2 == 1 { // every other request is large enough for its batch to go by file
-			text += strings.Repeat(" padding", 80)
-		}
-		body, _ := json.Marshal(map[string]any{"contents": []any{map[string]any{"parts": []any{map[string]string{"text": text}}}}})
-		msg := nats.NewMsg("gembatch.stream.generate")
-		msg.Data = body
-		msg.Header.Set("Gembatch-Key", key)
-		msg.Header.Set("Gembatch-Reply", "ledger."+key)
-		msg.Header.Set("Gembatch-Model", models[i%len(models)])
-		for {
-			if _, err := w.js.PublishMsg(ctx, msg); err == nil {
-				break
-			} else if ctx.Err() != nil {
-				w.t.Fatalf("publish %s: %v", key, err)
-			}
-			time.Sleep(50 * time.Millisecond) // NATS restarting
-		}
-		w.sent = append(w.sent, key)
+// logs joins every daemon's log, for a failure message.
+func (w *world) logs() string {
+	var b strings.Builder
+	for i, d := range w.daemons {
+		fmt.Fprintf(&b, "--- daemon %d (%s) ---\n%s", i, d.name, d.log())
 	}
-}
-
-// tally reads the ledger: how many sent requests have no reply, and how many have more than one.
-func (w *world) tally() (unanswered, duplicates int) {
-	w.t.Helper()
-	counts := map[string]int{}
-	w.ledger(func(m jetstream.Msg) { counts[m.Headers().Get("Gembatch-Key")]++ })
-	for _, k := range w.sent {
-		switch n := counts[k]; {
-		case n == 0:
-			unanswered++
-		case n > 1:
-			duplicates += n - 1
-		}
-	}
-	return unanswered, duplicates
-}
-
-// ledger calls f with every reply the ledger holds, in order.
-func (w *world) ledger(f func(jetstream.Msg)) {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	info, err := w.replies.Info(ctx)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	if info.State.Msgs == 0 {
-		return
-	}
-	cons, err := w.replies.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	for got := uint64(0); got < info.State.Msgs; {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			f(m)
-			got++
-		}
-		if batch.Error() != nil {
-			w.t.Fatal(batch.Error())
-		}
-	}
-}
-
-// waitAnswered waits until every sent request has a reply.
-func (w *world) waitAnswered(within time.Duration, logs func() string) {
-	w.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		unanswered, _ := w.tally()
-		if unanswered == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			w.t.Fatalf("%d of %d requests unanswered after %s\n%s", unanswered, len(w.sent), within, logs())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// duplicateJobs counts batches created more than once (by displayName).
-func (w *world) duplicateJobs() int {
-	n := 0
-	for _, c := range w.emu.CreateCounts() {
-		if c > 1 {
-			n += c - 1
-		}
-	}
-	return n
+	return b.String()
 }
 
 // report logs a run's figures and, when GEMBATCH_FAULT_REPORT names a file, appends them there,

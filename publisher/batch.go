@@ -164,6 +164,7 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	if err := a.resubmit(); err != nil {
 		return err
 	}
+	failpoint.Hit(failpoint.AfterReplyBeforeReplied)
 	rec.Replied = a.seq
 	rec.State = record.Replied
 	// The sums go with the Replied state, in one write: a resumed run re-reads every result, so
@@ -183,6 +184,7 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	}
 	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
 		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Str("state", string(rec.RemoteState)).Msg("batch answered")
+	failpoint.Hit(failpoint.BeforeClean)
 	return b.clean(ctx, rec)
 }
 

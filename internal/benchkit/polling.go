@@ -102,7 +102,7 @@ func cpuShare(ctx context.Context, d time.Duration) (float64, error) {
 func (e *env) storeFinished(ctx context.Context, cfg daemon.Config, n int) error {
 	if _, err := jsstore.Open(ctx, e.js, jsstore.Config{
 		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket, Replicas: 1,
-		Storage: jetstream.FileStorage, Retention: cfg.RecordRetention, Instance: "bench", LeaseTTL: cfg.LeaseTTL,
+		Storage: jetstream.FileStorage, Retention: cfg.RecordRetention,
 	}, zerolog.Nop()); err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (e *env) storeFinished(ctx context.Context, cfg daemon.Config, n int) error
 				rec := record.Record{ID: fmt.Sprintf("old-%05d", i), Group: record.Group{Kind: gemini.KindGenerate, Model: "models/gemini-2.5-flash"},
 					State: record.Cleaned, CloseReason: "count", Sealed: now.Add(-time.Hour), Count: 1000, Bytes: 1 << 20,
 					Mode: record.ModeInline, RemoteName: fmt.Sprintf("batches/old%05d", i), RemoteState: gemini.StateSucceeded,
-					Submitted: now.Add(-time.Hour), Finished: now.Add(-time.Minute), Replied: 1000, Owner: "bench-old", LeaseUntil: now.Add(-time.Minute)}
+					Submitted: now.Add(-time.Hour), Finished: now.Add(-time.Minute), Replied: 1000, Owner: "bench-old", Epoch: 1}
 				b, err := json.Marshal(&rec)
 				if err == nil {
 					_, err = kv.Create(ctx, rec.ID, b)

@@ -1,0 +1,187 @@
+package faulttest_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/internal/clock"
+	"github.com/gembatch/gembatch/internal/failpoint"
+)
+
+// Steps of a trial that are not failpoints.
+const (
+	// accumulating: kill -9 while batches are open, before any failpoint.
+	accumulating = "accumulating"
+	// skewedPair: two replicas from the start, one with its clock 60s off; no failpoint.
+	skewedPair = "skewed-pair"
+)
+
+// trial is one run of the campaign: requests sent to a fresh world, and one fault.
+type trial struct {
+	step     string           // a failpoint, or accumulating or skewedPair
+	action   failpoint.Action // kill: restart the same instance; freeze: resume it later, a second replica running
+	hit      int64            // which hit of the step acts
+	skew     time.Duration    // the clock offset of the second replica
+	requests int
+}
+
+func (tr trial) String() string {
+	s := tr.step
+	if tr.action != "" {
+		s += fmt.Sprintf(":%d:%s", tr.hit, tr.action)
+	}
+	if tr.skew != 0 {
+		s += fmt.Sprintf(" skew=%s", tr.skew)
+	}
+	return fmt.Sprintf("%s requests=%d", s, tr.requests)
+}
+
+// combos are the faults a campaign covers: every step boundary with both kinds of fault, a kill
+// while batches accumulate, and two replicas with skewed clocks.
+func combos() []trial {
+	var out []trial
+	for _, s := range failpoint.Steps {
+		out = append(out, trial{step: s, action: failpoint.Kill}, trial{step: s, action: failpoint.Freeze})
+	}
+	return append(out, trial{step: accumulating}, trial{step: skewedPair})
+}
+
+// plan draws n trials from seed: every combo once in each round, in a shuffled order, with the
+// hit, the skew and the number of requests drawn too.
+func plan(seed uint64, n int) []trial {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	all := combos()
+	var out []trial
+	for len(out) < n {
+		round := slices.Clone(all)
+		rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+		for _, tr := range round {
+			tr.hit = 1 + rng.Int64N(2)
+			if tr.step == failpoint.MidUpload {
+				tr.hit = 1 // only the pro model's batches go by file: maybe one
+			}
+			tr.requests = 40 + 2*rng.IntN(21) // 40 to 80, even: both models get requests
+			switch {
+			case tr.step == skewedPair:
+				tr.skew = []time.Duration{-time.Minute, time.Minute}[rng.IntN(2)]
+			case tr.action == failpoint.Freeze:
+				tr.skew = []time.Duration{-time.Minute, 0, time.Minute}[rng.IntN(3)]
+			}
+			out = append(out, tr)
+		}
+	}
+	return out[:n]
+}
+
+// envInt reads a positive integer setting, or gives def.
+func envInt(name string, def uint64) uint64 {
+	if v, err := strconv.ParseUint(os.Getenv(name), 10, 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestFaultCampaign runs seeded trials, each a fresh world with one fault at a step boundary:
+// gembatchd killed there and restarted, or frozen there past its lease and the create grace
+// while a second replica (its clock perhaps 60s off) takes over, then resumed. Each trial
+// measures the replies (every delivery), what the emulator billed per request across all jobs,
+// the jobs created per displayName and the tokens gembatchd counted; the campaign prints the
+// sums on one line and fails on any loss, double billing, request answered two ways, token
+// count unlike the billing, or (after a kill) job created twice.
+//
+// GEMBATCH_FAULT_TRIALS sets the number of trials (default two rounds of every combo, 36);
+// GEMBATCH_FAULT_SEED replays a campaign.
+func TestFaultCampaign(t *testing.T) {
+	seed := envInt("GEMBATCH_FAULT_SEED", uint64(time.Now().UnixNano()))
+	n := int(envInt("GEMBATCH_FAULT_TRIALS", uint64(2*len(combos()))))
+	t.Logf("fault campaign: seed %d (GEMBATCH_FAULT_SEED=%d replays it), %d trials", seed, seed, n)
+	var (
+		mu       sync.Mutex
+		sum      figures
+		breached = map[string]int{} // trials with a breach, by step and action
+	)
+	t.Run("trials", func(t *testing.T) {
+		for i, tr := range plan(seed, n) {
+			t.Run(fmt.Sprintf("%03d-%s-%s", i, tr.step, tr.action), func(t *testing.T) {
+				t.Parallel()
+				f, breaches := runTrial(t, tr)
+				mu.Lock()
+				defer mu.Unlock()
+				sum.add(f)
+				if len(breaches) > 0 {
+					breached[tr.step+":"+string(tr.action)]++
+					t.Errorf("%s (seed %d): %s", tr, seed, strings.Join(breaches, "; "))
+				}
+			})
+		}
+	})
+	var where []string
+	for k, c := range breached {
+		where = append(where, fmt.Sprintf("%s=%d", k, c))
+	}
+	slices.Sort(where)
+	report(t, fmt.Sprintf("fault campaign seed=%d %s breached_trials=%d %s", seed, sum, len(where), strings.Join(where, ",")))
+}
+
+// runTrial runs one trial in a fresh world and returns its figures and breaches.
+func runTrial(t *testing.T, tr trial) (figures, []string) {
+	w := newWorld(t, emulator.Faults{})
+	skewed := clock.OffsetEnv + "=" + tr.skew.String()
+	var problems []string
+	switch {
+	case tr.step == accumulating:
+		w.start("a")
+		w.send(tr.requests, "r")
+		time.Sleep(100 * time.Millisecond)
+		w.daemons[0].kill()
+		w.start("a")
+	case tr.step == skewedPair:
+		w.start("a")
+		w.start("b", skewed)
+		w.send(tr.requests, "r")
+	case tr.action == failpoint.Kill:
+		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Kill}
+		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
+		w.send(tr.requests, "r")
+		if !a.died(20 * time.Second) {
+			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
+		}
+		w.start("a")
+	case tr.action == failpoint.Freeze:
+		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Freeze}
+		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
+		w.send(tr.requests, "r")
+		if !a.frozen(20 * time.Second) {
+			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
+		}
+		w.start("b", skewed)
+		time.Sleep(leaseTTL + createGrace + time.Second) // a's lease and the create grace pass
+		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.answered(30 * time.Second) // the figures say how many were not
+	time.Sleep(time.Second)      // what a resumed replica still does (a create, a reply) is measured too
+	for _, d := range w.daemons {
+		if d.running() {
+			if err := d.finish(); err != nil {
+				problems = append(problems, "unclean stop: "+err.Error())
+			}
+		}
+	}
+	f := w.measure()
+	breaches := f.breaches(tr.action != failpoint.Freeze)
+	if v := os.Getenv("GEMBATCH_FAULT_LOGS"); v == "all" || v != "" && len(breaches) > 0 {
+		t.Log(w.logs())
+	}
+	return f, append(breaches, problems...)
+}
