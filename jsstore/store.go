@@ -1,7 +1,10 @@
 // Package jsstore keeps batch records in JetStream: each record in a KV bucket, its requests in
-// an object store (what answering needs in one object, the request bodies in another, so that
-// taking over a submitted job never reads its bodies). Every write is a compare-and-set on the
-// revision the writer itself read, so a replica that lost a record cannot write it again.
+// an object store. What answering needs of each request is one object, named by the record's
+// id; the request bodies are the batch's JSONL input itself, written in chunks while the batch
+// is open (Input), so that an open batch holds no bodies, the upload streams the chunks as they
+// are, and taking over a submitted job never reads them. Every write is a compare-and-set on
+// the revision the writer itself read, so a replica that lost a record cannot write it again.
+// Request bodies too large for a NATS message wait in a bodies bucket until their batch is written.
 package jsstore
 
 import (
@@ -25,6 +28,10 @@ type Config struct {
 	// RecordsBucket is the KV bucket of records; RequestsBucket the object store of request lines.
 	RecordsBucket  string
 	RequestsBucket string
+	// BodiesBucket is the object store where producers put request bodies too large for a NATS
+	// message; its objects expire after BodiesTTL (default: Retention) if nobody deletes them.
+	BodiesBucket string
+	BodiesTTL    time.Duration
 	Replicas       int
 	Storage        jetstream.StorageType
 	// Retention is how long a record is kept after its last write, and how long request objects
@@ -34,10 +41,12 @@ type Config struct {
 
 // Store is a record.Store on JetStream KV and object store.
 type Store struct {
-	cfg Config
-	kv  jetstream.KeyValue
-	obj jetstream.ObjectStore
-	log zerolog.Logger
+	cfg    Config
+	kv     jetstream.KeyValue
+	obj    jetstream.ObjectStore
+	bodies jetstream.ObjectStore
+	chunk  uint32 // object store chunk size that fits the connection's max payload
+	log    zerolog.Logger
 
 	mu      sync.Mutex
 	seqs    map[uint64]string   // stream sequence → record whose acks are not yet confirmed
@@ -65,7 +74,54 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.L
 	if err != nil {
 		return nil, fmt.Errorf("requests bucket %s: %w", cfg.RequestsBucket, err)
 	}
-	return &Store{cfg: cfg, kv: kv, obj: obj, log: log, seqs: map[uint64]string{}, unacked: map[string][]uint64{}}, nil
+	if cfg.BodiesBucket == "" {
+		cfg.BodiesBucket = "gembatch-bodies"
+	}
+	if cfg.BodiesTTL <= 0 {
+		cfg.BodiesTTL = cfg.Retention
+	}
+	bodies, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: cfg.BodiesBucket, Description: "gembatch request bodies too large for a NATS message",
+		TTL: cfg.BodiesTTL, Replicas: cfg.Replicas, Storage: cfg.Storage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bodies bucket %s: %w", cfg.BodiesBucket, err)
+	}
+	return &Store{cfg: cfg, kv: kv, obj: obj, bodies: bodies, chunk: chunkSize(js.Conn().MaxPayload()), log: log,
+		seqs: map[uint64]string{}, unacked: map[string][]uint64{}}, nil
+}
+
+// chunkSize is the object store's default chunk size, 128 KiB, or half the connection's max
+// payload when that is smaller: a chunk is one message.
+func chunkSize(maxPayload int64) uint32 {
+	if maxPayload <= 0 {
+		return 128 << 10
+	}
+	return uint32(min(128<<10, maxPayload/2))
+}
+
+// meta names an object to put, in chunks that fit a message.
+func (s *Store) meta(name string) jetstream.ObjectMeta {
+	return jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}}
+}
+
+// BodiesBucket is the name of the bucket of big request bodies.
+func (s *Store) BodiesBucket() string { return s.cfg.BodiesBucket }
+
+// BodyObjects is the bucket of big request bodies, for intake to check them.
+func (s *Store) BodyObjects() jetstream.ObjectStore { return s.bodies }
+
+// DeleteBodyObjects deletes the body objects of a recorded batch's big requests: their bodies
+// are in its input now. One that cannot be deleted expires with the bucket's TTL.
+func (s *Store) DeleteBodyObjects(ctx context.Context, reqs []record.Request) {
+	for _, q := range reqs {
+		if q.BodyObject == "" {
+			continue
+		}
+		if err := s.bodies.Delete(ctx, q.BodyObject); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.log.Warn().Err(err).Str("object", q.BodyObject).Msg("delete a body object already in its batch's input; it expires with the bucket's TTL")
+		}
+	}
 }
 
 // stored is a record as the KV bucket holds it: without its requests, with their stream
@@ -83,25 +139,36 @@ func encode(r *record.Record) ([]byte, error) {
 	return json.Marshal(st)
 }
 
-// bodiesObject names the object holding a record's request bodies; the record's id names the
-// one holding the rest of each request.
+// bodiesObject names the object that held a record's request bodies before inputs were
+// written in chunks; records written then still read them from there.
 func bodiesObject(id string) string { return id + ".bodies" }
 
 // Create writes the request lines, then the record. The record must name its owner: it is
-// owned from the moment it is visible.
+// owned from the moment it is visible. A record whose input was not written while its batch
+// was open (a resubmission, a part of a split) has it written here from its requests' bodies.
 func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	if _, err := s.kv.Get(ctx, r.ID); err == nil {
 		return record.ErrExists // its requests must not be overwritten
 	}
-	meta, bodies, err := encodeRequests(r.Requests)
+	if r.Chunks == 0 && hasBodies(r.Requests) {
+		in := s.OpenInput(r.ID)
+		for _, q := range r.Requests {
+			if err := in.Append(q); err != nil {
+				return fmt.Errorf("write input of %s: %w", r.ID, err)
+			}
+		}
+		n, err := in.Seal()
+		if err != nil {
+			return fmt.Errorf("write input of %s: %w", r.ID, err)
+		}
+		r.Chunks = n
+	}
+	meta, err := encodeRequests(r.Requests)
 	if err != nil {
 		return fmt.Errorf("encode requests of %s: %w", r.ID, err)
 	}
-	if _, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: r.ID}, meta); err != nil {
+	if _, err := s.obj.Put(ctx, s.meta(r.ID), meta); err != nil {
 		return fmt.Errorf("store requests of %s: %w", r.ID, err)
-	}
-	if _, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: bodiesObject(r.ID)}, bodies); err != nil {
-		return fmt.Errorf("store request bodies of %s: %w", r.ID, err)
 	}
 	b, err := encode(r)
 	if err != nil {
@@ -121,27 +188,32 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	return nil
 }
 
-// bodyLine is one line of a record's bodies object.
+func hasBodies(reqs []record.Request) bool {
+	for _, q := range reqs {
+		if q.Body != nil || q.BodyObject != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// bodyLine is one line of a record's bodies object (records written before input chunks).
 type bodyLine struct {
 	Key  string          `json:"key"`
 	Body json.RawMessage `json:"body"`
 }
 
-// encodeRequests writes the requests without their bodies, and the bodies by key.
-func encodeRequests(reqs []record.Request) (meta, bodies *bytes.Buffer, err error) {
-	meta, bodies = new(bytes.Buffer), new(bytes.Buffer)
-	menc, benc := json.NewEncoder(meta), json.NewEncoder(bodies)
+// encodeRequests writes the requests without their bodies.
+func encodeRequests(reqs []record.Request) (*bytes.Buffer, error) {
+	meta := new(bytes.Buffer)
+	enc := json.NewEncoder(meta)
 	for _, q := range reqs {
-		body := q.Body
 		q.Body = nil
-		if err := menc.Encode(q); err != nil {
-			return nil, nil, err
-		}
-		if err := benc.Encode(bodyLine{Key: q.Key, Body: body}); err != nil {
-			return nil, nil, err
+		if err := enc.Encode(q); err != nil {
+			return nil, err
 		}
 	}
-	return meta, bodies, nil
+	return meta, nil
 }
 
 // Update writes r by a compare-and-set on r.Revision, the revision its writer read or wrote
@@ -210,10 +282,20 @@ func (s *Store) requests(ctx context.Context, id string) ([]record.Request, erro
 	return out, err
 }
 
-// Bodies reads a record's request bodies, by key.
+// Bodies reads a record's request bodies back from its input, by key.
 func (s *Store) Bodies(ctx context.Context, id string) (map[string]json.RawMessage, error) {
+	r, err := s.Head(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]json.RawMessage{}
-	err := s.lines(ctx, bodiesObject(id), func(dec *json.Decoder) error {
+	if r.Chunks > 0 {
+		return out, s.EachInput(ctx, r, func(key string, request json.RawMessage) error {
+			out[key] = request
+			return nil
+		})
+	}
+	err = s.lines(ctx, bodiesObject(id), func(dec *json.Decoder) error {
 		var l bodyLine
 		if err := dec.Decode(&l); err != nil {
 			return err
@@ -280,15 +362,24 @@ func (s *Store) each(ctx context.Context, f func(*record.Record) error) error {
 	}
 }
 
-// Delete drops a record's request objects; the record itself, Cleaned, stays in the bucket
-// until the retention period expires it.
+// Delete drops a record's request objects (its input chunks are numbered from 0 without a
+// gap, so they are deleted until one is not found); the record itself, Cleaned, stays in the
+// bucket until the retention period expires it.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	for _, name := range []string{id, bodiesObject(id)} {
 		if err := s.obj.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 	}
-	return nil
+	for n := 0; ; n++ {
+		err := s.obj.Delete(ctx, inputObject(id, n))
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("delete %s: %w", inputObject(id, n), err)
+		}
+	}
 }
 
 // Watch calls f with every record as it is written, from the records that exist at the start

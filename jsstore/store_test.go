@@ -20,18 +20,25 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()..
 
 func open(t *testing.T) *jsstore.Store {
 	t.Helper()
+	s, _ := openJS(t)
+	return s
+}
+
+// openJS opens a store on a fresh server and returns the JetStream context to look at its buckets.
+func openJS(t *testing.T) (*jsstore.Store, jetstream.JetStream) {
+	t.Helper()
 	js, err := jetstream.New(stacktest.NATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, err := jsstore.Open(context.Background(), js, jsstore.Config{
-		RecordsBucket: "records", RequestsBucket: "requests", Replicas: 1, Storage: jetstream.FileStorage,
+		RecordsBucket: "records", RequestsBucket: "requests", BodiesBucket: "bodies", Replicas: 1, Storage: jetstream.FileStorage,
 		Retention: 72 * time.Hour,
 	}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return s, js
 }
 
 func sealed(id string, seqs ...uint64) *record.Record {

@@ -68,6 +68,9 @@ type Request struct {
 	// Attempt is which batch this is for the request: 1 (stored as 0) for its first, one more
 	// for each resubmission after a retryable failure.
 	Attempt int `json:"attempt,omitempty"`
+	// BodyObject names the object in the bodies bucket that holds the body of a request too
+	// large for a NATS message (Body is then empty); it is deleted once the batch is recorded.
+	BodyObject string `json:"-"`
 	// Msg is the request's stream message while it waits to be recorded (durable mode).
 	Msg Held `json:"-"`
 }
@@ -103,6 +106,9 @@ type Record struct {
 	Count int `json:"count"`
 	// Bytes is the encoded JSONL size of all requests.
 	Bytes int64 `json:"bytes"`
+	// Chunks is how many objects hold the batch's JSONL input, in order (durable mode): its
+	// requests' bodies were written there as they arrived, and Requests carry none.
+	Chunks int `json:"chunks,omitempty"`
 
 	Mode      Mode   `json:"mode,omitempty"`
 	InputFile string `json:"inputFile,omitempty"`
