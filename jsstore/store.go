@@ -32,8 +32,8 @@ type Config struct {
 	// message; its objects expire after BodiesTTL (default: Retention) if nobody deletes them.
 	BodiesBucket string
 	BodiesTTL    time.Duration
-	Replicas       int
-	Storage        jetstream.StorageType
+	Replicas     int
+	Storage      jetstream.StorageType
 	// Retention is how long a record is kept after its last write, and how long request objects
 	// live at most, so that what a crash failed to delete expires all the same.
 	Retention time.Duration
