@@ -2,6 +2,7 @@ package accumulator
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,27 @@ type SealFunc func(*record.Record)
 // RejectFunc receives a request the accumulator refused, with the reason.
 type RejectFunc func(record.Group, record.Request, *gemini.Status)
 
+// BodyStore opens, for each batch as it opens, where its request bodies go as they arrive
+// (durable mode), so that an open batch holds only what it needs to know about each request.
+type BodyStore interface {
+	OpenBodies(batchID string) BodySink
+}
+
+// BodySink takes one open batch's request bodies, on its group's goroutine. An error with a
+// RequestStatus() *gemini.Status method concerns that request alone: nothing of it was
+// written, and it is refused with that status. Any other error loses the batch's bodies: its
+// requests are handed back (Nak) to be delivered again.
+type BodySink interface {
+	Append(record.Request) error
+	// Seal writes what remains and returns how many chunks hold the batch's input.
+	Seal() (chunks int, err error)
+}
+
+// requestError is a BodySink error about one request.
+type requestError interface {
+	RequestStatus() *gemini.Status
+}
+
 // Config sets up an Accumulator.
 type Config struct {
 	Limits Limits
@@ -32,6 +54,11 @@ type Config struct {
 	// Heartbeat is how often the stream is told that the messages of an open batch are still
 	// being worked on (durable mode), so that none is delivered elsewhere meanwhile; 0: never.
 	Heartbeat time.Duration
+	// Bodies, when set, takes every request's body as it joins a batch (durable mode); nil
+	// keeps the bodies in the batch (core mode).
+	Bodies BodyStore
+	// Lost hears of a batch whose bodies could not be written, and whose requests were handed back.
+	Lost func(batchID string, requests int, err error)
 	// Now and NewID are for tests; default time.Now and a NUID.
 	Now   func() time.Time
 	NewID func() string
@@ -143,38 +170,103 @@ func (a *Accumulator) busy() bool {
 	return false
 }
 
+// batch is a group's open batch: its id (the record's, assigned when it opens, so that its
+// bodies can be written under it as they arrive), its requests and where their bodies go.
+type batch struct {
+	id     string
+	reqs   []record.Request
+	keys   map[string]string // key → request id
+	bodies BodySink
+}
+
 // run is the goroutine of one group: it owns the open batch and its timer.
 func (a *Accumulator) run(gr *group) {
 	defer a.wg.Done()
 	defer a.m.openGroups.Dec()
 	p := NewPolicy(a.cfg.Limits)
-	var reqs []record.Request
-	keys := make(map[string]string) // key → request id, in the open batch
+	var b *batch // nil while no batch is open
 
+	// release takes n requests of size bytes off the pending counts.
+	release := func(n int, bytes int64) {
+		a.pendingRequests.Add(-int64(n))
+		a.pendingBytes.Add(-bytes)
+		a.m.pendingRequests.Sub(float64(n))
+		a.m.pendingBytes.Sub(float64(bytes))
+	}
+	// lose hands the open batch's requests back to the stream: its bodies could not be written.
+	lose := func(err error) {
+		count, bytes := p.Count(), p.Bytes()
+		for _, q := range b.reqs {
+			if q.Msg != nil {
+				_ = q.Msg.Nak()
+			}
+		}
+		a.m.lost.Inc()
+		if a.cfg.Lost != nil {
+			a.cfg.Lost(b.id, count, err)
+		}
+		b = nil
+		p.Reset()
+		release(count, bytes)
+	}
 	flush := func(why Reason) {
 		count, bytes := p.Count(), p.Bytes()
 		rec := &record.Record{
-			ID:          a.cfg.NewID(),
+			ID:          b.id,
 			Group:       gr.key,
 			State:       record.Sealed,
 			CloseReason: string(why),
 			Sealed:      a.cfg.Now(),
-			Requests:    reqs,
+			Requests:    b.reqs,
 			Count:       count,
 			Bytes:       bytes,
+		}
+		if b.bodies != nil {
+			chunks, err := b.bodies.Seal()
+			if err != nil {
+				lose(fmt.Errorf("seal batch %s: %w", b.id, err))
+				return
+			}
+			rec.Chunks = chunks
 		}
 		a.m.closed.WithLabelValues(string(why)).Inc()
 		a.m.batchRequests.Observe(float64(count))
 		a.m.batchBytes.Observe(float64(bytes))
-		reqs, keys = nil, make(map[string]string)
+		b = nil
 		p.Reset()
 		a.seal(rec)
 		// Only now: the sealer has handed the requests on, so the daemon's count of what it
 		// holds never dips between the two.
-		a.pendingRequests.Add(-int64(count))
-		a.pendingBytes.Add(-bytes)
-		a.m.pendingRequests.Sub(float64(count))
-		a.m.pendingBytes.Sub(float64(bytes))
+		release(count, bytes)
+	}
+	// add puts req into the open batch, opening one if none is.
+	add := func(req record.Request) {
+		if b == nil {
+			b = &batch{id: a.cfg.NewID(), keys: make(map[string]string)}
+			if a.cfg.Bodies != nil {
+				b.bodies = a.cfg.Bodies.OpenBodies(b.id)
+			}
+		}
+		if b.bodies != nil {
+			if err := b.bodies.Append(req); err != nil {
+				var re requestError
+				if errors.As(err, &re) {
+					release(1, req.Size)
+					a.reject(gr.key, req, re.RequestStatus())
+					return
+				}
+				b.reqs = append(b.reqs, req) // handed back with the rest
+				release(1, req.Size)         // not in the policy's count
+				lose(fmt.Errorf("write a body of batch %s: %w", b.id, err))
+				return
+			}
+			req.Body = nil // in the batch's input now
+		}
+		b.keys[req.Key] = req.ID
+		b.reqs = append(b.reqs, req)
+		if full, why := p.Add(req.Size, a.cfg.Now()); full {
+			flush(why)
+		}
 	}
 
 	timer := time.NewTimer(a.cfg.IdleAfter)
@@ -188,7 +280,9 @@ func (a *Accumulator) run(gr *group) {
 	for {
 		select {
 		case <-beat:
-			inProgress(reqs)
+			if b != nil {
+				inProgress(b.reqs)
+			}
 			continue
 		case req, ok := <-gr.in:
 			if !ok {
@@ -197,25 +291,20 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
-			if id, dup := keys[req.Key]; dup {
-				a.pendingRequests.Add(-1)
-				a.pendingBytes.Add(-req.Size)
-				a.m.pendingRequests.Dec()
-				a.m.pendingBytes.Sub(float64(req.Size))
-				if id != req.ID {
-					a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
-						"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
-				} // else a redelivery of the request already waiting here: it is acked with its batch
-				continue
+			if b != nil {
+				if id, dup := b.keys[req.Key]; dup {
+					release(1, req.Size)
+					if id != req.ID {
+						a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
+							"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
+					} // else a redelivery of the request already waiting here: it is acked with its batch
+					continue
+				}
+				if !p.Fits(req.Size) {
+					flush(ReasonBytes)
+				}
 			}
-			if !p.Fits(req.Size) {
-				flush(ReasonBytes)
-			}
-			keys[req.Key] = req.ID
-			reqs = append(reqs, req)
-			if full, why := p.Add(req.Size, a.cfg.Now()); full {
-				flush(why)
-			}
+			add(req)
 		case <-timer.C:
 			if until, open := p.Until(a.cfg.Now()); open && until <= 0 {
 				flush(ReasonWait)

@@ -13,6 +13,7 @@ type Metrics struct {
 	closed          *prometheus.CounterVec
 	batchRequests   prometheus.Histogram
 	batchBytes      prometheus.Histogram
+	lost            prometheus.Counter
 }
 
 // NewMetrics builds the accumulator's metrics on reg.
@@ -44,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:    "gembatch_accumulator_batch_size_bytes",
 			Help:    "Encoded bytes per sealed batch.",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
+		}),
+		lost: f.NewCounter(prometheus.CounterOpts{
+			Name: "gembatch_accumulator_batches_lost_total",
+			Help: "Open batches whose request bodies could not be written (durable mode); their requests were handed back to the stream.",
 		}),
 	}
 	for _, r := range []Reason{ReasonCount, ReasonBytes, ReasonWait, ReasonShutdown} {
