@@ -4,6 +4,7 @@ package submitter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,7 +53,18 @@ type Config struct {
 	// KeepBodies keeps request bodies in memory after submit, for resubmissions and dead
 	// letters, where the store cannot give them back (core mode).
 	KeepBodies bool
-	Now        func() time.Time
+	// Input reads the input of records whose bodies were written as their batch grew (Chunks
+	// above 0, durable mode).
+	Input Input
+	Now   func() time.Time
+}
+
+// Input is where the store keeps a batch's JSONL input.
+type Input interface {
+	// Input streams the record's input file as it will be uploaded.
+	Input(ctx context.Context, rec *record.Record) (io.ReadCloser, error)
+	// EachInput calls f with every line of the record's input, in order.
+	EachInput(ctx context.Context, rec *record.Record, f func(key string, request json.RawMessage) error) error
 }
 
 // Lease is this replica's ownership lease (durable mode).
@@ -369,9 +381,13 @@ func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Ope
 	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+time.Second) {
 		return nil, errLeaseLapsed
 	}
+	b, err := s.batch(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CreateTimeout)
 	defer cancel()
-	return s.api.CreateBatch(cctx, rec.Group.Kind, rec.Group.Model, s.batch(rec))
+	return s.api.CreateBatch(cctx, rec.Group.Kind, rec.Group.Model, b)
 }
 
 // resolve looks for rec's job in the remote list, waiting out the list's lag: it returns the job,
@@ -476,23 +492,65 @@ func (s *Submitter) fail(ctx context.Context, rec *record.Record, cause error) e
 	return nil
 }
 
-// batch builds the create request body.
-func (s *Submitter) batch(rec *record.Record) gemini.Batch {
+// batch builds the create request body. An inline batch whose bodies are in the store is read
+// from there (inline batches are small).
+func (s *Submitter) batch(ctx context.Context, rec *record.Record) (gemini.Batch, error) {
 	b := gemini.Batch{DisplayName: rec.DisplayName(), Priority: gemini.Int64(rec.Group.Priority)}
 	if rec.Mode == record.ModeFile {
 		b.InputConfig.FileName = rec.InputFile
-		return b
+		return b, nil
 	}
-	reqs := make([]gemini.InlinedRequest, len(rec.Requests))
-	for i, r := range rec.Requests {
-		reqs[i] = gemini.InlinedRequest{Request: r.Body, Metadata: &gemini.RequestMetadata{Key: r.Key}}
+	reqs := make([]gemini.InlinedRequest, 0, len(rec.Requests))
+	add := func(key string, body json.RawMessage) error {
+		reqs = append(reqs, gemini.InlinedRequest{Request: body, Metadata: &gemini.RequestMetadata{Key: key}})
+		return nil
+	}
+	if s.fromStore(rec) {
+		if err := s.cfg.Input.EachInput(ctx, rec, add); err != nil {
+			return b, fmt.Errorf("read the input of record %s: %w", rec.ID, err)
+		}
+	} else {
+		for _, r := range rec.Requests {
+			_ = add(r.Key, r.Body)
+		}
 	}
 	b.InputConfig.Requests = &gemini.InlinedRequests{Requests: reqs}
-	return b
+	return b, nil
 }
 
-// upload streams the record's JSONL input to the File API, never holding the file in memory.
+// fromStore: the record's bodies are not in memory but in its input chunks.
+func (s *Submitter) fromStore(rec *record.Record) bool {
+	return rec.Chunks > 0 && s.cfg.Input != nil && (len(rec.Requests) == 0 || rec.Requests[0].Body == nil)
+}
+
+// upload streams the record's JSONL input to the File API, never holding the file in memory:
+// the input chunks as the store keeps them, or the lines written from the bodies held.
 func (s *Submitter) upload(ctx context.Context, rec *record.Record) error {
+	var src io.ReadCloser
+	if s.fromStore(rec) {
+		var err error
+		if src, err = s.cfg.Input.Input(ctx, rec); err != nil {
+			return fmt.Errorf("read the input of record %s: %w", rec.ID, err)
+		}
+		src = &midway{ReadCloser: src, half: rec.Bytes / 2}
+	} else {
+		src = s.write(rec)
+	}
+	f, err := s.api.UploadFile(ctx, src, rec.Bytes, rec.DisplayName(), "jsonl")
+	_ = src.Close()
+	if err != nil {
+		return fmt.Errorf("upload input of record %s (%d bytes): %w", rec.ID, rec.Bytes, err)
+	}
+	s.m.uploaded.Add(float64(rec.Bytes))
+	rec.InputFile = f.Name
+	if err := s.store.Update(ctx, rec); err != nil {
+		return fmt.Errorf("record %s uploaded as %s: %w", rec.ID, f.Name, err)
+	}
+	return nil
+}
+
+// write streams the input lines of the bodies the record holds.
+func (s *Submitter) write(rec *record.Record) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
 		w := gemini.NewInputWriter(pw)
@@ -507,21 +565,37 @@ func (s *Submitter) upload(ctx context.Context, rec *record.Record) error {
 		}
 		pw.Close()
 	}()
-	f, err := s.api.UploadFile(ctx, pr, rec.Bytes, rec.DisplayName(), "jsonl")
-	pr.Close()
-	if err != nil {
-		return fmt.Errorf("upload input of record %s (%d bytes): %w", rec.ID, rec.Bytes, err)
+	return pr
+}
+
+// midway hits the mid-upload failpoint once half the input is read.
+type midway struct {
+	io.ReadCloser
+	read, half int64
+	hit        bool
+}
+
+func (m *midway) Read(p []byte) (int, error) {
+	n, err := m.ReadCloser.Read(p)
+	m.read += int64(n)
+	if !m.hit && m.read >= m.half {
+		m.hit = true
+		failpoint.Hit(failpoint.MidUpload)
 	}
-	s.m.uploaded.Add(float64(rec.Bytes))
-	rec.InputFile = f.Name
-	if err := s.store.Update(ctx, rec); err != nil {
-		return fmt.Errorf("record %s uploaded as %s: %w", rec.ID, f.Name, err)
-	}
-	return nil
+	return n, err
 }
 
 // split replaces a record too large for one input file by several that fit.
 func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
+	if s.fromStore(rec) { // the parts' inputs are written from their bodies
+		bodies := map[string]json.RawMessage{}
+		if err := s.cfg.Input.EachInput(ctx, rec, func(key string, body json.RawMessage) error { bodies[key] = body; return nil }); err != nil {
+			return fmt.Errorf("split record %s: %w", rec.ID, err)
+		}
+		for i := range rec.Requests {
+			rec.Requests[i].Body = bodies[rec.Requests[i].Key]
+		}
+	}
 	var parts []*record.Record
 	cur := &record.Record{}
 	for _, r := range rec.Requests {
@@ -560,6 +634,10 @@ func inlineSize(rec *record.Record) int64 {
 	const perItem = int64(len(`{"request":,"metadata":{"key":""}},`))
 	n := int64(256) // the envelope
 	for _, r := range rec.Requests {
+		if r.Body == nil { // in the store: its input line is as long as its inline item
+			n += r.Size + perItem
+			continue
+		}
 		n += int64(len(r.Body)) + int64(len(r.Key)) + perItem
 	}
 	return n
