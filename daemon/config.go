@@ -68,7 +68,8 @@ type Config struct {
 	LeasesBucket    string        `envconfig:"GEMBATCH_LEASES_BUCKET" default:"gembatch-leases" desc:"KV bucket of the replicas' leases"`
 	KeepJobs        bool          `envconfig:"GEMBATCH_KEEP_JOBS" default:"false" desc:"leave finished jobs listed in the API instead of deleting them once answered"`
 	RecordsBucket   string        `envconfig:"GEMBATCH_RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
-	RequestsBucket  string        `envconfig:"GEMBATCH_REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
+	RequestsBucket  string        `envconfig:"GEMBATCH_REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines and JSONL input"`
+	BodiesBucket    string        `envconfig:"GEMBATCH_BODIES_BUCKET" default:"gembatch-bodies" desc:"object store where producers put request bodies too large for a NATS message (header Gembatch-Body-Object); objects expire after STREAM_MAX_AGE"`
 	RecordRetention time.Duration `envconfig:"GEMBATCH_RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
 	Instance        string        `envconfig:"GEMBATCH_INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
 	LeaseTTL        time.Duration `envconfig:"GEMBATCH_LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`

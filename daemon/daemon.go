@@ -115,6 +115,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Quota:          submitter.Quota{MaxActiveJobs: cfg.MaxActiveJobs, TokenBudget: cfg.TokenBudget},
 		// The durable store gives bodies back for resubmissions; in memory they must stay.
 		KeepBodies: !durable && (cfg.MaxAttempts > 1 || cfg.DeadLetterSubject != ""),
+		Input:      input(jss),
 	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), subMetrics,
 		func(r *record.Record) { answers.Enqueue(r, nil) })
 	poll := poller.New(poller.Config{
@@ -145,6 +146,7 @@ func (m *Main) Run(ctx context.Context) error {
 	var in *intake.Intake
 	var sin *intake.StreamIntake
 	if durable {
+		icfg.Bodies, icfg.BodiesBucket = jss.BodyObjects(), jss.BodiesBucket()
 		sin = intake.NewStream(intake.StreamConfig{
 			Config: icfg, Stream: cfg.Stream, SubjectPrefix: cfg.StreamSubject, Replicas: cfg.StreamReplicas,
 			Storage: storageType(cfg.StreamStorage), MaxAge: cfg.StreamMaxAge, Update: cfg.StreamUpdate,
@@ -167,14 +169,23 @@ func (m *Main) Run(ctx context.Context) error {
 		seal = (&durableSealer{store: jss, lease: lease, own: own, sub: sub, log: m.Log.With().Str("component", "sealer").Logger(),
 			margin: cfg.LeaseTTL / 10}).seal
 	}
-	heartbeat := time.Duration(0)
-	if durable {
-		heartbeat = cfg.EffectiveAckWait() / 4
-	}
-	acc := accumulator.New(accumulator.Config{Heartbeat: heartbeat, Limits: accumulator.Limits{
+	acfg := accumulator.Config{Limits: accumulator.Limits{
 		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
-	}}, seal, func(g record.Group, req record.Request, st *gemini.Status) {
-		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: intake.ReasonDuplicate, Key: req.Key, Status: st})
+	}}
+	if durable {
+		acfg.Heartbeat = cfg.EffectiveAckWait() / 4
+		acfg.Bodies = bodySinks{jss}
+		alog := m.Log.With().Str("component", "accumulator").Logger()
+		acfg.Lost = func(id string, n int, err error) {
+			alog.Error().Err(err).Str("record", id).Int("requests", n).Msg("could not write a batch's input; its requests go back to the stream")
+		}
+	}
+	acc := accumulator.New(acfg, seal, func(g record.Group, req record.Request, st *gemini.Status) {
+		reason := intake.ReasonDuplicate
+		if st.Code != gemini.CodeAlreadyExists {
+			reason = intake.ReasonBodyObject // its body could not be written to the batch's input
+		}
+		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: reason, Key: req.Key, Status: st})
 		if req.Msg != nil {
 			_ = req.Msg.DoubleAck(context.Background())
 		}
@@ -217,6 +228,7 @@ func (m *Main) Run(ctx context.Context) error {
 		watched := make(chan struct{})
 		wg.Go(func() { errc <- coord.Run(workCtx, watched) })
 		wg.Go(func() { m.shareQuota(workCtx, coord, sub) })
+		wg.Go(func() { m.sweep(workCtx, jss) })
 		select {
 		case <-watched:
 		case <-ctx.Done():
@@ -276,6 +288,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Log.Info().Msg("gembatchd stopped")
 	return runErr
+}
+
+// input is the submitter's view of the store's batch inputs; none in core mode.
+func input(st *jsstore.Store) submitter.Input {
+	if st == nil {
+		return nil
+	}
+	return st
 }
 
 // durable decides the mode: GEMBATCH_DURABLE=auto is durable when the server has JetStream.

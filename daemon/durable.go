@@ -27,6 +27,7 @@ func (m *Main) openStore(ctx context.Context, js jetstream.JetStream) (*jsstore.
 	cfg := m.Config
 	st, err := jsstore.Open(ctx, js, jsstore.Config{
 		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
+		BodiesBucket: cfg.BodiesBucket, BodiesTTL: cfg.StreamMaxAge, // a body lives as long as its message may
 		Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
 	}, m.Log.With().Str("component", "store").Logger())
 	if err != nil {
@@ -92,6 +93,9 @@ func (d *durableSealer) seal(rec *record.Record) {
 		for _, q := range rec.Requests {
 			_ = q.Msg.Nak()
 		}
+		if err := d.store.Delete(context.Background(), rec.ID); err != nil { // its input: never recorded
+			d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the input of a batch handed back; the sweep removes it")
+		}
 		return
 	}
 	d.own(rec)
@@ -121,7 +125,39 @@ func (d *durableSealer) seal(rec *record.Record) {
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("confirm the acknowledgements of a recorded batch; retrying")
 		time.Sleep(retry.Delay(attempt))
 	}
+	d.store.DeleteBodyObjects(context.Background(), rec.Requests) // in the recorded input now
 	d.sub.Enqueue(rec)
+}
+
+// bodySinks gives the accumulator each open batch's input in the requests bucket.
+type bodySinks struct{ st *jsstore.Store }
+
+func (b bodySinks) OpenBodies(id string) accumulator.BodySink { return b.st.OpenInput(id) }
+
+// sweepEvery is how often the requests bucket is swept of objects no record names.
+const sweepEvery = 10 * time.Minute
+
+// sweep deletes, now and then, the request objects that no live record names: the input of a
+// batch a crash left open, or a record's objects its delete missed. Only objects older than
+// any open batch can be are touched.
+func (m *Main) sweep(ctx context.Context, st *jsstore.Store) {
+	age := max(time.Hour, 2*m.Config.BatchMaxWait)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		n, err := st.Sweep(ctx, m.now().Add(-age))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			m.Log.Warn().Err(err).Msg("sweep the requests bucket")
+		case n > 0:
+			m.Log.Info().Int("objects", n).Msg("swept request objects no record names")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // oldest is when the batch's first request was received.
@@ -170,12 +206,13 @@ func cmpErr(a, b error) error {
 }
 
 // takeOver readies a record this replica just took over and hands it to its stage. A record
-// still to be submitted needs its request bodies, and the messages of a record whose acks were
+// still to be submitted needs its requests (its upload streams its input chunks; a record
+// written before chunks needs its bodies in hand), and the messages of a record whose acks were
 // never confirmed are removed from the stream first, so that none is delivered again.
 func (m *Main) takeOver(ctx context.Context, st *jsstore.Store, in *intake.StreamIntake, rec *record.Record, route func(*record.Record)) {
 	if rec.State == record.Sealed || rec.State == record.Submitting {
 		full, err := st.Get(ctx, rec.ID)
-		if err == nil {
+		if err == nil && rec.Chunks == 0 {
 			var bodies map[string]json.RawMessage
 			bodies, err = st.Bodies(ctx, rec.ID)
 			for i := range full.Requests {

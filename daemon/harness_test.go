@@ -42,7 +42,12 @@ func testConfig() daemon.Config {
 
 func start(t testing.TB, cfg daemon.Config, emu emulator.Options) *harness {
 	t.Helper()
-	s := stacktest.Start(t, cfg, emu)
+	return harnessOn(t, stacktest.Start(t, cfg, emu))
+}
+
+// harnessOn collects the replies of a running stack.
+func harnessOn(t testing.TB, s *stacktest.Stack) *harness {
+	t.Helper()
 	h := &harness{Stack: s, t: t, emu: s.Emulator, http: s.API, main: s.Main, replies: make(map[string][]*nats.Msg)}
 	var err error
 	if h.nc, err = nats.Connect(s.NATS.ClientURL()); err != nil {
@@ -120,7 +125,13 @@ func (h *harness) waitReplies(keys []string, within time.Duration) map[string][]
 // metric sums the samples of a metric family whose labels include the given ones.
 func (h *harness) metric(name string, labels ...string) float64 {
 	h.t.Helper()
-	v, err := metrics.Sum(h.main.Registry, name, labels...)
+	return h.metricOf(h.main, name, labels...)
+}
+
+// metricOf is metric of a given daemon (after a restart).
+func (h *harness) metricOf(m *daemon.Main, name string, labels ...string) float64 {
+	h.t.Helper()
+	v, err := metrics.Sum(m.Registry, name, labels...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -37,7 +37,11 @@ type Config struct {
 	// requests are refused with RESOURCE_EXHAUSTED.
 	MaxPending      int64
 	MaxPendingBytes int64
-	Now             func() time.Time
+	// Bodies is the bucket BodiesBucket of request bodies too large for a NATS message
+	// (durable mode); nil refuses requests that name one.
+	Bodies       BodyObjects
+	BodiesBucket string
+	Now          func() time.Time
 }
 
 // Intake subscribes to the request subjects.
@@ -119,7 +123,7 @@ func (in *Intake) Drain(ctx context.Context) error {
 // Handle checks one message and passes it on, or answers it with an error.
 func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 	in.m.received.WithLabelValues(string(kind)).Inc()
-	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	g, req, rej := in.parse(kind, msg)
 	if rej == nil {
 		if n, b, full := in.full(req.Size); full {
 			rej = reject(ReasonOverloaded, req.Key, gemini.CodeResourceExhausted,
@@ -132,6 +136,25 @@ func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 		}
 	}
 	in.Reject(kind, msg.Reply, rej)
+}
+
+// parse is Parse, with the body read from the bodies bucket when the message names an object
+// there (where a reply could be sent). The request then names the object, to be deleted once
+// its batch is recorded.
+func (in *Intake) parse(kind gemini.Kind, msg *nats.Msg) (record.Group, record.Request, *Rejection) {
+	ref := msg.Header.Get(HeaderBodyObject)
+	if ref == "" || msg.Reply == "" || !in.cfg.Rules.replyAllowed(msg.Reply) {
+		return Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	}
+	name, body, rej := in.bodyObject(msg, ref)
+	if rej != nil {
+		return record.Group{}, record.Request{}, rej
+	}
+	withBody := *msg
+	withBody.Data = body
+	g, req, rej := Parse(&in.cfg.Rules, kind, &withBody, in.cfg.Now())
+	req.BodyObject = name
+	return g, req, rej
 }
 
 // full reports whether taking size more bytes would pass the pending bounds.
@@ -191,7 +214,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {
 		m.received.WithLabelValues(k)
-		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded, ReasonUnstored} {
+		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded, ReasonUnstored, ReasonBodyObject} {
 			m.rejected.WithLabelValues(k, r)
 		}
 	}

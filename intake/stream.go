@@ -268,8 +268,11 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	}
 	kind := gemini.Kind(m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
 	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
-	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	g, req, rej := in.parse(kind, msg)
 	if rej == nil {
+		if req.BodyObject != "" {
+			req.Body = nil // the batch's input reads it from the object: an open batch holds no bodies
+		}
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
 		if msg.Header.Get(HeaderKey) == "" {
 			req.Key = req.ID // the same on every delivery, so a redelivery is known as one

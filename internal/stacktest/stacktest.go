@@ -65,7 +65,13 @@ type Stack struct {
 // written to the test log. emu.JobDelay defaults to 100ms.
 func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
+	return StartWith(t, &server.Options{}, cfg, emu)
+}
+
+// StartWith is Start on a NATS server with options of the test's (a small max_payload).
+func StartWith(t testing.TB, natsOpts *server.Options, cfg daemon.Config, emu emulator.Options) *Stack {
+	t.Helper()
+	ns, err := embedded.NATSWith(natsOpts, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +89,26 @@ func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	})
-	cfg.NATSURL = ns.ClientURL()
+	s.run(cfg)
+	return s
+}
+
+// Restart stops the daemon as SIGTERM would and starts a new one with cfg on the same NATS
+// server and emulator: a restart, or (with another GEMBATCH_INSTANCE) a replica taking over.
+func (s *Stack) Restart(cfg daemon.Config) {
+	s.t.Helper()
+	if err := s.Stop(); err != nil {
+		s.t.Errorf("gembatchd: %v", err)
+	}
+	s.stopOnce, s.runErr, s.done = sync.Once{}, nil, make(chan error, 1)
+	s.run(cfg)
+}
+
+// run starts the daemon with cfg and waits until it is ready.
+func (s *Stack) run(cfg daemon.Config) {
+	t := s.t
+	t.Helper()
+	cfg.NATSURL = s.NATS.ClientURL()
 	if cfg.GeminiBaseURL == daemon.Defaults().GeminiBaseURL {
 		cfg.GeminiBaseURL = s.API.URL
 	}
@@ -94,7 +119,8 @@ func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	s.Main = daemon.NewMain(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(lvl), metrics.Build{Version: "test", Commit: "test"})
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
-	go func() { s.done <- s.Main.Run(ctx) }()
+	done := s.done
+	go func() { done <- s.Main.Run(ctx) }()
 	select {
 	case <-s.Main.Ready:
 	case err := <-s.done:
@@ -103,7 +129,6 @@ func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	case <-time.After(15 * time.Second):
 		t.Fatal("gembatchd not ready after 15s")
 	}
-	return s
 }
 
 // Stop stops the daemon as SIGTERM would and returns Run's error; later calls return the same.

@@ -1,0 +1,268 @@
+package daemon_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/client"
+	"github.com/gembatch/gembatch/daemon"
+	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/stacktest"
+	"github.com/gembatch/gembatch/record"
+)
+
+// smallPayload is the max_payload of the servers big requests are tested on.
+const smallPayload = 64 << 10
+
+// bigConfig is durable mode where big requests go by file.
+func bigConfig() daemon.Config {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	cfg.MaxRequestBytes = 1 << 20
+	cfg.InlineMaxBytes = 256 << 10
+	cfg.BatchMaxRequests = 6
+	cfg.BatchMaxWait = 5 * time.Second // batches close by count, however slow the machine
+	return cfg
+}
+
+func startSmall(t *testing.T, cfg daemon.Config) *harness {
+	t.Helper()
+	return harnessOn(t, stacktest.StartWith(t, &server.Options{MaxPayload: smallPayload}, cfg, emulator.Options{}))
+}
+
+// bigBody is a GenerateContentRequest of about size bytes; pretty spans it over lines.
+func bigBody(text string, size int, pretty bool) []byte {
+	b, _ := json.Marshal(map[string]any{"contents": []any{map[string]any{"role": "user", "parts": []any{
+		map[string]any{"text": text + " " + strings.Repeat("z", size)}}}}})
+	if pretty {
+		b, _ = json.MarshalIndent(json.RawMessage(b), "", "  ")
+	}
+	return b
+}
+
+// objects lists a bucket's object names.
+func objects(t *testing.T, js jetstream.JetStream, bucket string) []string {
+	t.Helper()
+	obj, err := js.ObjectStore(context.Background(), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := obj.List(context.Background())
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, i := range infos {
+		names = append(names, i.Name)
+	}
+	return names
+}
+
+// submitAll sends bodies through the client (which puts those above the max payload in the
+// bodies bucket) and returns their pending replies by key.
+func submitAll(t *testing.T, c *client.Client, bodies map[string][]byte) map[string]*client.Pending {
+	t.Helper()
+	out := map[string]*client.Pending{}
+	for key, body := range bodies {
+		p, err := c.SubmitAsync(context.Background(), client.Request{Key: key, Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[key] = p
+	}
+	return out
+}
+
+// checkAnswers waits for every reply and checks it answers its own whole body.
+func checkAnswers(t *testing.T, pending map[string]*client.Pending, bodies map[string][]byte, within time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	for key, p := range pending {
+		r, err := p.Wait(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		if r.Err != nil {
+			t.Fatalf("%s answered with error %+v", key, r.Err)
+		}
+		if got, want := responseText(t, r.Response), emulator.ExpectedText(bodies[key]); got != want {
+			t.Fatalf("%s answered %q, want %q (the body did not reach the service whole)", key, got, want)
+		}
+	}
+}
+
+// Requests larger than the server's max payload go through the bodies bucket, are counted at
+// their real size, reach the service whole in a batch sent by file (the pretty-printed one
+// compacted onto its line), and their objects are deleted once the batch is recorded.
+func TestBigRequests(t *testing.T) {
+	h := startSmall(t, bigConfig())
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bodies := map[string][]byte{"small": bigBody("small", 10, false), "pretty": bigBody("pretty", 100<<10, true)}
+	for i := range 4 {
+		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
+	}
+	checkAnswers(t, submitAll(t, c, bodies), bodies, time.Minute)
+	if n := h.metric("gembatch_submitter_batches_total", "mode", "file", "outcome", "submitted"); n < 1 {
+		t.Fatal("no batch went by file")
+	}
+	var want int64
+	for key, b := range bodies {
+		want += gemini.InputLineSize(key, b)
+	}
+	if got := h.metric("gembatch_submitter_uploaded_bytes_total"); got != float64(want) {
+		t.Fatalf("uploaded %v bytes, want the real size of every line, %d", got, want)
+	}
+	js, _ := jetstream.New(h.nc)
+	if left := objects(t, js, client.DefaultBodiesBucket); len(left) != 0 {
+		t.Fatalf("body objects left after their batch was recorded: %v", left)
+	}
+	for _, name := range objects(t, js, "gembatch-requests") {
+		if strings.HasSuffix(name, ".bodies") {
+			t.Fatalf("bodies written whole at seal: %s", name)
+		}
+	}
+}
+
+// A reference into any bucket but the bodies bucket is refused (gembatch's own buckets
+// included, and left untouched), as are a missing object, one above MAX_REQUEST_BYTES, and a
+// reference with a body of its own: each with a clear error reply.
+func TestBodyObjectRefusals(t *testing.T) {
+	cfg := bigConfig()
+	cfg.MaxRequestBytes = 256 << 10
+	h := startSmall(t, cfg)
+	ctx := context.Background()
+	js, _ := jetstream.New(h.nc)
+	put := func(bucket, name string, body []byte) {
+		t.Helper()
+		obj, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: bucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := obj.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: smallPayload / 2}}, strings.NewReader(string(body))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	valid := bigBody("x", 10, false)
+	put("gembatch-requests", "someone-elses", valid)
+	put("gembatch-results", "an-answer", valid)
+	put("other", "obj", valid)
+	put("gembatch-bodies", "huge", bigBody("huge", 300<<10, false))
+	put("gembatch-bodies", "fine", valid)
+	cases := []struct {
+		key, ref, body string
+		code           int
+		says           string
+	}{
+		{"requests-bucket", "gembatch-requests/someone-elses", "", gemini.CodeInvalidArgument, `bucket "gembatch-requests" refused`},
+		{"results-bucket", "gembatch-results/an-answer", "", gemini.CodeInvalidArgument, `bucket "gembatch-results" refused`},
+		{"other-bucket", "other/obj", "", gemini.CodeInvalidArgument, `bucket "other" refused`},
+		{"no-bucket", "justaname", "", gemini.CodeInvalidArgument, "is not <bucket>/<object>"},
+		{"missing", "gembatch-bodies/nope", "", gemini.CodeNotFound, "gembatch-bodies/nope not found"},
+		{"oversize", "gembatch-bodies/huge", "", gemini.CodeInvalidArgument, "the limit is 262144 (GEMBATCH_MAX_REQUEST_BYTES)"},
+		{"with-body", "gembatch-bodies/fine", string(valid), gemini.CodeInvalidArgument, "must have an empty body"},
+	}
+	var keys []string
+	for _, tc := range cases {
+		h.send(cfg.SubjectGenerate, tc.key, tc.body, client.HeaderBodyObject, tc.ref)
+		keys = append(keys, tc.key)
+	}
+	got := h.waitReplies(keys, 30*time.Second)
+	for _, tc := range cases {
+		if len(got[tc.key]) != 1 {
+			t.Fatalf("%s: %d replies", tc.key, len(got[tc.key]))
+		}
+		r := decode(t, got[tc.key][0])
+		if r.Error == nil || r.Error.Code != tc.code || !strings.Contains(r.Error.Message, tc.says) {
+			t.Errorf("%s: reply %+v, want code %d saying %q", tc.key, r.Error, tc.code, tc.says)
+		}
+	}
+	for bucket, name := range map[string]string{"gembatch-requests": "someone-elses", "gembatch-results": "an-answer", "other": "obj", "gembatch-bodies": "huge"} {
+		obj, _ := js.ObjectStore(ctx, bucket)
+		if _, err := obj.GetInfo(ctx, name); err != nil {
+			t.Errorf("%s/%s was touched by a refused request: %v", bucket, name, err)
+		}
+	}
+	if n := h.metric("gembatch_intake_requests_rejected_total", "reason", "body_object"); n != 6 {
+		t.Errorf("%v refusals counted as body_object, want 6", n)
+	}
+}
+
+// A batch of big requests recorded by a replica that could not submit it is taken over and
+// uploaded from its input chunks: the body objects are gone by then, and nothing else holds
+// the bodies.
+func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
+	cfg := bigConfig()
+	cfg.Instance = "first"
+	cfg.GeminiBaseURL = "http://127.0.0.1:1" // nothing listens: the upload cannot be made
+	cfg.ShutdownGrace = time.Second
+	cfg.BatchMaxRequests = 4
+	s := stacktest.StartWith(t, &server.Options{MaxPayload: smallPayload}, cfg, emulator.Options{})
+	h := harnessOn(t, s)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bodies := map[string][]byte{"small": bigBody("small", 10, false)}
+	for i := range 3 {
+		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
+	}
+	pending := submitAll(t, c, bodies)
+	js, _ := jetstream.New(h.nc)
+	kv, err := js.KeyValue(context.Background(), "gembatch-records")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec record.Record
+	deadline := time.Now().Add(30 * time.Second)
+	for rec.State != record.Submitting || rec.Count != len(bodies) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no record of the whole batch in submitting: %+v", rec)
+		}
+		time.Sleep(50 * time.Millisecond)
+		keys, _ := kv.ListKeys(context.Background())
+		if keys == nil {
+			continue
+		}
+		for k := range keys.Keys() {
+			if e, err := kv.Get(context.Background(), k); err == nil {
+				_ = json.Unmarshal(e.Value(), &rec)
+			}
+		}
+	}
+	if rec.Chunks < 1 {
+		t.Fatalf("record %+v names no input chunks", rec)
+	}
+	next := cfg
+	next.Instance = "second"
+	next.GeminiBaseURL = daemon.Defaults().GeminiBaseURL // the emulator
+	s.Restart(next)
+	if left := objects(t, js, client.DefaultBodiesBucket); len(left) != 0 {
+		t.Fatalf("body objects left after the batch was recorded: %v", left)
+	}
+	checkAnswers(t, pending, bodies, time.Minute)
+	var want int64
+	for key, b := range bodies {
+		want += gemini.InputLineSize(key, b)
+	}
+	if got := h.metricOf(s.Main, "gembatch_submitter_uploaded_bytes_total"); got != float64(want) {
+		t.Fatalf("the second replica uploaded %v bytes, want the batch's %d", got, want)
+	}
+}
