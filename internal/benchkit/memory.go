@@ -1,9 +1,11 @@
 package benchkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/client"
 )
 
 // heapAfterGC is the live heap once garbage is collected.
@@ -116,16 +120,18 @@ func (e *env) pendingRound(ctx context.Context, n int, body []byte, round int) (
 	return per(float64(heap1) - float64(heap0)), per(float64(rss1 - rss0)), nil
 }
 
-// peakRSS: a batch of 512 KiB requests sent by JetStream producers to durable gembatchd, which
-// uploads it as a JSONL file; the growth of the process's peak RSS until the batch is submitted,
-// against the same messages published into a plain stream and consumed.
+// peakRSS: a batch of 5 MB requests, each larger than a NATS message, sent by the client
+// package (which puts each body in the bodies bucket and publishes a reference) to durable
+// gembatchd, which writes them into the batch's input chunks as they arrive and uploads the
+// chunks as a JSONL file; the growth of the process's peak RSS until the batch is submitted,
+// against the same bodies put into and read back from an object store bucket.
 func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	size := e.size(128<<20, 16<<20)
 	if e.opts.Full {
-		size = 1 << 30
+		size = 1e9
 	}
-	const reqBytes = 512 << 10
-	n := size / reqBytes
+	const reqBytes = 5e6
+	n := max(1, size/reqBytes)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
@@ -135,49 +141,55 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n, 2<<30-1, 5*time.Minute
 	cfg.MaxPendingBytes = 2 << 30
 	cfg.InlineMaxBytes = 1 << 20 // by file at every size, --quick's too
+	cfg.BodiesBucket = cfg.Instance + "-bodies"
 	d, err := e.startDaemon(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer d.close()
-	f, err := e.fleet()
+	nc, err := e.connect()
 	if err != nil {
 		return nil, err
 	}
-	defer f.close()
-	raw := e.name()
-	stream, err := e.js.CreateStream(ctx, jetstream.StreamConfig{Name: strings.ToUpper(raw), Subjects: []string{raw + ".>"}})
+	defer nc.Close()
+	c, err := client.New(nc, client.WithSubjects(cfg.SubjectGenerate, cfg.SubjectEmbed),
+		client.WithReplyPrefix(replySubject(cfg, "void")), client.WithBodiesBucket(cfg.BodiesBucket))
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = e.js.DeleteStream(context.Background(), stream.CachedInfo().Config.Name) }()
+	defer c.Close()
+	rawName := e.name() + "-raw"
+	raw, err := e.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: rawName})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = e.js.DeleteObjectStore(context.Background(), rawName) }()
 	body := generateBody(reqBytes)
 	var r rounds
 	for round := range e.opts.Rounds {
 		var base, got float64
 		err := interleave(round,
 			func() error {
-				subject := fmt.Sprintf("%s.r%d", raw, round)
-				msgs := requests(subject, "", fmt.Sprint(round), body, n, true)
 				rss0, err := resetPeak()
 				if err != nil {
 					return err
 				}
-				if _, err := e.rawJetStream(ctx, f, stream, subject, msgs, n); err != nil {
+				if err := putAndGet(ctx, raw, body, n, round); err != nil {
 					return err
 				}
 				base, err = peakGrowth(rss0)
 				return err
 			},
 			func() error {
-				msgs := requests(cfg.StreamSubject+".generate", replySubject(cfg, "void"), fmt.Sprintf("b%d", round), body, n, true)
 				submitted := d.metric("gembatch_submitter_batches_total", "outcome", "submitted")
 				rss0, err := resetPeak()
 				if err != nil {
 					return err
 				}
-				if err := f.publishJS(ctx, msgs); err != nil {
-					return err
+				for i := range n {
+					if _, err := c.Publish(ctx, client.Request{Key: fmt.Sprintf("b%d-%d", round, i), Body: body}); err != nil {
+						return err
+					}
 				}
 				if err := waitFor(ctx, 10*time.Minute, "submit the batch", func() bool {
 					return d.metric("gembatch_submitter_batches_total", "outcome", "submitted") > submitted
@@ -196,14 +208,39 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 			return nil, err
 		}
 		r.add(base, got)
-		e.progress("peak RSS round %d/%d (%d MiB batch): raw JetStream +%.0f MiB, gembatchd +%.0f MiB", round+1, e.opts.Rounds, size>>20, base, got)
+		e.progress("peak RSS round %d/%d (%d requests of 5 MB): object store put+get +%.0f MiB, gembatchd +%.0f MiB", round+1, e.opts.Rounds, n, base, got)
 	}
-	row := r.row(fmt.Sprintf("peak RSS growth sending a %d MiB batch by file (durable)", size>>20), "MiB", "lower", "JetStream publish + consume-and-ack of the same messages")
+	row := r.row(fmt.Sprintf("peak RSS growth sending %d requests of 5 MB (%d MB) by file (durable)", n, n*reqBytes/1e6), "MiB", "lower",
+		"object-store put + get of the same bodies")
 	if !e.opts.Full {
-		row.Note = "--full sends 1 GiB"
+		row.Note = "--full sends 200 (1 GB)"
 	}
-	row.Note = strings.TrimPrefix(row.Note+"; in-process: includes the NATS server and the producers", "; ")
+	row.Note = strings.TrimPrefix(row.Note+"; in-process: includes the NATS server and the producer", "; ")
 	return []Row{row}, nil
+}
+
+// putAndGet puts n copies of body in an object store bucket, reads each back, and deletes it:
+// what the bodies of big requests cost the server and a client that streams them.
+func putAndGet(ctx context.Context, obj jetstream.ObjectStore, body []byte, n, round int) error {
+	for i := range n {
+		name := fmt.Sprintf("r%d-%d", round, i)
+		if _, err := obj.Put(ctx, jetstream.ObjectMeta{Name: name}, bytes.NewReader(body)); err != nil {
+			return err
+		}
+		rd, err := obj.Get(ctx, name)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rd)
+		_ = rd.Close()
+		if err != nil {
+			return err
+		}
+		if err := obj.Delete(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // peakGrowth is the peak RSS since rss0 was taken, above it, in MiB.
