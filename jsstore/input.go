@@ -59,6 +59,9 @@ func (in *Input) Append(req record.Request) error {
 			return err
 		}
 	}
+	if len(body) == 0 { // a line without its request would fail the whole batch
+		return &BodyError{Status: gemini.NewStatus(gemini.CodeInternal, "request %q: its body is no longer held", req.Key)}
+	}
 	start := len(in.buf)
 	var err error
 	if in.buf, err = appendLine(in.buf, req.Key, body); err != nil {
