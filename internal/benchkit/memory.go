@@ -215,7 +215,11 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	if !e.opts.Full {
 		row.Note = "--full sends 200 (1 GB)"
 	}
-	row.Note = strings.TrimPrefix(row.Note+"; in-process: includes the NATS server and the producer", "; ")
+	where := "in-process: includes the NATS server, the producer and the emulator"
+	if e.ns == nil {
+		where = "the NATS server is yours, not counted; includes the producer and the emulator"
+	}
+	row.Note = strings.TrimPrefix(row.Note+"; "+where, "; ")
 	return []Row{row}, nil
 }
 
