@@ -179,96 +179,19 @@ type batch struct {
 	bodies BodySink
 }
 
+// owner is what the goroutine of one group owns: the policy and the open batch.
+type owner struct {
+	a  *Accumulator
+	gr *group
+	p  Policy
+	b  *batch // nil while no batch is open
+}
+
 // run is the goroutine of one group: it owns the open batch and its timer.
 func (a *Accumulator) run(gr *group) {
 	defer a.wg.Done()
 	defer a.m.openGroups.Dec()
-	p := NewPolicy(a.cfg.Limits)
-	var b *batch // nil while no batch is open
-
-	// release takes n requests of size bytes off the pending counts.
-	release := func(n int, bytes int64) {
-		a.pendingRequests.Add(-int64(n))
-		a.pendingBytes.Add(-bytes)
-		a.m.pendingRequests.Sub(float64(n))
-		a.m.pendingBytes.Sub(float64(bytes))
-	}
-	// lose hands the open batch's requests back to the stream: its bodies could not be written.
-	lose := func(err error) {
-		count, bytes := p.Count(), p.Bytes()
-		for _, q := range b.reqs {
-			if q.Msg != nil {
-				_ = q.Msg.Nak()
-			}
-		}
-		a.m.lost.Inc()
-		if a.cfg.Lost != nil {
-			a.cfg.Lost(b.id, count, err)
-		}
-		b = nil
-		p.Reset()
-		release(count, bytes)
-	}
-	flush := func(why Reason) {
-		count, bytes := p.Count(), p.Bytes()
-		rec := &record.Record{
-			ID:          b.id,
-			Group:       gr.key,
-			State:       record.Sealed,
-			CloseReason: string(why),
-			Sealed:      a.cfg.Now(),
-			Requests:    b.reqs,
-			Count:       count,
-			Bytes:       bytes,
-		}
-		if b.bodies != nil {
-			chunks, err := b.bodies.Seal()
-			if err != nil {
-				lose(fmt.Errorf("seal batch %s: %w", b.id, err))
-				return
-			}
-			rec.Chunks = chunks
-		}
-		a.m.closed.WithLabelValues(string(why)).Inc()
-		a.m.batchRequests.Observe(float64(count))
-		a.m.batchBytes.Observe(float64(bytes))
-		b = nil
-		p.Reset()
-		a.seal(rec)
-		// Only now: the sealer has handed the requests on, so the daemon's count of what it
-		// holds never dips between the two.
-		release(count, bytes)
-	}
-	// add puts req into the open batch, opening one if none is.
-	add := func(req record.Request) {
-		if b == nil {
-			b = &batch{id: a.cfg.NewID(), keys: make(map[string]string)}
-			if a.cfg.Bodies != nil {
-				b.bodies = a.cfg.Bodies.OpenBodies(b.id)
-			}
-		}
-		if b.bodies != nil {
-			if err := b.bodies.Append(req); err != nil {
-				var re requestError
-				if errors.As(err, &re) {
-					release(1, req.Size)
-					a.reject(gr.key, req, re.RequestStatus())
-					return
-				}
-				b.reqs = append(b.reqs, req) // handed back with the rest
-				release(1, req.Size)         // not in the policy's count
-				lose(fmt.Errorf("write a body of batch %s: %w", b.id, err))
-				return
-			}
-			req.Body = nil // in the batch's input now
-		}
-		b.keys[req.Key] = req.ID
-		b.reqs = append(b.reqs, req)
-		if full, why := p.Add(req.Size, a.cfg.Now()); full {
-			flush(why)
-		}
-	}
-
+	o := &owner{a: a, gr: gr, p: NewPolicy(a.cfg.Limits)}
 	timer := time.NewTimer(a.cfg.IdleAfter)
 	defer timer.Stop()
 	var beat <-chan time.Time
@@ -280,44 +203,140 @@ func (a *Accumulator) run(gr *group) {
 	for {
 		select {
 		case <-beat:
-			if b != nil {
-				inProgress(b.reqs)
+			if o.b != nil {
+				inProgress(o.b.reqs)
 			}
 			continue
 		case req, ok := <-gr.in:
 			if !ok {
-				if p.Count() > 0 {
-					flush(ReasonShutdown)
+				if o.p.Count() > 0 {
+					o.flush(ReasonShutdown)
 				}
 				return
 			}
-			if b != nil {
-				if id, dup := b.keys[req.Key]; dup {
-					release(1, req.Size)
-					if id != req.ID {
-						a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
-							"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
-					} // else a redelivery of the request already waiting here: it is acked with its batch
-					continue
-				}
-				if !p.Fits(req.Size) {
-					flush(ReasonBytes)
-				}
-			}
-			add(req)
+			o.take(req)
 		case <-timer.C:
-			if until, open := p.Until(a.cfg.Now()); open && until <= 0 {
-				flush(ReasonWait)
+			if until, open := o.p.Until(a.cfg.Now()); open && until <= 0 {
+				o.flush(ReasonWait)
 			} else if !open && a.retire(gr) {
 				return
 			}
 		}
-		if until, open := p.Until(a.cfg.Now()); open {
+		if until, open := o.p.Until(a.cfg.Now()); open {
 			timer.Reset(until)
 		} else {
 			timer.Reset(a.cfg.IdleAfter)
 		}
 	}
+}
+
+// take puts req into the open batch: refused if its key is already waiting there, after
+// sealing the batch if req would not fit.
+func (o *owner) take(req record.Request) {
+	if o.b != nil {
+		if id, dup := o.b.keys[req.Key]; dup {
+			o.release(1, req.Size)
+			if id != req.ID {
+				o.a.reject(o.gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
+					"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
+			} // else a redelivery of the request already waiting here: it is acked with its batch
+			return
+		}
+		if !o.p.Fits(req.Size) {
+			o.flush(ReasonBytes)
+		}
+	}
+	if o.b == nil {
+		o.b = &batch{id: o.a.cfg.NewID(), keys: make(map[string]string)}
+		if o.a.cfg.Bodies != nil {
+			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
+		}
+	}
+	if o.b.bodies != nil && !o.writeBody(&req) {
+		return
+	}
+	o.b.keys[req.Key] = req.ID
+	o.b.reqs = append(o.b.reqs, req)
+	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
+		o.flush(why)
+	}
+}
+
+// writeBody gives req's body to the batch's sink and drops it from req. When the sink refuses
+// it, the request is refused, or the whole batch handed back; false then.
+func (o *owner) writeBody(req *record.Request) bool {
+	err := o.b.bodies.Append(*req)
+	if err == nil {
+		req.Body = nil // in the batch's input now
+		return true
+	}
+	o.release(1, req.Size) // not in the policy's count
+	var re requestError
+	if errors.As(err, &re) {
+		o.a.reject(o.gr.key, *req, re.RequestStatus())
+		return false
+	}
+	o.b.reqs = append(o.b.reqs, *req) // handed back with the rest
+	o.lose(fmt.Errorf("write a body of batch %s: %w", o.b.id, err))
+	return false
+}
+
+// flush seals the open batch and hands it to the SealFunc.
+func (o *owner) flush(why Reason) {
+	count, bytes := o.p.Count(), o.p.Bytes()
+	rec := &record.Record{
+		ID:          o.b.id,
+		Group:       o.gr.key,
+		State:       record.Sealed,
+		CloseReason: string(why),
+		Sealed:      o.a.cfg.Now(),
+		Requests:    o.b.reqs,
+		Count:       count,
+		Bytes:       bytes,
+	}
+	if o.b.bodies != nil {
+		chunks, err := o.b.bodies.Seal()
+		if err != nil {
+			o.lose(fmt.Errorf("seal batch %s: %w", o.b.id, err))
+			return
+		}
+		rec.Chunks = chunks
+	}
+	m := o.a.m
+	m.closed.WithLabelValues(string(why)).Inc()
+	m.batchRequests.Observe(float64(count))
+	m.batchBytes.Observe(float64(bytes))
+	o.b = nil
+	o.p.Reset()
+	o.a.seal(rec)
+	// Only now: the sealer has handed the requests on, so the daemon's count of what it holds
+	// never dips between the two.
+	o.release(count, bytes)
+}
+
+// lose hands the open batch's requests back to the stream: its bodies could not be written.
+func (o *owner) lose(err error) {
+	count, bytes := o.p.Count(), o.p.Bytes()
+	for _, q := range o.b.reqs {
+		if q.Msg != nil {
+			_ = q.Msg.Nak()
+		}
+	}
+	o.a.m.lost.Inc()
+	if o.a.cfg.Lost != nil {
+		o.a.cfg.Lost(o.b.id, count, err)
+	}
+	o.b = nil
+	o.p.Reset()
+	o.release(count, bytes)
+}
+
+// release takes n requests of size bytes off the pending counts.
+func (o *owner) release(n int, bytes int64) {
+	o.a.pendingRequests.Add(-int64(n))
+	o.a.pendingBytes.Add(-bytes)
+	o.a.m.pendingRequests.Sub(float64(n))
+	o.a.m.pendingBytes.Sub(float64(bytes))
 }
 
 // inProgress tells the stream that the open batch's messages are still being worked on.
