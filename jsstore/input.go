@@ -130,12 +130,8 @@ func (s *Store) readBody(req record.Request) ([]byte, error) {
 // appendLine appends the input line of a body intake has checked: byte-exact, or compacted
 // when it spans lines (as gemini.InputWriter writes it, and gemini.InputLineSize counts it).
 func appendLine(dst []byte, key string, body []byte) ([]byte, error) {
-	k, err := json.Marshal(key)
-	if err != nil {
-		return dst, err
-	}
 	dst = append(dst, `{"key":`...)
-	dst = append(dst, k...)
+	dst = appendKey(dst, key)
 	dst = append(dst, `,"request":`...)
 	if bytes.ContainsAny(body, "\r\n") {
 		b := bytes.NewBuffer(dst)
@@ -147,6 +143,20 @@ func appendLine(dst []byte, key string, body []byte) ([]byte, error) {
 		dst = append(dst, body...)
 	}
 	return append(dst, "}\n"...), nil
+}
+
+// appendKey appends key as encoding/json encodes it (so that gemini.InputLineSize counts it),
+// without an allocation for the usual key that needs no escaping.
+func appendKey(dst []byte, key string) []byte {
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			k, _ := json.Marshal(key) // a string always encodes
+			return append(dst, k...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, key...)
+	return append(dst, '"')
 }
 
 // Input reads a record's JSONL input from its chunks, in order, one chunk at a time.

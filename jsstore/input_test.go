@@ -66,6 +66,9 @@ func TestInputChunksAreTheUploadFile(t *testing.T) {
 	var bytesTotal int64
 	for i := range 40 { // 40 × 512 KiB: three chunks
 		q := request(fmt.Sprintf("k%d", i), 512<<10)
+		if i == 9 { // a key encoding/json escapes
+			q = request("k9 <&> \"é\"\\", 512<<10)
+		}
 		if i == 7 {
 			q.Body = json.RawMessage("{\n  \"contents\": [{\"parts\": [{\"text\": \"spans lines\"}]}]\n}")
 			q.Size = gemini.InputLineSize(q.Key, q.Body)
@@ -105,7 +108,7 @@ func TestInputChunksAreTheUploadFile(t *testing.T) {
 		t.Fatalf("input read back: %d bytes, want %d (sizes say %d), equal=%v", len(got), len(want), bytesTotal, bytes.Equal(got, want))
 	}
 	bodies, err := s.Bodies(ctx, "b1")
-	if err != nil || len(bodies) != 40 || string(bodies["k3"]) != string(reqs[3].Body) {
+	if err != nil || len(bodies) != 40 || string(bodies["k3"]) != string(reqs[3].Body) || bodies[reqs[9].Key] == nil {
 		t.Fatalf("bodies read back: %d, %v", len(bodies), err)
 	}
 	if err := s.Delete(ctx, "b1"); err != nil {
