@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -63,6 +64,7 @@ func (in *Input) Append(req record.Request) error {
 		return &BodyError{Status: gemini.NewStatus(gemini.CodeInternal, "request %q: its body is no longer held", req.Key)}
 	}
 	start := len(in.buf)
+	in.grow(len(body) + len(req.Key) + 64)
 	var err error
 	if in.buf, err = appendLine(in.buf, req.Key, body); err != nil {
 		in.buf = in.buf[:start]
@@ -81,8 +83,33 @@ func (in *Input) Seal() (int, error) {
 			return 0, err
 		}
 	}
+	if cap(in.buf) >= ChunkSize {
+		buffers.Put(&in.buf)
+	}
 	in.buf = nil
 	return in.puts, nil
+}
+
+// buffers keeps chunk buffers between batches: a busy group's next batch reuses its last one's.
+var buffers sync.Pool
+
+// grow makes room for n more bytes: a buffer from the pool, or twice the room (up to a chunk
+// and a line), so that filling a chunk copies it about once.
+func (in *Input) grow(n int) {
+	if cap(in.buf)-len(in.buf) >= n {
+		return
+	}
+	if in.buf == nil {
+		if b, ok := buffers.Get().(*[]byte); ok && cap(*b) >= n {
+			in.buf = (*b)[:0]
+			return
+		}
+	}
+	c := max(2*cap(in.buf), 64<<10, len(in.buf)+n)
+	c = min(c, max(ChunkSize+ChunkSize/8, len(in.buf)+n))
+	grown := make([]byte, len(in.buf), c)
+	copy(grown, in.buf)
+	in.buf = grown
 }
 
 // put writes the buffer as the next chunk, trying a few times: a lost chunk loses the batch.
@@ -133,7 +160,7 @@ func appendLine(dst []byte, key string, body []byte) ([]byte, error) {
 	dst = append(dst, `{"key":`...)
 	dst = appendKey(dst, key)
 	dst = append(dst, `,"request":`...)
-	if bytes.ContainsAny(body, "\r\n") {
+	if bytes.IndexByte(body, '\n') >= 0 || bytes.IndexByte(body, '\r') >= 0 { // faster than ContainsAny
 		b := bytes.NewBuffer(dst)
 		if err := json.Compact(b, body); err != nil {
 			return dst, fmt.Errorf("request is not valid JSON: %w", err)

@@ -24,7 +24,7 @@ func request(key string, size int) record.Request {
 }
 
 // wantInput is the JSONL input gemini.InputWriter makes of reqs.
-func wantInput(t *testing.T, reqs []record.Request) []byte {
+func wantInput(t testing.TB, reqs []record.Request) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	w := gemini.NewInputWriter(&b)

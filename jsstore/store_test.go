@@ -25,7 +25,7 @@ func open(t *testing.T) *jsstore.Store {
 }
 
 // openJS opens a store on a fresh server and returns the JetStream context to look at its buckets.
-func openJS(t *testing.T) (*jsstore.Store, jetstream.JetStream) {
+func openJS(t testing.TB) (*jsstore.Store, jetstream.JetStream) {
 	t.Helper()
 	js, err := jetstream.New(stacktest.NATS(t))
 	if err != nil {
