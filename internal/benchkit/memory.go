@@ -141,7 +141,6 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n, 2<<30-1, 5*time.Minute
 	cfg.MaxPendingBytes = 2 << 30
 	cfg.InlineMaxBytes = 1 << 20 // by file at every size, --quick's too
-	cfg.BodiesBucket = cfg.Instance + "-bodies"
 	d, err := e.startDaemon(cfg)
 	if err != nil {
 		return nil, err

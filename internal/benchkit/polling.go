@@ -101,7 +101,7 @@ func cpuShare(ctx context.Context, d time.Duration) (float64, error) {
 // daemon's records bucket before it starts.
 func (e *env) storeFinished(ctx context.Context, cfg daemon.Config, n int) error {
 	if _, err := jsstore.Open(ctx, e.js, jsstore.Config{
-		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket, Replicas: 1,
+		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket, BodiesBucket: cfg.BodiesBucket, Replicas: 1,
 		Storage: jetstream.FileStorage, Retention: cfg.RecordRetention,
 	}, zerolog.Nop()); err != nil {
 		return err
