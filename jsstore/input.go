@@ -84,7 +84,8 @@ func (in *Input) Seal() (int, error) {
 		}
 	}
 	if cap(in.buf) >= ChunkSize {
-		buffers.Put(&in.buf)
+		b := in.buf[:0]
+		buffers.Put(&b)
 	}
 	in.buf = nil
 	return in.puts, nil
