@@ -18,10 +18,11 @@ import (
 // billed is what the emulator was asked to do: requests over every batch created, and the
 // most times one displayName was created.
 func billed(s *testStack) (requests int64, maxCreates int) {
-	for _, op := range s.emu.Batches() {
-		requests += int64(op.Metadata.BatchStats.RequestCount)
+	l := s.emu.Ledger() // the emulator's own account, across jobs since deleted
+	for _, e := range l.Entries {
+		requests += int64(e.Billed)
 	}
-	for _, n := range s.emu.CreateCounts() {
+	for _, n := range l.Creates {
 		maxCreates = max(maxCreates, n)
 	}
 	return requests, maxCreates
