@@ -46,7 +46,7 @@ type Config struct {
 	// Quota bounds the active jobs and their tokens; batches that do not fit wait in the queue.
 	Quota Quota
 	// Lease, when set, fences every create: one is sent only while this replica certainly holds
-	// its lease for CreateTimeout and a second more, and never takes longer than CreateTimeout.
+	// its lease for CreateTimeout and a fifth more, and never takes longer than CreateTimeout.
 	Lease         Lease
 	CreateTimeout time.Duration
 	// KeepBodies keeps request bodies in memory after submit, for resubmissions and dead
@@ -366,7 +366,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 // it for longer than the call may take. A freeze between this check and the send that outlasts
 // the lease less the margin is the one window no fence closes; find cancels what it lets through.
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
-	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+time.Second) {
+	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+s.cfg.CreateTimeout/5) {
 		return nil, errLeaseLapsed
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CreateTimeout)
