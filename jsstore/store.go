@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,10 @@ type Store struct {
 	kv  jetstream.KeyValue
 	obj jetstream.ObjectStore
 	log zerolog.Logger
+
+	// metaReads and bodyReads count the request objects read, for the takeover tests: a replica
+	// taking over a submitted job must read no bodies.
+	metaReads, bodyReads atomic.Int64
 
 	mu      sync.Mutex
 	seqs    map[uint64]string   // stream sequence → record whose acks are not yet confirmed
@@ -196,8 +201,12 @@ func decode(e jetstream.KeyValueEntry) (*record.Record, []byte, error) {
 	return st.Record, st.Seqs, nil
 }
 
+// ObjectReads is how many request-metadata and request-body objects this store has read.
+func (s *Store) ObjectReads() (meta, bodies int64) { return s.metaReads.Load(), s.bodyReads.Load() }
+
 // requests reads a record's requests without bodies.
 func (s *Store) requests(ctx context.Context, id string) ([]record.Request, error) {
+	s.metaReads.Add(1)
 	var out []record.Request
 	err := s.lines(ctx, id, func(dec *json.Decoder) error {
 		var q record.Request
@@ -212,6 +221,7 @@ func (s *Store) requests(ctx context.Context, id string) ([]record.Request, erro
 
 // Bodies reads a record's request bodies, by key.
 func (s *Store) Bodies(ctx context.Context, id string) (map[string]json.RawMessage, error) {
+	s.bodyReads.Add(1)
 	out := map[string]json.RawMessage{}
 	err := s.lines(ctx, bodiesObject(id), func(dec *json.Decoder) error {
 		var l bodyLine
