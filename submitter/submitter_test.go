@@ -24,6 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type env struct {
 	emu       *emulator.Server
+	url       string
 	store     *record.MemStore
 	sub       *submitter.Submitter
 	mu        sync.Mutex
@@ -35,6 +36,7 @@ func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 	t.Helper()
 	e := &env{emu: emulator.New(opts), store: record.NewMemStore()}
 	srv := httptest.NewServer(e.emu)
+	e.url = srv.URL
 	t.Cleanup(func() { srv.Close(); e.emu.Close() })
 	api := gemini.New("test-api-key-0123", gemini.WithBaseURL(srv.URL), gemini.WithRetry(gemini.RetryPolicy{MaxAttempts: 1}))
 	if cfg.Backoff.Initial == 0 {
