@@ -72,16 +72,17 @@ func (in *Intake) SetSink(s Sink) { in.sink = s }
 
 // Start subscribes to both request subjects in the queue group.
 func (in *Intake) Start() error {
-	if err := in.subscribe(in.Handle); err != nil {
+	if err := in.subscribe(in.cfg.Queue, in.Handle); err != nil {
 		return err
 	}
 	return in.nc.Flush()
 }
 
-// subscribe delivers both request subjects, in the queue group, to handle.
-func (in *Intake) subscribe(handle func(gemini.Kind, *nats.Msg)) error {
+// subscribe delivers both request subjects to handle, in the queue group if one is named (each
+// message to one replica), else every message to every replica.
+func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) error {
 	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
-		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { handle(kind, msg) })
+		sub, err := in.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) { handle(kind, msg) })
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}

@@ -2,6 +2,8 @@ package intake
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
@@ -142,7 +143,10 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 		return err
 	}
 	go in.confirm()
-	if err := in.subscribe(in.forward); err != nil {
+	// Every replica forwards every core request, each with the same Nats-Msg-Id: the stream
+	// keeps one, and a request received by a replica that dies before forwarding it is still
+	// stored by the others.
+	if err := in.subscribe("", in.forward); err != nil {
 		return err
 	}
 	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
@@ -229,7 +233,7 @@ func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 		out.Header[k] = v
 	}
 	out.Header.Set(HeaderReply, msg.Reply)
-	out.Header.Set(nats.MsgIdHdr, nuid.Next()) // a retried publish is dropped by the stream's duplicate window
+	out.Header.Set(nats.MsgIdHdr, ForwardID(kind, msg))
 	// When the stream falls behind, wait (holding the subscription: NATS buffers the rest) rather
 	// than refuse at once.
 	f, err := in.js.PublishMsgAsync(out, jetstream.WithStallWait(10*time.Second))
@@ -238,6 +242,25 @@ func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 		return
 	}
 	in.futures <- forwarded{kind: kind, reply: msg.Reply, key: msg.Header.Get(HeaderKey), f: f}
+}
+
+// ForwardID is the Nats-Msg-Id a core request is stored under: what every replica sees alike,
+// so the stream's duplicate window keeps one copy of what several replicas forward. A request
+// with a key is named by its kind, key and body, so that a producer that retries it within the
+// window is not billed twice (the answer goes to the first request's reply subject); one
+// without a key, by its reply subject and body (many requests may share one reply subject).
+func ForwardID(kind gemini.Kind, msg *nats.Msg) string {
+	h := sha256.New()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	if key := msg.Header.Get(HeaderKey); key != "" {
+		h.Write([]byte("key\x00" + key))
+	} else {
+		h.Write([]byte("reply\x00" + msg.Reply))
+	}
+	h.Write([]byte{0})
+	h.Write(msg.Data)
+	return "gb-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // confirm answers forwarded messages the stream refused.
