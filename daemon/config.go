@@ -79,7 +79,7 @@ type Config struct {
 	DeadLetterSubject string        `envconfig:"GEMBATCH_DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
 	MaxActiveJobs     int           `envconfig:"GEMBATCH_MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
 	TokenBudget       TokenBudget   `envconfig:"GEMBATCH_TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
-	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
+	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost and saving estimates (default: the shipped batch and interactive prices)"`
 
 	MetricsAddr   string        `envconfig:"GEMBATCH_METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
 	LogLevel      string        `envconfig:"GEMBATCH_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`

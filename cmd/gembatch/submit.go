@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gembatch/gembatch/client"
+	"github.com/gembatch/gembatch/pricing"
 )
 
 const submitUsage = `Usage: gembatch submit [flags] REQUESTS.jsonl -o RESULTS.jsonl
@@ -223,11 +224,14 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 	replies := make(chan *client.Reply, o.maxInFlight)
 	var outstanding sync.WaitGroup
 	var writeErr error
+	var cost string // what the answers cost and saved, set when the writer ends
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
 		w := bufio.NewWriterSize(out, 256<<10)
 		batches := map[string]struct{}{}
+		tally := newCostTally(pricing.Default(), o.model)
+		defer func() { cost = tally.String() }()
 		for r := range replies {
 			if r != nil && writeErr == nil {
 				if _, err := w.Write(r.Line); err != nil {
@@ -236,6 +240,7 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 					writeErr = err
 				}
 				st.answered.Add(1)
+				tally.add(r.Response)
 				if r.Err != nil {
 					st.errors.Add(1)
 				}
@@ -317,8 +322,8 @@ func runSubmit(ctx context.Context, o submitOptions, stdout, stderr io.Writer) (
 	if answered < int64(total) {
 		return 1, fmt.Errorf("only %d of %d requests answered", answered, total)
 	}
-	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %d batches, %s; results in %s\n",
-		answered, st.skipped.Load(), st.batches.Load(), time.Since(started).Round(100*time.Millisecond), o.output)
+	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %d batches, %s; results in %s; %s\n",
+		answered, st.skipped.Load(), st.batches.Load(), time.Since(started).Round(100*time.Millisecond), o.output, cost)
 	if n := errs + int64(oldErrors); n > 0 {
 		fmt.Fprintf(stdout, "%d answers are errors: they are the lines with \"error\" in %s\n", n, o.output)
 		return 1, nil
