@@ -229,6 +229,7 @@ func (m *Main) Run(ctx context.Context) error {
 
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancelGrace()
+	defer closeWhenLost(nc, m.Log)()
 	m.Log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: draining intake and submitting open batches")
 	drain := in.Drain
 	if sin != nil {
@@ -283,7 +284,7 @@ func (m *Main) sealer(sub *submitter.Submitter, durable bool) accumulator.SealFu
 			if err == nil {
 				break
 			}
-			if attempt == 5 || !durable {
+			if attempt == 5 || !durable || errors.Is(err, nats.ErrConnectionClosed) {
 				m.Log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
 					Msg("could not record a sealed batch; its requests will be delivered again")
 				return
