@@ -3,9 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -294,6 +296,18 @@ func (t *TokenBudget) Decode(v string) error {
 	return nil
 }
 
+// String writes the budget as it is read, models sorted: "models/a=10,models/b=20" ("" if none).
+func (t TokenBudget) String() string {
+	var b strings.Builder
+	for _, model := range slices.Sorted(maps.Keys(t)) {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%d", model, t[model])
+	}
+	return b.String()
+}
+
 func unwrapParse(err error) error {
 	var ne *strconv.NumError
 	if errors.As(err, &ne) {
@@ -313,6 +327,7 @@ func (c Config) Effective() map[string]string {
 		if l, ok := f.([]string); ok {
 			f = strings.Join(l, ",")
 		}
+		// fmt.Sprint uses String methods: ByteSize, TokenBudget, Secret and Duration show units.
 		out[name] = fmt.Sprint(f)
 	}
 	return out
@@ -365,6 +380,19 @@ func (s *ByteSize) Decode(v string) error {
 	}
 	*s = ByteSize(n * mult)
 	return nil
+}
+
+// String writes the size in the largest binary unit that divides it: "100MiB", "1000B".
+func (s ByteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if s != 0 && int64(s)%u.mult == 0 {
+			return strconv.FormatInt(int64(s)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
 }
 
 // Secret is a string that never prints.

@@ -230,7 +230,7 @@ func (m *Main) Run(ctx context.Context) error {
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancelGrace()
 	defer closeWhenLost(nc, m.Log)()
-	m.Log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: draining intake and submitting open batches")
+	m.Log.Info().Float64("grace_seconds", cfg.ShutdownGrace.Seconds()).Msg("shutting down: draining intake and submitting open batches")
 	drain := in.Drain
 	if sin != nil {
 		drain = sin.Drain

@@ -35,7 +35,7 @@ func closeWhenLost(nc *nats.Conn, log zerolog.Logger) (stop func()) {
 				case lostSince.IsZero():
 					lostSince = now
 				case now.Sub(lostSince) >= natsLostAfter:
-					log.Warn().Str("nats", nc.Status().String()).Dur("lost_for", now.Sub(lostSince)).
+					log.Warn().Str("nats", nc.Status().String()).Float64("lost_for_seconds", now.Sub(lostSince).Seconds()).
 						Msg("NATS is gone during shutdown: closing the connection instead of waiting; unrecorded requests stay in the stream")
 					nc.Close()
 					return
