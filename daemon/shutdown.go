@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -11,14 +13,17 @@ import (
 // long enough to ride out a blip, short against the grace period.
 const natsLostAfter = time.Second
 
-// closeWhenLost closes nc once it has been disconnected for natsLostAfter, until the returned
-// stop is called. During shutdown nothing is gained by waiting for a server that is gone: every
-// NATS call would wait out its timeout, one after the other. Closed, they fail at once; what
-// could not be recorded stays where it was (unacknowledged in the stream, or in the store) for
-// the next start.
-func closeWhenLost(nc *nats.Conn, log zerolog.Logger) (stop func()) {
-	done := make(chan struct{})
-	stopped := make(chan struct{})
+// errNATSGone ends the shutdown's waits when the NATS server is gone.
+var errNATSGone = errors.New("NATS is gone: nothing more can be recorded")
+
+// whileNATS returns a context that ends with parent or, once nc has been disconnected for
+// natsLostAfter, with errNATSGone, and then closes nc; stop ends the watch. During shutdown
+// nothing is gained by waiting for a server that is gone: each drain and NATS call would wait
+// out its own timeout, one after the other. What could not be recorded stays where it was
+// (unacknowledged in the stream, or in the store) for the next start.
+func whileNATS(parent context.Context, nc *nats.Conn, log zerolog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
 		tick := time.NewTicker(50 * time.Millisecond)
@@ -27,6 +32,8 @@ func closeWhenLost(nc *nats.Conn, log zerolog.Logger) (stop func()) {
 		for {
 			select {
 			case <-done:
+				return
+			case <-ctx.Done():
 				return
 			case now := <-tick.C:
 				switch {
@@ -37,11 +44,12 @@ func closeWhenLost(nc *nats.Conn, log zerolog.Logger) (stop func()) {
 				case now.Sub(lostSince) >= natsLostAfter:
 					log.Warn().Str("nats", nc.Status().String()).Float64("lost_for_seconds", now.Sub(lostSince).Seconds()).
 						Msg("NATS is gone during shutdown: closing the connection instead of waiting; unrecorded requests stay in the stream")
+					cancel(errNATSGone)
 					nc.Close()
 					return
 				}
 			}
 		}
 	}()
-	return func() { close(done); <-stopped }
+	return ctx, func() { close(done); <-stopped; cancel(nil) }
 }
