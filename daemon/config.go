@@ -3,9 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -81,7 +83,7 @@ type Config struct {
 	DeadLetterSubject string        `envconfig:"GEMBATCH_DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
 	MaxActiveJobs     int           `envconfig:"GEMBATCH_MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
 	TokenBudget       TokenBudget   `envconfig:"GEMBATCH_TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
-	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
+	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost and saving estimates (default: the shipped batch and interactive prices)"`
 
 	MetricsAddr   string        `envconfig:"GEMBATCH_METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
 	LogLevel      string        `envconfig:"GEMBATCH_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -298,6 +300,18 @@ func (t *TokenBudget) Decode(v string) error {
 	return nil
 }
 
+// String writes the budget as it is read, models sorted: "models/a=10,models/b=20" ("" if none).
+func (t TokenBudget) String() string {
+	var b strings.Builder
+	for _, model := range slices.Sorted(maps.Keys(t)) {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%d", model, t[model])
+	}
+	return b.String()
+}
+
 func unwrapParse(err error) error {
 	var ne *strconv.NumError
 	if errors.As(err, &ne) {
@@ -317,6 +331,7 @@ func (c Config) Effective() map[string]string {
 		if l, ok := f.([]string); ok {
 			f = strings.Join(l, ",")
 		}
+		// fmt.Sprint uses String methods: ByteSize, TokenBudget, Secret and Duration show units.
 		out[name] = fmt.Sprint(f)
 	}
 	return out
@@ -369,6 +384,19 @@ func (s *ByteSize) Decode(v string) error {
 	}
 	*s = ByteSize(n * mult)
 	return nil
+}
+
+// String writes the size in the largest binary unit that divides it: "100MiB", "1000B".
+func (s ByteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if s != 0 && int64(s)%u.mult == 0 {
+			return strconv.FormatInt(int64(s)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
 }
 
 // Secret is a string that never prints.

@@ -246,7 +246,9 @@ func (m *Main) Run(ctx context.Context) error {
 
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancelGrace()
-	m.Log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: draining intake and submitting open batches")
+	graceCtx, stopWatch := whileNATS(graceCtx, nc, m.Log)
+	defer stopWatch()
+	m.Log.Info().Float64("grace_seconds", cfg.ShutdownGrace.Seconds()).Msg("shutting down: draining intake and submitting open batches")
 	drain := in.Drain
 	if sin != nil {
 		drain = sin.Drain
@@ -260,7 +262,7 @@ func (m *Main) Run(ctx context.Context) error {
 	case <-submitDone:
 		m.Log.Info().Msg("open batches submitted")
 	case <-graceCtx.Done():
-		m.Log.Warn().Msg("grace period over before every batch was submitted; they stay recorded")
+		m.Log.Warn().Err(context.Cause(graceCtx)).Msg("shutdown cut short before every batch was submitted; they stay recorded")
 	}
 	stopWork()
 	wg.Wait()

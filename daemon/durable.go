@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -101,7 +102,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 		if err == nil {
 			break
 		}
-		if attempt == 5 {
+		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
 			d.log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
 				Msg("could not record a sealed batch; its requests will be delivered again")
 			return
@@ -117,6 +118,12 @@ func (d *durableSealer) seal(rec *record.Record) {
 		}
 		if err == nil || errors.Is(err, record.ErrConflict) {
 			break
+		}
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			// Shutting down without NATS: whoever takes the record over removes its messages
+			// from the stream before going on (takeOver), so none is delivered again.
+			d.log.Warn().Err(err).Str("record", rec.ID).Msg("acknowledgements not confirmed; left to the record's next owner")
+			return
 		}
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("confirm the acknowledgements of a recorded batch; retrying")
 		time.Sleep(retry.Delay(attempt))

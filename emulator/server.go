@@ -220,7 +220,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	s.serve(rec, r)
 	s.log.Debug().Str("method", r.Method).Str("path", r.URL.Path).Int("status", rec.status).
-		Int64("bytes", rec.bytes).Dur("took", time.Since(start)).Msg("request")
+		Int64("bytes", rec.bytes).Float64("took_seconds", time.Since(start).Seconds()).Msg("request")
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {

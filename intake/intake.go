@@ -49,6 +49,8 @@ type Intake struct {
 	log  zerolog.Logger
 	m    *Metrics
 	subs []*nats.Subscription
+	// rejects summarises refusals in the log.
+	rejects rejectLog
 }
 
 // New returns an Intake; Start subscribes it.
@@ -64,7 +66,7 @@ func New(cfg Config, nc *nats.Conn, sink Sink, rej Rejecter, log zerolog.Logger,
 			m.accepted.WithLabelValues(string(k), gemini.ModelName(cfg.Rules.DefaultModel))
 		}
 	}
-	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m}
+	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m, rejects: rejectLog{log: log}}
 }
 
 // SetSink sets where accepted requests go; it must be called before Start.
@@ -97,6 +99,7 @@ func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) e
 
 // Drain stops taking new requests and returns once those already delivered are handled.
 func (in *Intake) Drain(ctx context.Context) error {
+	defer in.rejects.close()
 	var closed []<-chan nats.SubStatus
 	for _, sub := range in.subs {
 		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
@@ -145,12 +148,17 @@ func (in *Intake) full(size int64) (requests, bytes int64, full bool) {
 // that may be answered).
 func (in *Intake) Reject(kind gemini.Kind, reply string, rej *Rejection) {
 	in.m.rejected.WithLabelValues(string(kind), rej.Reason).Inc()
-	ev := in.log.Warn().Str("kind", string(kind)).Str("reason", rej.Reason).Str("key", rej.Key).Str("error", rej.Status.Message)
+	if in.rejects.first(kind, rej.Reason, rej.Key) {
+		ev := in.log.Warn().Str("kind", string(kind)).Str("reason", rej.Reason).Str("key", rej.Key).Str("error", rej.Status.Message)
+		if reply == "" || rej.Reason == ReasonReplyDenied {
+			ev.Msg("request refused; no reply sent")
+		} else {
+			ev.Str("reply", reply).Msg("request refused")
+		}
+	}
 	if reply == "" || rej.Reason == ReasonReplyDenied {
-		ev.Msg("request refused; no reply sent")
 		return
 	}
-	ev.Str("reply", reply).Msg("request refused")
 	if err := in.rej.Reject(reply, rej.Key, "", rej.Status); err != nil {
 		in.log.Error().Err(err).Msg("error reply for a refused request")
 	}

@@ -192,7 +192,7 @@ func (p *Poller) finish(ctx context.Context, rec *record.Record, op *gemini.Oper
 	p.m.terminal.WithLabelValues(rec.RemoteState.Short()).Inc()
 	p.m.sealToEnd.Observe(rec.Finished.Sub(rec.Sealed).Seconds())
 	p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
-		Dur("took", rec.Finished.Sub(rec.Submitted)).Msg("batch ended")
+		Float64("took_seconds", rec.Finished.Sub(rec.Submitted).Seconds()).Msg("batch ended")
 	p.finished(rec, op)
 	return nil
 }
@@ -214,7 +214,7 @@ func (p *Poller) checkStuck(ctx context.Context, j *job) {
 		p.mu.Unlock()
 		p.m.stuckTotal.Inc()
 		p.log.Warn().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
-			Dur("age", p.cfg.Now().Sub(since)).Dur("stuck_after", p.cfg.StuckAfter).Bool("cancel", p.cfg.CancelStuck).
+			Float64("age_seconds", p.cfg.Now().Sub(since).Seconds()).Float64("stuck_after_seconds", p.cfg.StuckAfter.Seconds()).Bool("cancel", p.cfg.CancelStuck).
 			Msg("batch stuck: not ended after GEMBATCH_STUCK_AFTER")
 	}
 	if !p.cfg.CancelStuck || j.cancelSent {

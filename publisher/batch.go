@@ -61,6 +61,7 @@ type answering struct {
 	usage      gemini.UsageMetadata // summed over the batch's responses
 	estimated  int64                // prompt tokens estimated for responses without usage
 	cost       float64              // estimated, in US dollars
+	saved      float64              // interactive-price equivalent minus cost, in US dollars
 	priced     bool                 // the model has a price
 	ctx        context.Context
 	b          *Batches
@@ -177,14 +178,14 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
 	b.pub.m.countTokens(rec.Group.Model, a.usage, a.estimated)
 	b.pub.m.cost.WithLabelValues(rec.Group.Model).Add(a.cost)
+	b.pub.m.saved.WithLabelValues(rec.Group.Model).Add(a.saved)
 	if !a.priced {
 		if _, warned := b.unpriced.LoadOrStore(rec.Group.Model, true); !warned {
 			b.log.Warn().Str("model", rec.Group.Model).Msg("no price for this model (GEMBATCH_PRICES_FILE); its cost is not estimated")
 		}
 	}
 	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
-		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Str("state", string(rec.RemoteState)).Msg("batch answered")
-	failpoint.Hit(failpoint.BeforeClean)
+		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Float64("saved_usd", a.saved).Str("state", string(rec.RemoteState)).Msg("batch answered")
 	return b.clean(ctx, rec)
 }
 
@@ -319,8 +320,9 @@ func (a *answering) account(i int, response json.RawMessage) {
 	if a.b.Policy.Prices == nil {
 		return
 	}
-	usd, ok := a.b.Policy.Prices.Cost(a.rec.Group.Model, usage)
-	a.cost += usd
+	e, ok := a.b.Policy.Prices.Costs(a.rec.Group.Model, usage)
+	a.cost += e.Batch
+	a.saved += e.Saved()
 	a.priced = a.priced && ok
 }
 

@@ -18,6 +18,7 @@ type Metrics struct {
 	replyLatency prometheus.Histogram
 	tokens       *prometheus.CounterVec
 	cost         *prometheus.CounterVec
+	saved        *prometheus.CounterVec
 	resubmitted  *prometheus.CounterVec
 	gaveUp       *prometheus.CounterVec
 	deadLetters  prometheus.Counter
@@ -75,6 +76,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_publisher_cost_usd_total",
 			Help: "Estimated cost of answered requests in US dollars at batch prices (GEMBATCH_PRICES_FILE), by model; counted once per batch.",
 		}, []string{"model"}),
+		saved: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_cost_saved_usd_total",
+			Help: "What batching saved in US dollars: the answered requests' cost at interactive (standard) prices minus their cost at batch prices (GEMBATCH_PRICES_FILE), by model; counted once per batch.",
+		}, []string{"model"}),
 		resubmitted: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gembatch_publisher_resubmitted_requests_total",
 			Help: "Requests put into a later batch, by reason (item_error, missing_result, expired, cancelled, stuck).",
@@ -106,6 +111,7 @@ func (m *Metrics) InitModel(model string) {
 	model = gemini.ModelName(model)
 	m.countTokens(model, gemini.UsageMetadata{}, 0)
 	m.cost.WithLabelValues(model)
+	m.saved.WithLabelValues(model)
 }
 
 func (m *Metrics) countTokens(model string, u gemini.UsageMetadata, estimated int64) {

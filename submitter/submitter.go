@@ -266,7 +266,7 @@ func (s *Submitter) work(ctx context.Context, rec *record.Record) {
 			return
 		}
 		d := s.cfg.Backoff.Delay(attempt)
-		s.log.Error().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("submit batch; will retry")
+		s.log.Error().Err(err).Str("record", rec.ID).Float64("retry_in_seconds", d.Seconds()).Msg("submit batch; will retry")
 		if !backoff.Sleep(ctx, d) {
 			return
 		}
@@ -327,7 +327,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			d := max(apiErr.RetryAfter, hint, s.cfg.Backoff.Delay(s.throttles(rec.Group.Model)))
 			s.throttle(rec.Group.Model, d)
 			rec.CreateAttempted = time.Time{}
-			s.log.Warn().Str("record", rec.ID).Str("model", rec.Group.Model).Dur("retry_in", d).
+			s.log.Warn().Str("record", rec.ID).Str("model", rec.Group.Model).Float64("retry_in_seconds", d.Seconds()).
 				Msg("create throttled (429 RESOURCE_EXHAUSTED); holding the model's batches back")
 			return errThrottled
 		case errors.Is(err, gemini.ErrOutcomeUnknown):
@@ -351,7 +351,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		case gemini.IsRetryable(err):
 			// Nothing was created (the API could not be reached): send again after a while.
 			d := s.cfg.Backoff.Delay(attempt)
-			s.log.Warn().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("create failed before reaching the API; retrying")
+			s.log.Warn().Err(err).Str("record", rec.ID).Float64("retry_in_seconds", d.Seconds()).Msg("create failed before reaching the API; retrying")
 			if !backoff.Sleep(ctx, d) {
 				return ctx.Err()
 			}

@@ -235,6 +235,8 @@ func summarize(w io.Writer, d *daemon.Main, reqs []demoRequest, replies map[stri
 	fmt.Fprintf(w, "  closed     %s\n  time       %s\n", strings.Join(reasons, ", "), took.Round(100*time.Millisecond))
 	fmt.Fprintf(w, "  tokens     %d, estimated cost $%.6f at batch prices (gembatch_publisher_cost_usd_total)\n",
 		int64(sum(d, "gembatch_publisher_tokens_total")), sum(d, "gembatch_publisher_cost_usd_total"))
+	fmt.Fprintf(w, "  saved      $%.6f against interactive prices (gembatch_publisher_cost_saved_usd_total)\n",
+		sum(d, "gembatch_publisher_cost_saved_usd_total"))
 	if unexpected > 0 {
 		return fmt.Errorf("%d replies were not what the demo expected", unexpected)
 	}

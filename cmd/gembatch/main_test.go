@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -22,6 +23,9 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
+	}
+	if !regexp.MustCompile(`saved\s+\$0\.0*[1-9]\d* against interactive prices`).MatchString(out.String()) {
+		t.Errorf("the summary does not say what batching saved:\n%s", out.String())
 	}
 	if strings.Contains(out.String(), "0 by JSONL file") {
 		t.Errorf("no batch went by file:\n%s", out.String())

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/client"
+	"github.com/gembatch/gembatch/pricing"
 )
 
 const submitUsage = `Usage: gembatch submit [flags] REQUESTS.jsonl -o RESULTS.jsonl
@@ -229,6 +230,8 @@ type waitRun struct {
 	outstanding sync.WaitGroup
 	writeErr    error
 	stderr      io.Writer
+	// cost sums what the answers cost and what batching saved; read once write is done.
+	cost *costTally
 }
 
 // submitAndWait sends the requests not yet sent, waits for every answer (this run's and those
@@ -278,7 +281,7 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 	}
 	defer c.Close()
 
-	r := &waitRun{o: o, c: c, out: out, sent: sent, stderr: stderr,
+	r := &waitRun{o: o, c: c, out: out, sent: sent, stderr: stderr, cost: newCostTally(pricing.Default(), o.model),
 		slots: make(chan struct{}, o.maxInFlight), replies: make(chan delivery, o.maxInFlight)}
 	writerDone := make(chan struct{})
 	go r.write(ctx, writerDone)
@@ -333,8 +336,8 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 			fmt.Fprintf(stderr, "cannot delete the stream of captured answers: %v\n", err)
 		}
 	}
-	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %s, %s; results in %s\n",
-		answered, r.st.skipped.Load(), plural(r.st.batches.Load(), "batch", "batches"), time.Since(started).Round(100*time.Millisecond), o.output)
+	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %s, %s; results in %s; %s\n",
+		answered, r.st.skipped.Load(), plural(r.st.batches.Load(), "batch", "batches"), time.Since(started).Round(100*time.Millisecond), o.output, r.cost)
 	if n := errs + int64(oldErrors); n > 0 {
 		fmt.Fprintf(stdout, "%d answers are errors: they are the lines with \"error\" in %s\n", n, o.output)
 		return 1, nil
@@ -441,6 +444,7 @@ func (r *waitRun) write(ctx context.Context, done chan<- struct{}) {
 			r.writeErr = err
 			if written {
 				r.st.answered.Add(1)
+				r.cost.add(d.r.Response)
 				if d.r.Err != nil {
 					r.st.errors.Add(1)
 				}
