@@ -27,13 +27,15 @@ import (
 // its answers come to and every key it has sent, so that a resume sends no key twice and
 // collects the answers that came while it was not running.
 //
-// The first line is {"id":...,"replyPrefix":...}; then one line a key: +"key" once the key is
+// The first line is {"id":...,"replyPrefix":...,"started":...}; then one line a key: +"key" once the key is
 // about to be published (written before the publish, so a key on the wire is always recorded),
 // -"key" when the publish failed after all.
 type sentFile struct {
 	f       *os.File
 	ID      string `json:"id"`
 	Prefix  string `json:"replyPrefix"`
+	// Started is when the first run began: batches sealed since may hold its requests.
+	Started time.Time `json:"started"`
 	written []byte // scratch for one line
 }
 
@@ -110,6 +112,7 @@ func (s *sentFile) start(output, replyPrefix string) error {
 		return err
 	}
 	s.ID = rand.Text()
+	s.Started = time.Now()
 	s.Prefix = replyPrefix
 	if s.Prefix == "" {
 		s.Prefix = "_INBOX.gembatch-submit." + s.hash(output)
