@@ -31,12 +31,12 @@ import (
 // about to be published (written before the publish, so a key on the wire is always recorded),
 // -"key" when the publish failed after all.
 type sentFile struct {
-	f       *os.File
-	ID      string `json:"id"`
-	Prefix  string `json:"replyPrefix"`
+	f      *os.File
+	ID     string `json:"id"`
+	Prefix string `json:"replyPrefix"`
 	// Started is when the first run began: batches sealed since may hold its requests.
 	Started time.Time `json:"started"`
-	written []byte // scratch for one line
+	written []byte    // scratch for one line
 }
 
 // sentPath is the state file of a results file.
