@@ -184,7 +184,9 @@ func ensureCapture(ctx context.Context, nc *nats.Conn, s *sentFile) (jetstream.S
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	stream, err := js.CreateOrUpdateStream(ctx, captureStream(s))
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders) { // a server without JetStream answers nothing on its API
+
 		return nil, nil
 	}
 	if err != nil {
@@ -250,13 +252,6 @@ func (e *earlier) take(m *nats.Msg) {
 	if len(e.keys) == 0 {
 		close(e.empty)
 	}
-}
-
-// waiting returns how many answers are still awaited.
-func (e *earlier) waiting() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.keys)
 }
 
 // close stops collecting; after it deliver is not called again.
