@@ -170,7 +170,7 @@ func captureStream(s *sentFile) jetstream.StreamConfig {
 		Subjects:    []string{s.Prefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		MaxAge:      7 * 24 * time.Hour,
-		Duplicates:  10 * time.Minute, // gembatchd repeats an answer after a crash with the same Nats-Msg-Id
+		Duplicates:  time.Second, // submit keeps the first answer of a key: the server need not remember ids
 	}
 }
 
