@@ -7,6 +7,11 @@
 // the REST API takes it, and a reply carries the GenerateContentResponse or EmbedContentResponse
 // as raw JSON, or a typed *Error with the gRPC code.
 //
+// Answers and request bodies larger than the NATS server lets a message be go through the
+// JetStream object store, as gembatchd's contract says: the client reads an answer sent by
+// reference (Gembatch-Result-Object) into the Reply, checking its size and digest, and puts a
+// body over the connection's max payload in the bodies bucket (Gembatch-Body-Object).
+//
 //	nc, _ := nats.Connect(nats.DefaultURL)
 //	c, _ := client.New(nc, client.WithDefaultModel("gemini-2.5-flash"))
 //	defer c.Close()

@@ -29,8 +29,9 @@ answer to RESULTS.jsonl in the Gemini batch result format, one line per request,
 the answers come. The input has one {"key":"...","request":{...}} object a line (a line with no
 key gets its line number as key); REQUESTS.jsonl may be - for standard input.
 
-Run it again with the same output to resume: keys already answered there are skipped and new
-answers are appended. Exit status: 0 when every request succeeded, 1 when some answers are
+Run it again with the same output to resume: keys already answered there are skipped, keys
+sent by an earlier run are not sent again (their answers are read from a JetStream stream that
+kept them, RESULTS.jsonl.sent lists them), and new answers are appended. Exit status: 0 when every request succeeded, 1 when some answers are
 errors (they are the lines with "error" in the output) or the run was interrupted, 2 on a
 usage error.
 
