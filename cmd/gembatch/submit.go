@@ -251,16 +251,8 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 	}
 	complete := false
 	defer func() { _ = sent.close(complete) }()
-	for k := range done {
-		delete(awaited, k)
-	}
-	if o.resend {
-		for k := range awaited {
-			if err := sent.mark(k, false); err != nil {
-				return 1, err
-			}
-		}
-		clear(awaited)
+	if err := sent.unanswered(awaited, done, o.resend); err != nil {
+		return 1, err
 	}
 	out, err := os.OpenFile(o.output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -305,15 +297,7 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 	defer jw.stop()
 	maxWait := batchMaxWait()
 	stopProgress := progress(&r.st, started, isTerminal(stderr), o.progressEvery, stderr, func(now time.Time) string {
-		first := time.Unix(0, r.st.firstSent.Load())
-		if r.st.firstSent.Load() == 0 {
-			first = started
-		}
-		return waitingOn(waitInput{
-			jobs: jw.jobs(), outstanding: int64(c.InFlight()) + r.st.awaited.Load(), answered: r.st.answered.Load(),
-			sinceFirstSend: now.Sub(first), maxWait: maxWait,
-			answeredRecently: now.Sub(time.Unix(0, r.st.lastAnswer.Load())) < 3*time.Second,
-		})
+		return waitingOn(r.waitInput(now, started, jw.jobs(), maxWait))
 	})
 	n, err := readRequests(ctx, in, o.input, func(key string) bool {
 		if _, ok := done[key]; ok {
@@ -379,6 +363,19 @@ func plural(n int64, one, many string) string {
 		return "1 " + one
 	}
 	return strconv.FormatInt(n, 10) + " " + many
+}
+
+// waitInput is what the progress line says the run waits on, now.
+func (r *waitRun) waitInput(now, started time.Time, jobs jobView, maxWait time.Duration) waitInput {
+	first := started
+	if ns := r.st.firstSent.Load(); ns != 0 {
+		first = time.Unix(0, ns)
+	}
+	return waitInput{
+		jobs: jobs, outstanding: int64(r.c.InFlight()) + r.st.awaited.Load(), answered: r.st.answered.Load(),
+		sinceFirstSend: now.Sub(first), maxWait: maxWait,
+		answeredRecently: now.Sub(time.Unix(0, r.st.lastAnswer.Load())) < 3*time.Second,
+	}
 }
 
 // send sends one request of this run, or answers it here when it cannot be sent. The key is

@@ -151,6 +151,24 @@ func (s *sentFile) mark(key string, sent bool) error {
 	return err
 }
 
+// unanswered leaves in sent the keys sent by an earlier run and not answered in done. With
+// resend it empties it: those keys are recorded as not sent, to be sent again.
+func (s *sentFile) unanswered(sent, done map[string]struct{}, resend bool) error {
+	for k := range done {
+		delete(sent, k)
+	}
+	if !resend {
+		return nil
+	}
+	for k := range sent {
+		if err := s.mark(k, false); err != nil {
+			return err
+		}
+	}
+	clear(sent)
+	return nil
+}
+
 // close closes the file; remove also deletes it, once every key sent has its answer written.
 func (s *sentFile) close(remove bool) error {
 	err := s.f.Close()
