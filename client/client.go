@@ -489,10 +489,14 @@ func (c *Client) receive(m *nats.Msg) {
 	if err != nil || r.Key == "" {
 		return // not a gembatch reply: nothing can be matched
 	}
+	resolve := r.Object != nil && !c.keepRefs
 	c.mu.Lock()
 	w := c.waiting[r.Key]
 	if w != nil {
 		delete(c.waiting, r.Key)
+		if resolve {
+			c.resolving.Add(1) // under the lock: Close waits for it
+		}
 	}
 	c.mu.Unlock()
 	if w == nil {
@@ -501,18 +505,21 @@ func (c *Client) receive(m *nats.Msg) {
 	if w.stop != nil {
 		w.stop()
 	}
-	if r.Object == nil || c.keepRefs {
+	if !resolve {
 		w.done(r, nil)
 		return
 	}
 	// Reading a big answer takes a while: not on the goroutine every reply comes in on.
-	c.resolving.Add(1)
 	go func() {
 		defer c.resolving.Done()
 		ctx, cancel := context.WithCancel(w.ctx)
 		defer cancel()
 		defer context.AfterFunc(c.ctx, cancel)()
-		w.done(c.resolve(ctx, r))
+		whole, err := c.resolve(ctx, r)
+		if err != nil && c.ctx.Err() != nil {
+			err = ErrClosed
+		}
+		w.done(whole, err)
 	}()
 }
 
