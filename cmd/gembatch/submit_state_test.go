@@ -65,3 +65,31 @@ func TestSentFile(t *testing.T) {
 		t.Errorf("another reply prefix: %v", err)
 	}
 }
+
+// FuzzSentFile: any state file is read or refused, never half-read: a refused file is left as
+// it was.
+func FuzzSentFile(f *testing.F) {
+	for _, s := range []string{
+		"{\"id\":\"x\",\"replyPrefix\":\"_INBOX.p\"}\n+\"a\"\n-\"a\"\n+\"b\"\n",
+		"{\"id\":\"x\",\"replyPrefix\":\"_INBOX.p\"}\n+\"a", "", "\n", "not json\n", "{\"id\":\"x\"}\n*\"a\"\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out := filepath.Join(t.TempDir(), "out.jsonl")
+		if err := os.WriteFile(sentPath(out), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := openSent(out, "")
+		if err != nil {
+			if after, _ := os.ReadFile(sentPath(out)); string(after) != string(b) {
+				t.Fatalf("refused %q and changed it to %q", b, after)
+			}
+			return
+		}
+		defer s.close(false)
+		if s.Prefix == "" {
+			t.Fatalf("read %q with no reply prefix", b)
+		}
+	})
+}
