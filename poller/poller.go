@@ -164,6 +164,10 @@ func (p *Poller) poll(ctx context.Context, j *job) {
 		if state != rec.RemoteState {
 			rec.RemoteState = state
 			p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(state)).Msg("batch state changed")
+			// Recorded, so that gembatch jobs and gembatch submit show PENDING or RUNNING as it is.
+			if err := p.store.Update(ctx, rec); err != nil {
+				p.log.Warn().Err(err).Str("record", rec.ID).Msg("record the batch state; the record keeps the previous one")
+			}
 		}
 		p.checkStuck(ctx, j)
 		p.reschedule(j)
