@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
 
 // maxResultLine bounds the memory one result line may take. Real lines reach tens of MB (image
@@ -247,11 +248,47 @@ func InputLineSize(key string, request json.RawMessage) int64 {
 			n = b.Len()
 		}
 	}
-	return int64(len(`{"key":`) + len(jsonString(key)) + len(`,"request":`) + n + len("}\n"))
+	return InputLineLen(key, n)
+}
+
+// InputLineLen is InputLineSize for a request whose form as Write sends it (compacted when it
+// spans lines) is requestLen bytes long: for callers that already know that length.
+func InputLineLen(key string, requestLen int) int64 {
+	return int64(len(`{"key":`) + quotedLen(key) + len(`,"request":`) + requestLen + len("}\n"))
 }
 
 // jsonString encodes s as a JSON string.
 func jsonString(s string) []byte {
 	b, _ := json.Marshal(s) // a string always encodes
 	return b
+}
+
+// quotedLen is len(jsonString(s)) without encoding it: encoding/json escapes quote, backslash
+// and the controls with a short form in two bytes; other controls, <, > and & (HTML-safe),
+// invalid UTF-8 (as \ufffd) and U+2028/U+2029 in six; everything else is copied.
+func quotedLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t':
+				n += 2
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				n += 6
+			default:
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+			n += 6
+		} else {
+			n += size
+		}
+		i += size
+	}
+	return n
 }

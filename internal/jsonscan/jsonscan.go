@@ -6,6 +6,7 @@ package jsonscan
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"strconv"
 )
@@ -300,8 +301,7 @@ var plain = func() (t [256]bool) {
 func (s *Scanner) str() {
 	d, i := s.data, s.pos+1
 	for {
-		for i+8 <= len(d) && plain[d[i]] && plain[d[i+1]] && plain[d[i+2]] && plain[d[i+3]] &&
-			plain[d[i+4]] && plain[d[i+5]] && plain[d[i+6]] && plain[d[i+7]] {
+		for i+8 <= len(d) && !special8(binary.LittleEndian.Uint64(d[i:])) {
 			i += 8
 		}
 		for i < len(d) && plain[d[i]] {
@@ -346,6 +346,14 @@ func (s *Scanner) str() {
 			return
 		}
 	}
+}
+
+// special8 reports whether any of eight string bytes is a quote, a backslash or a control,
+// eight at a time: (v-lo)&^v&hi is nonzero exactly when a byte of v is zero.
+func special8(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	q, b := x^(lo*'"'), x^(lo*'\\')
+	return ((x-lo*0x20)&^x|(q-lo)&^q|(b-lo)&^b)&hi != 0
 }
 
 func isHex(c byte) bool {
