@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"strconv"
 )
 
@@ -45,6 +46,12 @@ func (s *Scanner) Err() error {
 	}
 	return s.err
 }
+
+// Offset is the position reached in the input: after Peek, where the next value starts.
+func (s *Scanner) Offset() int { return s.pos }
+
+// Bytes is the input.
+func (s *Scanner) Bytes() []byte { return s.data }
 
 // Peek returns the first byte of the next value, or 0 at the end or after an error.
 func (s *Scanner) Peek() byte {
@@ -268,7 +275,11 @@ func (s *Scanner) array() {
 	}
 	for s.err == nil {
 		s.space()
-		s.value()
+		if s.pos < len(s.data) && (s.data[s.pos] == '-' || (s.data[s.pos] >= '0' && s.data[s.pos] <= '9')) {
+			s.number() // arrays of numbers (embeddings) are most of a result file
+		} else {
+			s.value()
+		}
 		s.space()
 		if s.err != nil {
 			return
@@ -408,7 +419,19 @@ func (s *Scanner) fracOrExp(i int, context string) {
 	s.expected(context)
 }
 
+// digits returns the end of the run of digits at i, eight bytes at a time where it can.
 func digits(d []byte, i int) int {
+	for i+8 <= len(d) {
+		x := binary.LittleEndian.Uint64(d[i:])
+		// A digit is 0x30-0x39: its high nibble is 3 before and after adding 6. A carry out of a
+		// byte that is no digit only reaches the bytes after it, past the end of the run.
+		const nibbles, threes = 0xF0F0F0F0F0F0F0F0, 0x3030303030303030
+		m := (x&nibbles ^ threes) | ((x+0x0606060606060606)&nibbles ^ threes)
+		if m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+		i += 8
+	}
 	for i < len(d) && d[i] >= '0' && d[i] <= '9' {
 		i++
 	}
@@ -425,8 +448,16 @@ func (s *Scanner) literal(word string) {
 	}
 }
 
-// space skips whitespace, counting it.
+// space skips whitespace, counting it. Most values follow no whitespace at all: that case is
+// inlined at the caller.
 func (s *Scanner) space() {
+	if s.pos < len(s.data) && s.data[s.pos] > ' ' {
+		return
+	}
+	s.spaces()
+}
+
+func (s *Scanner) spaces() {
 	d, i := s.data, s.pos
 	for i < len(d) {
 		switch d[i] {
