@@ -145,8 +145,8 @@ func (a *Accumulator) run(gr *group) {
 	defer a.wg.Done()
 	defer a.m.openGroups.Dec()
 	p := NewPolicy(a.cfg.Limits)
-	var reqs []record.Request
-	keys := make(map[string]string) // key → request id, in the open batch
+	var reqs held
+	keys := make(map[string]int32) // key → index in reqs, in the open batch
 
 	flush := func(why Reason) {
 		count, bytes := p.Count(), p.Bytes()
@@ -156,14 +156,14 @@ func (a *Accumulator) run(gr *group) {
 			State:       record.Sealed,
 			CloseReason: string(why),
 			Sealed:      a.cfg.Now(),
-			Requests:    reqs,
+			Requests:    reqs.requests(),
 			Count:       count,
 			Bytes:       bytes,
 		}
 		a.m.closed.WithLabelValues(string(why)).Inc()
 		a.m.batchRequests.Observe(float64(count))
 		a.m.batchBytes.Observe(float64(bytes))
-		reqs, keys = nil, make(map[string]string)
+		reqs, keys = held{}, make(map[string]int32)
 		p.Reset()
 		a.seal(rec)
 		// Only now: the sealer has handed the requests on, so the daemon's count of what it
@@ -185,12 +185,12 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
-			if id, dup := keys[req.Key]; dup {
+			if i, dup := keys[req.Key]; dup {
 				a.pendingRequests.Add(-1)
 				a.pendingBytes.Add(-req.Size)
 				a.m.pendingRequests.Dec()
 				a.m.pendingBytes.Sub(float64(req.Size))
-				if id != req.ID {
+				if reqs.at(int(i)).id != req.ID {
 					a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
 						"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
 				} // else a redelivery of the request already waiting here: it is acked with its batch
@@ -199,8 +199,8 @@ func (a *Accumulator) run(gr *group) {
 			if !p.Fits(req.Size) {
 				flush(ReasonBytes)
 			}
-			keys[req.Key] = req.ID
-			reqs = append(reqs, req)
+			reqs.add(req)
+			keys[reqs.at(reqs.len()-1).key] = int32(reqs.len() - 1) // the held copy of the key
 			if full, why := p.Add(req.Size, a.cfg.Now()); full {
 				flush(why)
 			}
