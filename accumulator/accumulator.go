@@ -146,7 +146,6 @@ func (a *Accumulator) run(gr *group) {
 	defer a.m.openGroups.Dec()
 	p := NewPolicy(a.cfg.Limits)
 	var reqs held
-	keys := make(map[string]int32) // key → index in reqs, in the open batch
 
 	flush := func(why Reason) {
 		count, bytes := p.Count(), p.Bytes()
@@ -163,7 +162,7 @@ func (a *Accumulator) run(gr *group) {
 		a.m.closed.WithLabelValues(string(why)).Inc()
 		a.m.batchRequests.Observe(float64(count))
 		a.m.batchBytes.Observe(float64(bytes))
-		reqs, keys = held{}, make(map[string]int32)
+		reqs = held{}
 		p.Reset()
 		a.seal(rec)
 		// Only now: the sealer has handed the requests on, so the daemon's count of what it
@@ -185,12 +184,12 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
-			if i, dup := keys[req.Key]; dup {
+			if i, dup := reqs.find(req.Key); dup {
 				a.pendingRequests.Add(-1)
 				a.pendingBytes.Add(-req.Size)
 				a.m.pendingRequests.Dec()
 				a.m.pendingBytes.Sub(float64(req.Size))
-				if reqs.at(int(i)).id != req.ID {
+				if reqs.at(i).id != req.ID {
 					a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
 						"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
 				} // else a redelivery of the request already waiting here: it is acked with its batch
@@ -200,7 +199,6 @@ func (a *Accumulator) run(gr *group) {
 				flush(ReasonBytes)
 			}
 			reqs.add(req)
-			keys[reqs.at(reqs.len()-1).key] = int32(reqs.len() - 1) // the held copy of the key
 			if full, why := p.Add(req.Size, a.cfg.Now()); full {
 				flush(why)
 			}

@@ -241,3 +241,19 @@ func TestHeldKeepsRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldFindsKeysWhoseHashesClash: two keys with the same hash are both found, and a third
+// key with that hash is not taken for either.
+func TestHeldFindsKeysWhoseHashesClash(t *testing.T) {
+	h := held{hash: func(string) uint64 { return 42 }}
+	h.add(record.Request{ID: "1", Key: "a"})
+	h.add(record.Request{ID: "2", Key: "b"})
+	for key, want := range map[string]int{"a": 0, "b": 1} {
+		if i, ok := h.find(key); !ok || i != want {
+			t.Errorf("find(%q) = %d, %v; want %d", key, i, ok, want)
+		}
+	}
+	if _, ok := h.find("c"); ok {
+		t.Error("found a key never added")
+	}
+}

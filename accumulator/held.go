@@ -1,6 +1,7 @@
 package accumulator
 
 import (
+	"hash/maphash"
 	"strings"
 	"time"
 
@@ -26,6 +27,12 @@ type held struct {
 	chunks [][]pending
 	n      int
 	slab   []byte // where the next bodies are copied to
+
+	// The keys' index, for duplicates: by a 64-bit hash of the key (a 16-byte map slot where a
+	// string key takes 24), and by the key itself for the rare key whose hash another has.
+	hash    func(string) uint64
+	byHash  map[uint64]int32
+	clashes map[string]int32
 }
 
 // pending is a record.Request as it waits: times as Unix nanoseconds (0 for none) instead of
@@ -42,9 +49,41 @@ type pending struct {
 
 func (h *held) len() int { return h.n }
 
+// find returns the index of the request with this key.
+func (h *held) find(key string) (int, bool) {
+	if h.byHash == nil {
+		return 0, false
+	}
+	if i, ok := h.byHash[h.hash(key)]; ok && h.at(int(i)).key == key {
+		return int(i), true
+	}
+	i, ok := h.clashes[key]
+	return int(i), ok
+}
+
+// index adds the key of request i, which find does not know yet.
+func (h *held) index(key string, i int32) {
+	if h.byHash == nil {
+		if h.hash == nil {
+			seed := maphash.MakeSeed()
+			h.hash = func(s string) uint64 { return maphash.String(seed, s) }
+		}
+		h.byHash = make(map[uint64]int32)
+	}
+	sum := h.hash(key)
+	if _, taken := h.byHash[sum]; !taken {
+		h.byHash[sum] = i
+		return
+	}
+	if h.clashes == nil {
+		h.clashes = make(map[string]int32)
+	}
+	h.clashes[key] = i
+}
+
 func (h *held) at(i int) *pending { return &h.chunks[i/chunkLen][i%chunkLen] }
 
-// add keeps a request. Its body and key are copied out of the message they came in: the body
+// add keeps a request whose key is not held yet. Its body and key are copied out of the message they came in: the body
 // shares an allocation with the message's header block, rounded up to a size class, and the
 // key is a substring of that header block, so keeping either would keep all of it.
 func (h *held) add(r record.Request) {
@@ -58,6 +97,7 @@ func (h *held) add(r record.Request) {
 	}
 	last := &h.chunks[len(h.chunks)-1]
 	*last = append(*last, p)
+	h.index(p.key, int32(h.n)) // the held copy of the key
 	h.n++
 }
 
