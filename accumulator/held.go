@@ -47,8 +47,6 @@ type pending struct {
 	attempt            int32
 }
 
-func (h *held) len() int { return h.n }
-
 // find returns the index of the request with this key.
 func (h *held) find(key string) (int, bool) {
 	if h.byHash == nil {
