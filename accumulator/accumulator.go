@@ -148,8 +148,7 @@ func (a *Accumulator) run(gr *group) {
 	defer a.wg.Done()
 	defer a.m.openGroups.Dec()
 	p := NewPolicy(a.cfg.Limits)
-	var reqs []record.Request
-	keys := make(map[string]string) // key → request id, in the open batch
+	var reqs held
 
 	flush := func(why Reason) {
 		count, bytes := p.Count(), p.Bytes()
@@ -159,14 +158,14 @@ func (a *Accumulator) run(gr *group) {
 			State:       record.Sealed,
 			CloseReason: string(why),
 			Sealed:      a.cfg.Now(),
-			Requests:    reqs,
+			Requests:    reqs.requests(),
 			Count:       count,
 			Bytes:       bytes,
 		}
 		a.m.closed.WithLabelValues(string(why)).Inc()
 		a.m.batchRequests.Observe(float64(count))
 		a.m.batchBytes.Observe(float64(bytes))
-		reqs, keys = nil, make(map[string]string)
+		reqs = held{}
 		p.Reset()
 		a.seal(rec)
 		// Only now: the sealer has handed the requests on, so the daemon's count of what it
@@ -197,12 +196,12 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
-			if id, dup := keys[req.Key]; dup {
+			if i, dup := reqs.find(req.Key); dup {
 				a.pendingRequests.Add(-1)
 				a.pendingBytes.Add(-req.Size)
 				a.m.pendingRequests.Dec()
 				a.m.pendingBytes.Sub(float64(req.Size))
-				if id != req.ID {
+				if reqs.at(i).id != req.ID {
 					a.reject(gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
 						"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
 				} // else a redelivery of the request already waiting here: it is acked with its batch
@@ -211,8 +210,7 @@ func (a *Accumulator) run(gr *group) {
 			if !p.Fits(req.Size) {
 				flush(ReasonBytes)
 			}
-			keys[req.Key] = req.ID
-			reqs = append(reqs, req)
+			reqs.add(req)
 			if full, why := p.Add(req.Size, a.cfg.Now()); full {
 				flush(why)
 			}

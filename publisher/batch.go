@@ -296,20 +296,17 @@ func (a *answering) result(r gemini.Result) error {
 		}
 		return a.settle(i, r.Error, reason, Retryable(r.Error.Code) || cancelled, true)
 	}
-	a.account(i, r.Response)
+	a.account(i, r.Usage)
 	return a.reply(i, r.Response, nil, true)
 }
 
-// account adds one response's tokens and estimated cost to the batch's sums. Responses without
-// usageMetadata (embeddings) count their request's size, four bytes a token, as prompt tokens.
-func (a *answering) account(i int, response json.RawMessage) {
-	var u struct {
-		UsageMetadata *gemini.UsageMetadata `json:"usageMetadata"`
-	}
-	_ = json.Unmarshal(response, &u) // a response that does not decode has no usage to count
+// account adds one response's tokens and estimated cost to the batch's sums, from the usage
+// the result reader read with the response. Responses without usageMetadata (embeddings)
+// count their request's size, four bytes a token, as prompt tokens.
+func (a *answering) account(i int, u *gemini.UsageMetadata) {
 	usage := gemini.UsageMetadata{PromptTokenCount: (a.rec.Requests[i].Size + 3) / 4}
-	if u.UsageMetadata != nil {
-		usage = *u.UsageMetadata
+	if u != nil {
+		usage = *u
 		a.usage.CandidatesTokenCount += usage.CandidatesTokenCount
 		a.usage.CachedContentTokenCount += usage.CachedContentTokenCount
 		a.usage.ThoughtsTokenCount += usage.ThoughtsTokenCount

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gembatch/gembatch/gemini"
 )
@@ -43,10 +46,12 @@ type Reply struct {
 
 // Body encodes a reply as one line of the Gemini result-file format.
 func Body(key string, response json.RawMessage, st *gemini.Status) []byte {
-	k, _ := json.Marshal(key)
-	b := make([]byte, 0, len(k)+len(response)+32)
+	return appendBody(make([]byte, 0, len(key)+len(response)+32), key, response, st)
+}
+
+func appendBody(b []byte, key string, response json.RawMessage, st *gemini.Status) []byte {
 	b = append(b, `{"key":`...)
-	b = append(b, k...)
+	b = appendString(b, key)
 	if st != nil {
 		e, _ := json.Marshal(st)
 		b = append(b, `,"error":`...)
@@ -58,11 +63,50 @@ func Body(key string, response json.RawMessage, st *gemini.Status) []byte {
 	return append(b, '}')
 }
 
+// appendString appends s as encoding/json writes it: as is between quotes when nothing in it
+// needs escaping (keys almost never do), through json.Marshal otherwise.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 // Publisher publishes replies on a NATS connection.
 type Publisher struct {
 	nc           Conn
 	m            *Metrics
+	ok, failed   prometheus.Counter // m.published by status, looked up once
 	flushTimeout time.Duration
+	out          sync.Pool // of *outgoing
+}
+
+// outgoing is a reply message and its parts, reused: PublishMsg copies the message into the
+// connection's buffer before it returns, so nothing is kept past it. Each header value is a
+// one-element slice of its own array, so setting it allocates nothing.
+type outgoing struct {
+	msg                       nats.Msg
+	key, status, batch, msgID [1]string
+}
+
+func newOutgoing() any {
+	o := &outgoing{msg: nats.Msg{Header: make(nats.Header, 4)}}
+	return o
+}
+
+// set puts a header value, or removes the header when the value is empty.
+func (o *outgoing) set(name string, slot *[1]string, value string) {
+	if value == "" {
+		delete(o.msg.Header, name)
+		return
+	}
+	slot[0] = value
+	o.msg.Header[name] = slot[:]
 }
 
 // New returns a Publisher. m may be nil.
@@ -70,14 +114,16 @@ func New(nc Conn, m *Metrics) *Publisher {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Publisher{nc: nc, m: m, flushTimeout: 10 * time.Second}
+	return &Publisher{nc: nc, m: m, ok: m.published.WithLabelValues("ok"), failed: m.published.WithLabelValues("error"),
+		flushTimeout: 10 * time.Second, out: sync.Pool{New: newOutgoing}}
 }
 
-// Publish sends one reply. It does not wait for the server; Flush does.
+// Publish sends one reply. It does not wait for the server; Flush does. Beyond the reply's
+// bytes it allocates only the header encoding nats.go makes for any message with headers.
 func (p *Publisher) Publish(r Reply) error {
-	status := "ok"
+	status, counter := "ok", p.ok
 	if r.Error != nil {
-		status = "error"
+		status, counter = "error", p.failed
 		if r.Error.Status == "" {
 			// google.rpc.Status on the wire has no name; the contract's replies carry it.
 			st := *r.Error
@@ -86,18 +132,17 @@ func (p *Publisher) Publish(r Reply) error {
 		}
 	} else if len(r.Response) == 0 {
 		r.Error = gemini.NewStatus(gemini.CodeInternal, "empty response for key %q", r.Key)
-		status = "error"
+		status, counter = "error", p.failed
 	}
-	msg := &nats.Msg{Subject: r.Subject, Data: Body(r.Key, r.Response, r.Error), Header: nats.Header{}}
-	msg.Header.Set(HeaderKey, r.Key)
-	msg.Header.Set(HeaderStatus, status)
-	if r.Batch != "" {
-		msg.Header.Set(HeaderBatch, r.Batch)
-	}
-	if r.MsgID != "" {
-		msg.Header.Set(HeaderMsgID, r.MsgID)
-	}
-	if err := p.nc.PublishMsg(msg); err != nil {
+	o := p.out.Get().(*outgoing)
+	defer p.out.Put(o)
+	o.msg.Subject = r.Subject
+	o.msg.Data = appendBody(o.msg.Data[:0], r.Key, r.Response, r.Error)
+	o.set(HeaderKey, &o.key, r.Key)
+	o.set(HeaderStatus, &o.status, status)
+	o.set(HeaderBatch, &o.batch, r.Batch)
+	o.set(HeaderMsgID, &o.msgID, r.MsgID)
+	if err := p.nc.PublishMsg(&o.msg); err != nil {
 		p.m.errors.Inc()
 		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(msg.Data), err)
 		if undeliverable(err) {
@@ -105,7 +150,7 @@ func (p *Publisher) Publish(r Reply) error {
 		}
 		return err
 	}
-	p.m.published.WithLabelValues(status).Inc()
+	counter.Inc()
 	return nil
 }
 
