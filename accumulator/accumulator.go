@@ -187,7 +187,7 @@ func (a *Accumulator) run(gr *group) {
 	for {
 		select {
 		case <-beat:
-			inProgress(reqs)
+			reqs.inProgress()
 			continue
 		case req, ok := <-gr.in:
 			if !ok {
@@ -225,15 +225,6 @@ func (a *Accumulator) run(gr *group) {
 			timer.Reset(until)
 		} else {
 			timer.Reset(a.cfg.IdleAfter)
-		}
-	}
-}
-
-// inProgress tells the stream that the open batch's messages are still being worked on.
-func inProgress(reqs []record.Request) {
-	for _, q := range reqs {
-		if q.Msg != nil {
-			_ = q.Msg.InProgress() // a lost one is covered by the next beat, well inside AckWait
 		}
 	}
 }

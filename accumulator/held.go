@@ -43,7 +43,7 @@ type pending struct {
 	received, deadline int64
 	size               int64
 	seq                uint64
-	ack                func()
+	msg                record.Held
 	attempt            int32
 }
 
@@ -89,7 +89,7 @@ func (h *held) add(r record.Request) {
 		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
 	}
 	p := pending{id: r.ID, key: r.Key, reply: r.Reply, body: h.copyBody(r.Body), size: r.Size,
-		seq: r.Seq, ack: r.Ack, attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
+		seq: r.Seq, msg: r.Msg, attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
 	if r.Key != r.ID { // a generated key is the id itself
 		p.key = strings.Clone(r.Key)
 	}
@@ -126,10 +126,21 @@ func (h *held) requests() []record.Request {
 		for i := range c {
 			p := &c[i]
 			reqs = append(reqs, record.Request{ID: p.id, Key: p.key, Reply: p.reply, Body: p.body, Size: p.size,
-				Seq: p.seq, Ack: p.ack, Attempt: int(p.attempt), Received: fromNanos(p.received), Deadline: fromNanos(p.deadline)})
+				Seq: p.seq, Msg: p.msg, Attempt: int(p.attempt), Received: fromNanos(p.received), Deadline: fromNanos(p.deadline)})
 		}
 	}
 	return reqs
+}
+
+// inProgress tells the stream that the batch's messages are still being worked on.
+func (h *held) inProgress() {
+	for _, c := range h.chunks {
+		for i := range c {
+			if m := c[i].msg; m != nil {
+				_ = m.InProgress() // a lost one is covered by the next beat, well inside AckWait
+			}
+		}
+	}
 }
 
 func nanos(t time.Time) int64 {

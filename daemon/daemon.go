@@ -104,9 +104,11 @@ func (m *Main) Run(ctx context.Context) error {
 	subMetrics.InitModel(cfg.DefaultModel)
 	pub := publisher.New(nc, pubMetrics)
 	batches := publisher.NewBatches(pub, m.Store, api, plog)
+	batches.Now = m.now
 	batches.KeepJobs = cfg.KeepJobs
 	answers := publisher.NewAnswerer(batches, 4, plog)
 	sub := submitter.New(submitter.Config{
+		Now:            m.now,
 		InlineMaxBytes: int64(cfg.InlineMaxBytes),
 		Concurrency:    cfg.SubmitConcurrent,
 		CreateGrace:    cfg.CreateGrace,
@@ -118,6 +120,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), subMetrics,
 		func(r *record.Record) { answers.Enqueue(r, nil) })
 	poll := poller.New(poller.Config{
+		Now:      m.now,
 		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
 		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
 	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
@@ -129,6 +132,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	icfg := intake.Config{
+		Now: m.now,
 		Rules: intake.Rules{
 			DefaultModel:    cfg.DefaultModel,
 			MaxRequestBytes: int(cfg.MaxRequestBytes),
@@ -171,7 +175,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if durable {
 		heartbeat = cfg.EffectiveAckWait() / 4
 	}
-	acc := accumulator.New(accumulator.Config{Heartbeat: heartbeat, Limits: accumulator.Limits{
+	acc := accumulator.New(accumulator.Config{Now: m.now, Heartbeat: heartbeat, Limits: accumulator.Limits{
 		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
 	}}, seal, func(g record.Group, req record.Request, st *gemini.Status) {
 		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: intake.ReasonDuplicate, Key: req.Key, Status: st})

@@ -144,9 +144,9 @@ func (p *Publisher) Publish(r Reply) error {
 	o.set(HeaderMsgID, &o.msgID, r.MsgID)
 	if err := p.nc.PublishMsg(&o.msg); err != nil {
 		p.m.errors.Inc()
-		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(msg.Data), err)
+		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(o.msg.Data), err)
 		if undeliverable(err) {
-			return &UndeliverableError{Size: len(msg.Data), Limit: p.maxPayload(), Err: err}
+			return &UndeliverableError{Size: len(o.msg.Data), Limit: p.maxPayload(), Err: err}
 		}
 		return err
 	}
