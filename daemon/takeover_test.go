@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/metrics"
+	"github.com/gembatch/gembatch/ownership"
 )
 
 // replica starts a second gembatchd on the harness's NATS and emulator.
@@ -83,4 +85,30 @@ func TestTakeoverOfSubmittedJobsReadsNoBodies(t *testing.T) {
 	if bodies != 0 {
 		t.Fatalf("b read %d body objects taking over submitted jobs, want 0", bodies)
 	}
+}
+
+// Finding 2, the second half: a second process started under the same GEMBATCH_INSTANCE is a
+// new owner (a new epoch), not a sharer: the first one's lease renewal fails, and it stops with
+// an error naming the cause instead of working on records the second now owns.
+func TestSameInstanceNameIsANewOwner(t *testing.T) {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	cfg.Instance = "same"
+	cfg.LeaseTTL = time.Second
+	h := start(t, cfg, emulator.Options{})
+	second := cfg
+	second.NATSURL, second.GeminiBaseURL = h.NATS.ClientURL(), h.API.URL
+	m := daemon.NewMain(second, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), metrics.Build{Version: "test"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-m.Ready
+	time.Sleep(2 * cfg.LeaseTTL) // the first renews within a third of it, and finds its key taken
+	err := h.shutdown()
+	if !errors.Is(err, ownership.ErrSuperseded) {
+		t.Fatalf("the first process ended with %v, want ErrSuperseded", err)
+	}
+	h.send("gembatch.generate", "after", generateBody("still served"))
+	h.waitReplies([]string{"after"}, 20*time.Second)
 }

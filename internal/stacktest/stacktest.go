@@ -58,6 +58,7 @@ type Stack struct {
 	done     chan error
 	stopOnce sync.Once
 	runErr   error
+	checked  bool // the test read Run's error through Stop
 }
 
 // Start runs the stack until the end of the test. cfg gets the NATS URL, and the emulator's URL
@@ -75,7 +76,7 @@ func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	s := &Stack{NATS: ns, Emulator: emulator.New(emu), t: t, done: make(chan error, 1)}
 	s.API = httptest.NewServer(s.Emulator)
 	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
+		if err := s.stopDaemon(); err != nil && !s.checked {
 			t.Errorf("gembatchd: %v", err)
 		}
 		s.API.Close()
@@ -106,8 +107,14 @@ func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	return s
 }
 
-// Stop stops the daemon as SIGTERM would and returns Run's error; later calls return the same.
+// Stop stops the daemon as SIGTERM would and returns Run's error, for the test to judge; later
+// calls return the same.
 func (s *Stack) Stop() error {
+	s.checked = true
+	return s.stopDaemon()
+}
+
+func (s *Stack) stopDaemon() error {
 	s.stopOnce.Do(func() {
 		s.stop()
 		select {
