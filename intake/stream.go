@@ -244,21 +244,18 @@ func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 	in.futures <- forwarded{kind: kind, reply: msg.Reply, key: msg.Header.Get(HeaderKey), f: f}
 }
 
-// ForwardID is the Nats-Msg-Id a core request is stored under: what every replica sees alike,
-// so the stream's duplicate window keeps one copy of what several replicas forward. A request
-// with a key is named by its kind, key and body, so that a producer that retries it within the
-// window is not billed twice (the answer goes to the first request's reply subject); one
-// without a key, by its reply subject and body (many requests may share one reply subject).
+// ForwardID is the Nats-Msg-Id a core request is stored under: built from what every replica
+// sees alike (kind, reply subject, key and body), so the stream's duplicate window keeps one copy
+// of what several replicas forward, and a producer that sends a request again with the same key
+// and reply subject within the window is not billed twice. The reply subject is in it because
+// many keyless requests may share one (nats pub --count), and so that a producer sending the same
+// keys again on purpose, to another reply subject, is answered again.
 func ForwardID(kind gemini.Kind, msg *nats.Msg) string {
 	h := sha256.New()
-	h.Write([]byte(kind))
-	h.Write([]byte{0})
-	if key := msg.Header.Get(HeaderKey); key != "" {
-		h.Write([]byte("key\x00" + key))
-	} else {
-		h.Write([]byte("reply\x00" + msg.Reply))
+	for _, part := range []string{string(kind), msg.Reply, msg.Header.Get(HeaderKey)} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
 	}
-	h.Write([]byte{0})
 	h.Write(msg.Data)
 	return "gb-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
