@@ -103,6 +103,15 @@ func (m *Main) Run(ctx context.Context) error {
 	pubMetrics.InitModel(cfg.DefaultModel)
 	subMetrics.InitModel(cfg.DefaultModel)
 	pub := publisher.New(nc, pubMetrics)
+	pub.MaxReplyBytes = int(cfg.ReplyMaxBytes)
+	if durable {
+		if pub.Results, err = publisher.OpenResults(ctx, js, publisher.ResultsConfig{
+			Bucket: cfg.ResultsBucket, TTL: cfg.ResultTTL, Replicas: cfg.StreamReplicas,
+			Storage: storageType(cfg.StreamStorage), MaxPayload: nc.MaxPayload(),
+		}); err != nil {
+			return err
+		}
+	}
 	batches := publisher.NewBatches(pub, m.Store, api, plog)
 	batches.KeepJobs = cfg.KeepJobs
 	answers := publisher.NewAnswerer(batches, 4, plog)

@@ -368,24 +368,29 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 	return nil
 }
 
-// publish sends one reply. A reply that can never be published as it is (larger than the
-// connection allows, or to a refused subject) is that request's own outcome: it is answered with
-// an error saying why, or skipped with a log line if even that cannot go, and nothing else waits.
-// Any other failure is the connection's, and the batch is tried again.
+// publish sends one reply. An answer larger than a NATS message may be goes by reference to
+// the object store, where there is one. A reply that can never be published as it is (too large
+// with no object store to take it, or to a refused subject) is that request's own outcome: it is
+// answered with an error saying why, or skipped with a log line if even that cannot go, and
+// nothing else waits. Any other failure is the connection's, and the batch is tried again.
 func (a *answering) publish(req record.Request, resp []byte, st *gemini.Status) error {
-	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}
-	err := a.b.pub.Publish(r)
+	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st,
+		Object: ObjectName(a.rec.ID, req.ID)}
+	err := a.b.pub.PublishContext(a.ctx, r)
 	var ud *UndeliverableError
 	if !errors.As(err, &ud) {
 		return err
 	}
 	a.b.pub.m.undeliverable.Inc()
 	if st == nil {
-		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted,
-			"the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
-		a.b.log.Warn().Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
+		msg := fmt.Sprintf("the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
+		if ud.Stored {
+			msg += ", and it could not be written to the results object store"
+		}
+		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted, "%s", msg)
+		a.b.log.Warn().Err(err).Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
 			Msg("answer too large to publish; answering the request with an error")
-		if err = a.b.pub.Publish(r); !errors.As(err, &ud) {
+		if err = a.b.pub.PublishContext(a.ctx, r); !errors.As(err, &ud) {
 			return err
 		}
 	}

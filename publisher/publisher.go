@@ -3,14 +3,18 @@
 package publisher
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/failpoint"
 )
 
 // Reply headers, as the contract names them.
@@ -39,23 +43,27 @@ type Reply struct {
 	Batch    string
 	Response json.RawMessage
 	Error    *gemini.Status
+	// Object is the name an answer too large for a NATS message is written under (ObjectName);
+	// without one, such an answer is undeliverable.
+	Object string
 }
 
 // Body encodes a reply as one line of the Gemini result-file format.
 func Body(key string, response json.RawMessage, st *gemini.Status) []byte {
+	return bytes.Join(bodyParts(key, response, st), nil)
+}
+
+// bodyParts is the reply line in pieces, the response as it is held: an answer too large for a
+// NATS message is streamed from them into the object store, never assembled in memory.
+func bodyParts(key string, response json.RawMessage, st *gemini.Status) [][]byte {
 	k, _ := json.Marshal(key)
-	b := make([]byte, 0, len(k)+len(response)+32)
-	b = append(b, `{"key":`...)
-	b = append(b, k...)
+	head := make([]byte, 0, len(k)+len(`{"key":,"response":`))
+	head = append(append(append(head, `{"key":`...), k...), ',')
 	if st != nil {
 		e, _ := json.Marshal(st)
-		b = append(b, `,"error":`...)
-		b = append(b, e...)
-	} else {
-		b = append(b, `,"response":`...)
-		b = append(b, response...)
+		return [][]byte{append(append(append(head, `"error":`...), e...), '}')}
 	}
-	return append(b, '}')
+	return [][]byte{append(head, `"response":`...), response, []byte("}")}
 }
 
 // Publisher publishes replies on a NATS connection.
@@ -63,6 +71,12 @@ type Publisher struct {
 	nc           Conn
 	m            *Metrics
 	flushTimeout time.Duration
+	// Results, when set, takes the answers too large for a NATS message (durable mode); without
+	// it each such answer is undeliverable.
+	Results *Results
+	// MaxReplyBytes, when above zero, is the largest reply body published as it is, if lower
+	// than what the connection allows.
+	MaxReplyBytes int
 }
 
 // New returns a Publisher. m may be nil.
@@ -74,7 +88,11 @@ func New(nc Conn, m *Metrics) *Publisher {
 }
 
 // Publish sends one reply. It does not wait for the server; Flush does.
-func (p *Publisher) Publish(r Reply) error {
+func (p *Publisher) Publish(r Reply) error { return p.PublishContext(context.Background(), r) }
+
+// PublishContext is Publish under ctx, which bounds the writing of an answer too large for a
+// NATS message to the object store.
+func (p *Publisher) PublishContext(ctx context.Context, r Reply) error {
 	status := "ok"
 	if r.Error != nil {
 		status = "error"
@@ -88,7 +106,7 @@ func (p *Publisher) Publish(r Reply) error {
 		r.Error = gemini.NewStatus(gemini.CodeInternal, "empty response for key %q", r.Key)
 		status = "error"
 	}
-	msg := &nats.Msg{Subject: r.Subject, Data: Body(r.Key, r.Response, r.Error), Header: nats.Header{}}
+	msg := &nats.Msg{Subject: r.Subject, Header: nats.Header{}}
 	msg.Header.Set(HeaderKey, r.Key)
 	msg.Header.Set(HeaderStatus, status)
 	if r.Batch != "" {
@@ -97,22 +115,69 @@ func (p *Publisher) Publish(r Reply) error {
 	if r.MsgID != "" {
 		msg.Header.Set(HeaderMsgID, r.MsgID)
 	}
-	if err := p.nc.PublishMsg(msg); err != nil {
-		p.m.errors.Inc()
-		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(msg.Data), err)
-		if undeliverable(err) {
-			return &UndeliverableError{Size: len(msg.Data), Limit: p.maxPayload(), Err: err}
-		}
+	if err := p.send(ctx, msg, r.Key, r.Object, bodyParts(r.Key, r.Response, r.Error)...); err != nil {
 		return err
 	}
 	p.m.published.WithLabelValues(status).Inc()
 	return nil
 }
 
+// send publishes msg with the body parts make. A body larger than a reply may be is written to
+// the results bucket under the name object, and msg carries a reference to it instead; without
+// a bucket or a name, it is undeliverable.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg, key, object string, parts ...[]byte) error {
+	var size int
+	for _, b := range parts {
+		size += len(b)
+	}
+	limit := p.limit(msg)
+	if limit <= 0 || size <= limit {
+		msg.Data = bytes.Join(parts, nil)
+		return p.publish(msg, key)
+	}
+	if p.Results == nil || object == "" {
+		return &UndeliverableError{Size: size, Limit: limit,
+			Err: fmt.Errorf("reply for key %q to %s is %d bytes, more than %d: %w", key, msg.Subject, size, limit, nats.ErrMaxPayload)}
+	}
+	ref, err := p.Results.put(ctx, object, parts...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		p.m.resultObjects.WithLabelValues("failed").Inc()
+		return &UndeliverableError{Size: size, Limit: limit, Stored: true,
+			Err: fmt.Errorf("reply for key %q is %d bytes, more than %d: %w", key, size, limit, err)}
+	}
+	p.m.resultObjects.WithLabelValues("written").Inc()
+	failpoint.Hit(failpoint.AfterResultObjectBeforeReply)
+	msg.Header.Set(HeaderResultObject, ref.Bucket+"/"+ref.Name)
+	msg.Header.Set(HeaderResultSize, strconv.FormatInt(ref.Size, 10))
+	msg.Data, _ = json.Marshal(struct {
+		Key    string       `json:"key"`
+		Object ResultObject `json:"object"`
+	}{key, ref})
+	return p.publish(msg, key)
+}
+
+// publish sends msg as it is.
+func (p *Publisher) publish(msg *nats.Msg, key string) error {
+	if err := p.nc.PublishMsg(msg); err != nil {
+		p.m.errors.Inc()
+		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", key, msg.Subject, len(msg.Data), err)
+		if undeliverable(err) {
+			return &UndeliverableError{Size: len(msg.Data), Limit: p.limit(msg), Err: err}
+		}
+		return err
+	}
+	return nil
+}
+
 // UndeliverableError is a reply that can never be published as it is, whatever the retries: too
-// large for the connection, or to a subject NATS refuses. It concerns that reply alone.
+// large for the connection (and, if Stored, for the object store too), or to a subject NATS
+// refuses. It concerns that reply alone.
 type UndeliverableError struct {
 	Size, Limit int
+	Stored      bool // writing it to the results bucket was tried and failed
 	Err         error
 }
 
@@ -124,12 +189,29 @@ func undeliverable(err error) bool {
 	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported)
 }
 
-// maxPayload is what the connection may publish, if it says.
-func (p *Publisher) maxPayload() int {
-	if c, ok := p.nc.(interface{ MaxPayload() int64 }); ok {
-		return int(c.MaxPayload())
+// limit is the largest body msg may have with its headers as they are: what the connection
+// may publish, or MaxReplyBytes if lower; 0 if neither is known.
+func (p *Publisher) limit(msg *nats.Msg) int {
+	n := 0
+	if c, ok := p.nc.(interface{ MaxPayload() int64 }); ok && c.MaxPayload() > 0 {
+		n = max(1, int(c.MaxPayload())-headerSize(msg))
 	}
-	return 0
+	if p.MaxReplyBytes > 0 && (n == 0 || p.MaxReplyBytes < n) {
+		n = p.MaxReplyBytes
+	}
+	return n
+}
+
+// headerSize is the size of msg's headers on the wire, as nats.go counts them against the
+// server's max payload.
+func headerSize(msg *nats.Msg) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + len(": \r\n")
+		}
+	}
+	return n
 }
 
 // Flush waits until the server has every reply published so far.
