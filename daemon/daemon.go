@@ -129,7 +129,7 @@ func (m *Main) Run(ctx context.Context) error {
 	poll := poller.New(poller.Config{
 		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
 		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
-	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
+	}, statesOnly{api}, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
 		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.Enqueue(r, op) })
 	sub.OnSubmitted(poll.Enqueue)
 	batches.Policy = publisher.Policy{
@@ -322,6 +322,15 @@ func storageType(s string) jetstream.StorageType {
 		return jetstream.MemoryStorage
 	}
 	return jetstream.FileStorage
+}
+
+// statesOnly is the Gemini client as the poller sees it: a job's get skips its inline answers,
+// which the publisher reads one at a time once the job is answered (an inline job's answers can
+// run to gigabytes of images).
+type statesOnly struct{ *gemini.Client }
+
+func (s statesOnly) GetBatch(ctx context.Context, name string) (*gemini.Operation, error) {
+	return s.StreamBatch(ctx, name, nil)
 }
 
 // holding is the accumulator as intake's sink, with the pending count widened to every request

@@ -18,7 +18,8 @@ import (
 
 // API is the part of the Gemini client that answering a batch needs.
 type API interface {
-	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
+	// StreamBatch gets a job, handing its inline answers to each one at a time.
+	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
 	DeleteBatch(ctx context.Context, name string) error
@@ -213,11 +214,24 @@ func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
 	return nil
 }
 
-// results reads a succeeded job's answers, inline or from its result file.
+// results reads a succeeded job's answers: inline ones as the job is fetched, one at a time
+// (the poller's op does not hold them), or from its result file.
 func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
-	if op == nil {
-		var err error
-		if op, err = a.b.api.GetBatch(ctx, a.rec.RemoteName); err != nil {
+	if out := heldInline(op); out != nil {
+		for _, r := range gemini.InlineResults(out) { // the caller holds them already
+			if err := a.result(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if op == nil || op.Output() == nil || op.Output().ResponsesFile == "" {
+		var replyErr, err error
+		op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, func(r gemini.Result) error { replyErr = a.result(r); return replyErr })
+		if replyErr != nil {
+			return replyErr
+		}
+		if err != nil {
 			return a.fail(fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err))
 		}
 	}
@@ -229,12 +243,7 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		return a.all(gemini.NewStatus(gemini.CodeInternal, "batch %s succeeded with no output", a.rec.RemoteName))
 	}
 	if out.ResponsesFile == "" {
-		for _, r := range gemini.InlineResults(out) {
-			if err := a.result(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return nil // answered as they came
 	}
 	a.rec.ResultsFile = out.ResponsesFile
 	body, err := a.b.api.Download(ctx, out.ResponsesFile)
@@ -261,6 +270,17 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	if n := rr.Malformed(); n > 0 {
 		a.b.pub.m.badLines.Add(float64(n))
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Int("lines", n).Msg("result lines without a readable key")
+	}
+	return nil
+}
+
+// heldInline is op's output if op holds inline answers, nil otherwise.
+func heldInline(op *gemini.Operation) *gemini.Output {
+	if op == nil {
+		return nil
+	}
+	if out := op.Output(); out != nil && out.InlinedResponses != nil && len(out.InlinedResponses.InlinedResponses) > 0 {
+		return out
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ type fakeAPI struct {
 
 var _ publisher.API = (*fakeAPI)(nil)
 
-func (f *fakeAPI) GetBatch(context.Context, string) (*gemini.Operation, error) {
+func (f *fakeAPI) StreamBatch(context.Context, string, func(gemini.Result) error) (*gemini.Operation, error) {
 	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
 }
 func (f *fakeAPI) Download(context.Context, string) (io.ReadCloser, error) {
