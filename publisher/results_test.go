@@ -169,3 +169,35 @@ func TestBigDeadLetterByReference(t *testing.T) {
 		t.Fatalf("dead letter object (%v): %.100s", err, data)
 	}
 }
+
+// TestInlineAnswersReadAsTheyCome: the poller's operation holds no inline answers; the batch
+// is answered from the job fetched again, one answer at a time, big ones by reference.
+func TestInlineAnswersReadAsTheyCome(t *testing.T) {
+	e := bigUp(t)
+	api := &fakeAPI{inline: []gemini.Result{
+		{Key: "a", Response: json.RawMessage(`{"text":"` + strings.Repeat("x", 5000) + `"}`)},
+		{Key: "b", Response: json.RawMessage(`{"text":"small"}`)},
+	}}
+	store := record.NewMemStore()
+	rec := finished("a", "b")
+	rec.InputFile = ""
+	if err := store.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	polled := &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded,
+		Output: &gemini.Output{InlinedResponses: &gemini.InlinedResponses{}}}}
+	b := publisher.NewBatches(e.pub, store, api, zerolog.Nop())
+	if err := b.Answer(context.Background(), rec, polled); err != nil {
+		t.Fatal(err)
+	}
+	got := e.settle(t)
+	if api.streams != 1 || len(got["a"]) != 1 || len(got["b"]) != 1 {
+		t.Fatalf("%d streams, replies %v", api.streams, got)
+	}
+	if ref := reference(t, got["a"][0]); ref.Size < 5000 {
+		t.Fatalf("big inline answer: %+v", ref)
+	}
+	if string(got["b"][0].Data) != `{"key":"b","response":{"text":"small"}}` {
+		t.Fatalf("small inline answer: %s", got["b"][0].Data)
+	}
+}
