@@ -50,7 +50,7 @@ func (c *Client) StreamBatch(ctx context.Context, name string, each func(Result)
 		})
 		switch {
 		case stop != nil:
-			return stop
+			return errHandedOver // never retried; the caller gets stop itself
 		case err != nil && handed:
 			return fmt.Errorf("gemini: %s: %w (%w)", op, err, errHandedOver)
 		case err != nil:

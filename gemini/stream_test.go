@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
@@ -108,5 +109,20 @@ func TestStreamBatchCutOffIsNotRetried(t *testing.T) {
 		if err == nil || gets != tt.wantGets || items != tt.wantItems {
 			t.Errorf("%.40s: err %v, %d gets, %d items", tt.body, err, gets, items)
 		}
+	}
+}
+
+// TestStreamBatchCallerErrorNotRetried: an error of the caller's that looks like the network's
+// (a NATS connection lost while replying) stops the read, and the job is not fetched again.
+func TestStreamBatchCallerErrorNotRetried(t *testing.T) {
+	gets := 0
+	c, _ := inProcess(func(w http.ResponseWriter, r *http.Request) {
+		gets++
+		writeJSON(w, 200, `{"metadata":{"output":{"inlinedResponses":{"inlinedResponses":[{"response":{},"metadata":{"key":"a"}},{"response":{},"metadata":{"key":"b"}}]}}}}`)
+	})
+	lost := &net.OpError{Op: "write", Net: "tcp", Err: errors.New("broken pipe")}
+	_, err := c.StreamBatch(context.Background(), "batches/x", func(gemini.Result) error { return lost })
+	if !errors.Is(err, lost) || gets != 1 {
+		t.Fatalf("err %v after %d gets", err, gets)
 	}
 }
