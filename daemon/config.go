@@ -71,6 +71,9 @@ type Config struct {
 	KeepJobs        bool          `envconfig:"GEMBATCH_KEEP_JOBS" default:"false" desc:"leave finished jobs listed in the API instead of deleting them once answered"`
 	RecordsBucket   string        `envconfig:"GEMBATCH_RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
 	RequestsBucket  string        `envconfig:"GEMBATCH_REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines"`
+	ResultsBucket   string        `envconfig:"GEMBATCH_RESULTS_BUCKET" default:"gembatch-results" desc:"object store of answers too large for a NATS message, which replies name (durable mode)"`
+	ResultTTL       time.Duration `envconfig:"GEMBATCH_RESULT_TTL" default:"72h" desc:"how long an answer stays in RESULTS_BUCKET"`
+	ReplyMaxBytes   ByteSize      `envconfig:"GEMBATCH_REPLY_MAX_BYTES" default:"0" desc:"largest reply body published as it is, if lower than the connection's max payload (0: the max payload); larger answers go by RESULTS_BUCKET"`
 	RecordRetention time.Duration `envconfig:"GEMBATCH_RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
 	Instance        string        `envconfig:"GEMBATCH_INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
 	LeaseTTL        time.Duration `envconfig:"GEMBATCH_LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
@@ -240,6 +243,10 @@ func (c *Config) Validate() error {
 		return bad("ACK_WAIT", "must not be negative, got %s", c.AckWait)
 	case c.AckWait > 0 && c.AckWait <= c.BatchMaxWait:
 		return bad("ACK_WAIT", "must be longer than BATCH_MAX_WAIT (%s), got %s", c.BatchMaxWait, c.AckWait)
+	case c.ResultTTL < time.Minute:
+		return bad("RESULT_TTL", "must be at least 1m, got %s", c.ResultTTL)
+	case c.ReplyMaxBytes < 0 || (c.ReplyMaxBytes > 0 && c.ReplyMaxBytes < 1024):
+		return bad("REPLY_MAX_BYTES", "must be 0 or at least 1KiB, got %d", c.ReplyMaxBytes)
 	case c.RecordRetention < 72*time.Hour:
 		return bad("RECORD_RETENTION", "must be at least 72h (a job may take 48h), got %s", c.RecordRetention)
 	case c.LeaseTTL < time.Second:

@@ -103,6 +103,15 @@ func (m *Main) Run(ctx context.Context) error {
 	pubMetrics.InitModel(cfg.DefaultModel)
 	subMetrics.InitModel(cfg.DefaultModel)
 	pub := publisher.New(nc, pubMetrics)
+	pub.MaxReplyBytes = int(cfg.ReplyMaxBytes)
+	if durable {
+		if pub.Results, err = publisher.OpenResults(ctx, js, publisher.ResultsConfig{
+			Bucket: cfg.ResultsBucket, TTL: cfg.ResultTTL, Replicas: cfg.StreamReplicas,
+			Storage: storageType(cfg.StreamStorage), MaxPayload: nc.MaxPayload(),
+		}); err != nil {
+			return err
+		}
+	}
 	batches := publisher.NewBatches(pub, m.Store, api, plog)
 	batches.Now = m.now
 	batches.KeepJobs = cfg.KeepJobs
@@ -123,7 +132,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Now:      m.now,
 		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
 		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
-	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
+	}, statesOnly{api}, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
 		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.Enqueue(r, op) })
 	sub.OnSubmitted(poll.Enqueue)
 	batches.Policy = publisher.Policy{
@@ -319,6 +328,15 @@ func storageType(s string) jetstream.StorageType {
 		return jetstream.MemoryStorage
 	}
 	return jetstream.FileStorage
+}
+
+// statesOnly is the Gemini client as the poller sees it: a job's get skips its inline answers,
+// which the publisher reads one at a time once the job is answered (an inline job's answers can
+// run to gigabytes of images).
+type statesOnly struct{ *gemini.Client }
+
+func (s statesOnly) GetBatch(ctx context.Context, name string) (*gemini.Operation, error) {
+	return s.StreamBatch(ctx, name, nil)
 }
 
 // holding is the accumulator as intake's sink, with the pending count widened to every request

@@ -275,19 +275,24 @@ func InlineResults(out *Output) []Result {
 	irs := out.InlinedResponses.InlinedResponses
 	rs := make([]Result, 0, len(irs))
 	for i, ir := range irs {
-		var key string
-		if ir.Metadata != nil {
-			key = ir.Metadata.Key
-		}
-		res, ok := toResult(key, ir.Response, ir.Error)
-		if !ok {
-			res.Error = NewStatus(CodeInternal, "inline response %d has neither response nor error", i+1)
-		} else if res.Error == nil {
-			res.Usage = ResponseUsage(res.Response)
-		}
-		rs = append(rs, res)
+		rs = append(rs, inlineResult(i+1, ir))
 	}
 	return rs
+}
+
+// inlineResult is the keyed result of the n-th inline response (from 1).
+func inlineResult(n int, ir InlinedResponse) Result {
+	var key string
+	if ir.Metadata != nil {
+		key = ir.Metadata.Key
+	}
+	res, ok := toResult(key, ir.Response, ir.Error)
+	if !ok {
+		res.Error = NewStatus(CodeInternal, "inline response %d has neither response nor error", n)
+	} else if res.Error == nil {
+		res.Usage = ResponseUsage(res.Response)
+	}
+	return res
 }
 
 // InputWriter writes a batch input JSONL file, one whole line per Write to the underlying writer.

@@ -18,7 +18,8 @@ import (
 
 // API is the part of the Gemini client that answering a batch needs.
 type API interface {
-	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
+	// StreamBatch gets a job, handing its inline answers to each one at a time.
+	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
 	DeleteBatch(ctx context.Context, name string) error
@@ -214,11 +215,24 @@ func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
 	return nil
 }
 
-// results reads a succeeded job's answers, inline or from its result file.
+// results reads a succeeded job's answers: inline ones as the job is fetched, one at a time
+// (the poller's op does not hold them), or from its result file.
 func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
-	if op == nil {
-		var err error
-		if op, err = a.b.api.GetBatch(ctx, a.rec.RemoteName); err != nil {
+	if out := heldInline(op); out != nil {
+		for _, r := range gemini.InlineResults(out) { // the caller holds them already
+			if err := a.result(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if op == nil || op.Output() == nil || op.Output().ResponsesFile == "" {
+		var replyErr, err error
+		op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, func(r gemini.Result) error { replyErr = a.result(r); return replyErr })
+		if replyErr != nil {
+			return replyErr
+		}
+		if err != nil {
 			return a.fail(fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err))
 		}
 	}
@@ -230,12 +244,7 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		return a.all(gemini.NewStatus(gemini.CodeInternal, "batch %s succeeded with no output", a.rec.RemoteName))
 	}
 	if out.ResponsesFile == "" {
-		for _, r := range gemini.InlineResults(out) {
-			if err := a.result(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return nil // answered as they came
 	}
 	a.rec.ResultsFile = out.ResponsesFile
 	body, err := a.b.api.Download(ctx, out.ResponsesFile)
@@ -262,6 +271,17 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	if n := rr.Malformed(); n > 0 {
 		a.b.pub.m.badLines.Add(float64(n))
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Int("lines", n).Msg("result lines without a readable key")
+	}
+	return nil
+}
+
+// heldInline is op's output if op holds inline answers, nil otherwise.
+func heldInline(op *gemini.Operation) *gemini.Output {
+	if op == nil {
+		return nil
+	}
+	if out := op.Output(); out != nil && out.InlinedResponses != nil && len(out.InlinedResponses.InlinedResponses) > 0 {
+		return out
 	}
 	return nil
 }
@@ -367,24 +387,29 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 	return nil
 }
 
-// publish sends one reply. A reply that can never be published as it is (larger than the
-// connection allows, or to a refused subject) is that request's own outcome: it is answered with
-// an error saying why, or skipped with a log line if even that cannot go, and nothing else waits.
-// Any other failure is the connection's, and the batch is tried again.
+// publish sends one reply. An answer larger than a NATS message may be goes by reference to
+// the object store, where there is one. A reply that can never be published as it is (too large
+// with no object store to take it, or to a refused subject) is that request's own outcome: it is
+// answered with an error saying why, or skipped with a log line if even that cannot go, and
+// nothing else waits. Any other failure is the connection's, and the batch is tried again.
 func (a *answering) publish(req record.Request, resp []byte, st *gemini.Status) error {
-	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}
-	err := a.b.pub.Publish(r)
+	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st,
+		Object: ObjectName(a.rec.ID, req.ID)}
+	err := a.b.pub.PublishContext(a.ctx, r)
 	var ud *UndeliverableError
 	if !errors.As(err, &ud) {
 		return err
 	}
 	a.b.pub.m.undeliverable.Inc()
 	if st == nil {
-		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted,
-			"the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
-		a.b.log.Warn().Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
+		msg := fmt.Sprintf("the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
+		if ud.Stored {
+			msg += ", and it could not be written to the results object store"
+		}
+		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted, "%s", msg)
+		a.b.log.Warn().Err(err).Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
 			Msg("answer too large to publish; answering the request with an error")
-		if err = a.b.pub.Publish(r); !errors.As(err, &ud) {
+		if err = a.b.pub.PublishContext(a.ctx, r); !errors.As(err, &ud) {
 			return err
 		}
 	}

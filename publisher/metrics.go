@@ -25,6 +25,8 @@ type Metrics struct {
 	// undeliverable counts replies that could not be published as they were (too large, or a
 	// subject NATS refuses); each was answered with an error instead, or skipped if even that failed.
 	undeliverable prometheus.Counter
+	// resultObjects counts answers written to the results bucket, by outcome.
+	resultObjects *prometheus.CounterVec
 }
 
 // NewMetrics builds the publisher's metrics on reg.
@@ -43,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_publisher_undeliverable_replies_total",
 			Help: "Replies or dead letters that could not be published as they were (larger than the connection's max payload, or a refused subject).",
 		}),
+		resultObjects: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_result_objects_total",
+			Help: "Replies and dead letters too large for a NATS message, by outcome: written to GEMBATCH_RESULTS_BUCKET and sent by reference, or failed (answered with RESOURCE_EXHAUSTED instead).",
+		}, []string{"outcome"}),
 		unknownKeys: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_unknown_result_keys_total",
 			Help: "Results whose key matches no request of their batch (logged and dropped).",
@@ -98,6 +104,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.gaveUp.WithLabelValues("attempts")
 	m.gaveUp.WithLabelValues("deadline")
+	m.resultObjects.WithLabelValues("written")
+	m.resultObjects.WithLabelValues("failed")
 	m.published.WithLabelValues("ok")
 	m.published.WithLabelValues("error")
 	for _, s := range []gemini.State{gemini.StateSucceeded, gemini.StateFailed, gemini.StateCancelled, gemini.StateExpired} {

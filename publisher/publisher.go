@@ -3,9 +3,12 @@
 package publisher
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -14,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/failpoint"
 )
 
 // Reply headers, as the contract names them.
@@ -42,6 +46,9 @@ type Reply struct {
 	Batch    string
 	Response json.RawMessage
 	Error    *gemini.Status
+	// Object is the name an answer too large for a NATS message is written under (ObjectName);
+	// without one, such an answer is undeliverable.
+	Object string
 }
 
 // Body encodes a reply as one line of the Gemini result-file format.
@@ -61,6 +68,16 @@ func appendBody(b []byte, key string, response json.RawMessage, st *gemini.Statu
 		b = append(b, response...)
 	}
 	return append(b, '}')
+}
+
+// bodyParts is the reply line in pieces, the response as it is held: an answer too large for a
+// NATS message is streamed from them into the object store, never assembled in memory.
+func bodyParts(key string, response json.RawMessage, st *gemini.Status) [][]byte {
+	if st != nil {
+		return [][]byte{appendBody(nil, key, nil, st)}
+	}
+	head := appendString(append(make([]byte, 0, len(key)+len(`{"key":"","response":`)), `{"key":`...), key)
+	return [][]byte{append(head, `,"response":`...), response, []byte("}")}
 }
 
 // appendString appends s as encoding/json writes it: as is between quotes when nothing in it
@@ -84,6 +101,12 @@ type Publisher struct {
 	ok, failed   prometheus.Counter // m.published by status, looked up once
 	flushTimeout time.Duration
 	out          sync.Pool // of *outgoing
+	// Results, when set, takes the answers too large for a NATS message (durable mode); without
+	// it each such answer is undeliverable.
+	Results *Results
+	// MaxReplyBytes, when above zero, is the largest reply body published as it is, if lower
+	// than what the connection allows.
+	MaxReplyBytes int
 }
 
 // outgoing is a reply message and its parts, reused: PublishMsg copies the message into the
@@ -118,9 +141,13 @@ func New(nc Conn, m *Metrics) *Publisher {
 		flushTimeout: 10 * time.Second, out: sync.Pool{New: newOutgoing}}
 }
 
-// Publish sends one reply. It does not wait for the server; Flush does. Beyond the reply's
-// bytes it allocates only the header encoding nats.go makes for any message with headers.
-func (p *Publisher) Publish(r Reply) error {
+// Publish sends one reply. It does not wait for the server; Flush does.
+func (p *Publisher) Publish(r Reply) error { return p.PublishContext(context.Background(), r) }
+
+// PublishContext is Publish under ctx, which bounds the writing of an answer too large for a
+// NATS message to the object store. A reply that fits allocates, beyond its bytes, only the
+// header encoding nats.go makes for any message with headers.
+func (p *Publisher) PublishContext(ctx context.Context, r Reply) error {
 	status, counter := "ok", p.ok
 	if r.Error != nil {
 		status, counter = "error", p.failed
@@ -137,27 +164,89 @@ func (p *Publisher) Publish(r Reply) error {
 	o := p.out.Get().(*outgoing)
 	defer p.out.Put(o)
 	o.msg.Subject = r.Subject
-	o.msg.Data = appendBody(o.msg.Data[:0], r.Key, r.Response, r.Error)
 	o.set(HeaderKey, &o.key, r.Key)
 	o.set(HeaderStatus, &o.status, status)
 	o.set(HeaderBatch, &o.batch, r.Batch)
 	o.set(HeaderMsgID, &o.msgID, r.MsgID)
-	if err := p.nc.PublishMsg(&o.msg); err != nil {
-		p.m.errors.Inc()
-		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", r.Key, r.Subject, len(o.msg.Data), err)
-		if undeliverable(err) {
-			return &UndeliverableError{Size: len(o.msg.Data), Limit: p.maxPayload(), Err: err}
-		}
+	var err error
+	if limit := p.limit(&o.msg); r.Error == nil && limit > 0 && len(r.Response)+len(r.Key)+32 > limit {
+		err = p.send(ctx, copyMsg(&o.msg), r.Key, r.Object, bodyParts(r.Key, r.Response, r.Error)...)
+	} else {
+		o.msg.Data = appendBody(o.msg.Data[:0], r.Key, r.Response, r.Error)
+		err = p.publish(&o.msg, r.Key)
+	}
+	if err != nil {
 		return err
 	}
 	counter.Inc()
 	return nil
 }
 
+// copyMsg copies a pooled message's subject and headers, for a reply sent the slow way.
+func copyMsg(pooled *nats.Msg) *nats.Msg {
+	msg := &nats.Msg{Subject: pooled.Subject, Header: make(nats.Header, len(pooled.Header)+2)}
+	for k, v := range pooled.Header {
+		msg.Header[k] = append([]string(nil), v...)
+	}
+	return msg
+}
+
+// send publishes msg with the body parts make. A body larger than a reply may be is written to
+// the results bucket under the name object, and msg carries a reference to it instead; without
+// a bucket or a name, it is undeliverable.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg, key, object string, parts ...[]byte) error {
+	size := 0
+	for _, b := range parts {
+		size += len(b)
+	}
+	limit := p.limit(msg)
+	if limit <= 0 || size <= limit {
+		msg.Data = bytes.Join(parts, nil)
+		return p.publish(msg, key)
+	}
+	if p.Results == nil || object == "" {
+		return &UndeliverableError{Size: size, Limit: limit,
+			Err: fmt.Errorf("reply for key %q to %s is %d bytes, more than %d: %w", key, msg.Subject, size, limit, nats.ErrMaxPayload)}
+	}
+	ref, err := p.Results.put(ctx, object, parts...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		p.m.resultObjects.WithLabelValues("failed").Inc()
+		return &UndeliverableError{Size: size, Limit: limit, Stored: true,
+			Err: fmt.Errorf("reply for key %q is %d bytes, more than %d: %w", key, size, limit, err)}
+	}
+	p.m.resultObjects.WithLabelValues("written").Inc()
+	failpoint.Hit(failpoint.AfterResultObjectBeforeReply)
+	msg.Header.Set(HeaderResultObject, ref.Bucket+"/"+ref.Name)
+	msg.Header.Set(HeaderResultSize, strconv.FormatInt(ref.Size, 10))
+	msg.Data, _ = json.Marshal(struct {
+		Key    string       `json:"key"`
+		Object ResultObject `json:"object"`
+	}{key, ref})
+	return p.publish(msg, key)
+}
+
+// publish sends msg as it is.
+func (p *Publisher) publish(msg *nats.Msg, key string) error {
+	if err := p.nc.PublishMsg(msg); err != nil {
+		p.m.errors.Inc()
+		err = fmt.Errorf("publish reply for key %q to %s (%d bytes): %w", key, msg.Subject, len(msg.Data), err)
+		if undeliverable(err) {
+			return &UndeliverableError{Size: len(msg.Data), Limit: p.limit(msg), Err: err}
+		}
+		return err
+	}
+	return nil
+}
+
 // UndeliverableError is a reply that can never be published as it is, whatever the retries: too
-// large for the connection, or to a subject NATS refuses. It concerns that reply alone.
+// large for the connection (and, if Stored, for the object store too), or to a subject NATS
+// refuses. It concerns that reply alone.
 type UndeliverableError struct {
 	Size, Limit int
+	Stored      bool // writing it to the results bucket was tried and failed
 	Err         error
 }
 
@@ -169,12 +258,29 @@ func undeliverable(err error) bool {
 	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported)
 }
 
-// maxPayload is what the connection may publish, if it says.
-func (p *Publisher) maxPayload() int {
-	if c, ok := p.nc.(interface{ MaxPayload() int64 }); ok {
-		return int(c.MaxPayload())
+// limit is the largest body msg may have with its headers as they are: what the connection
+// may publish, or MaxReplyBytes if lower; 0 if neither is known.
+func (p *Publisher) limit(msg *nats.Msg) int {
+	n := 0
+	if c, ok := p.nc.(interface{ MaxPayload() int64 }); ok && c.MaxPayload() > 0 {
+		n = max(1, int(c.MaxPayload())-headerSize(msg))
 	}
-	return 0
+	if p.MaxReplyBytes > 0 && (n == 0 || p.MaxReplyBytes < n) {
+		n = p.MaxReplyBytes
+	}
+	return n
+}
+
+// headerSize is the size of msg's headers on the wire, as nats.go counts them against the
+// server's max payload.
+func headerSize(msg *nats.Msg) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + len(": \r\n")
+		}
+	}
+	return n
 }
 
 // Flush waits until the server has every reply published so far.

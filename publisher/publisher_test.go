@@ -44,6 +44,8 @@ func TestBody(t *testing.T) {
 // fakeAPI serves one result file and records deletions.
 type fakeAPI struct {
 	results     string
+	inline      []gemini.Result // answered inline, handed over by StreamBatch, when set
+	streams     int
 	fail        error
 	deleted     []string
 	deletedJobs []string
@@ -52,8 +54,17 @@ type fakeAPI struct {
 
 var _ publisher.API = (*fakeAPI)(nil)
 
-func (f *fakeAPI) GetBatch(context.Context, string) (*gemini.Operation, error) {
-	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
+func (f *fakeAPI) StreamBatch(_ context.Context, _ string, each func(gemini.Result) error) (*gemini.Operation, error) {
+	f.streams++
+	if f.inline == nil {
+		return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
+	}
+	for _, r := range f.inline {
+		if err := each(r); err != nil {
+			return nil, err
+		}
+	}
+	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{InlinedResponses: &gemini.InlinedResponses{}}}}, nil
 }
 func (f *fakeAPI) Download(context.Context, string) (io.ReadCloser, error) {
 	f.downloads++

@@ -281,7 +281,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			return s.split(ctx, rec)
 		}
 		rec.Mode = record.ModeFile
-		if inlineSize(rec) <= s.cfg.InlineMaxBytes {
+		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !asksForImages(rec) {
 			rec.Mode = record.ModeInline
 		}
 		rec.State = record.Submitting

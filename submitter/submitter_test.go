@@ -191,3 +191,28 @@ func TestFailedUploadIsRetried(t *testing.T) {
 		t.Fatalf("record %+v", got)
 	}
 }
+
+// TestImageBatchesGoByFile: a small batch is sent inline unless one of its requests asks for
+// images, whose answers run to megabytes each.
+func TestImageBatchesGoByFile(t *testing.T) {
+	e := setup(t, emulator.Options{}, submitter.Config{InlineMaxBytes: 1 << 20})
+	text, image := sealed(3, 10), sealed(3, 10)
+	q := &image.Requests[1]
+	q.Body = json.RawMessage(`{"contents":[{"parts":[{"text":"a cat"}]}],"generationConfig":{"responseModalities":["TEXT","IMAGE"]}}`)
+	image.Bytes -= q.Size
+	q.Size = gemini.InputLineSize(q.Key, q.Body)
+	image.Bytes += q.Size
+	e.run(t, text, image)
+	for _, tt := range []struct {
+		rec  *record.Record
+		want record.Mode
+	}{{text, record.ModeInline}, {image, record.ModeFile}} {
+		stored, err := e.store.Get(context.Background(), tt.rec.ID)
+		if err != nil || stored.State != record.Submitted {
+			t.Fatalf("stored record %+v, %v", stored, err)
+		}
+		if stored.Mode != tt.want {
+			t.Errorf("record %s went %s, want %s", tt.rec.ID, stored.Mode, tt.want)
+		}
+	}
+}

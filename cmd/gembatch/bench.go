@@ -27,8 +27,8 @@ spread (min–max) of each figure and of their ratio:
   results   reading a result file of embeddings, MB/s and replies/s: raw HTTP read of the same file
   pending   heap and RSS per pending request above its body, 100,000 pending (core mode)
   rss       peak RSS growth sending one batch by file (128 MiB; --full: 1 GiB): JetStream baseline
-  bigreply  answers of 2 MB delivered by object store: object-store put + get (n/a until
-            gembatchd delivers big answers)
+  bigreply  answers of 2 MB delivered by object store, and the peak RSS growth delivering 500
+            of them (--quick: 20): object-store put + get of the same objects
   polling   API calls per minute and process CPU with 100 active jobs and 10,000 records in the store
 
 It takes a few minutes on 2 cores (--quick: well under one), leaves nothing running, and

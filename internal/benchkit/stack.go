@@ -176,7 +176,7 @@ func (e *env) config(durable bool, apiURL string) daemon.Config {
 	c.StreamSubject = n + ".stream"
 	c.Queue, c.Consumer = n, n
 	c.Stream = strings.ToUpper(n)
-	c.RecordsBucket, c.RequestsBucket = n+"-records", n+"-requests"
+	c.RecordsBucket, c.RequestsBucket, c.ResultsBucket = n+"-records", n+"-requests", n+"-results"
 	c.ReplyAllow = []string{n + ".reply.>"}
 	c.Durable = "false"
 	if durable {

@@ -66,7 +66,15 @@ type Stack struct {
 // written to the test log. emu.JobDelay defaults to 100ms.
 func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
+	return StartWith(t, cfg, emu, server.Options{})
+}
+
+// StartWith is Start on a NATS server with the given options (a small MaxPayload, say); its
+// JetStream store, host and port are the test's own.
+func StartWith(t testing.TB, cfg daemon.Config, emu emulator.Options, natsOpts server.Options) *Stack {
+	t.Helper()
+	natsOpts.Host, natsOpts.Port = "", 0
+	ns, err := embedded.NATSWith(&natsOpts, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
