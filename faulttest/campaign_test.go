@@ -185,3 +185,32 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 	}
 	return f, append(breaches, problems...)
 }
+
+// TestPlanCoversEveryStep: the default campaign has at least 30 trials, each round of a plan
+// holds every step boundary with both kinds of fault, and a seed gives the same plan again.
+func TestPlanCoversEveryStep(t *testing.T) {
+	n := 2 * len(combos())
+	if n < 30 {
+		t.Fatalf("the default campaign has %d trials, fewer than 30", n)
+	}
+	p := plan(7, n)
+	for round := range 2 {
+		seen := map[string]bool{}
+		for _, tr := range p[round*len(combos()) : (round+1)*len(combos())] {
+			seen[tr.step+":"+string(tr.action)] = true
+		}
+		for _, s := range failpoint.Steps {
+			for _, a := range []failpoint.Action{failpoint.Kill, failpoint.Freeze} {
+				if !seen[s+":"+string(a)] {
+					t.Errorf("round %d has no %s:%s", round, s, a)
+				}
+			}
+		}
+		if !seen[accumulating+":"] || !seen[skewedPair+":"] {
+			t.Errorf("round %d lacks the kill while accumulating or the skewed pair", round)
+		}
+	}
+	if !slices.Equal(p, plan(7, n)) || slices.Equal(p, plan(8, n)) {
+		t.Error("a seed does not give one plan")
+	}
+}
