@@ -166,7 +166,10 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
 		}
 		w.start("b", skewed)
-		time.Sleep(leaseTTL + createGrace + time.Second) // a's lease and the create grace pass
+		// Long enough for b to take over however it judges a lease dead: b first sees a's lease
+		// at its start, may wait a whole TTL on its own clock from then, and then the create
+		// grace from its own first sighting of a record.
+		time.Sleep(2*leaseTTL + createGrace + time.Second)
 		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
