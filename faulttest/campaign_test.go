@@ -27,17 +27,23 @@ const (
 
 // trial is one run of the campaign: requests sent to a fresh world, and one fault.
 type trial struct {
-	step     string           // a failpoint, or accumulating or skewedPair
-	action   failpoint.Action // kill: restart the same instance; freeze: resume it later, a second replica running
-	hit      int64            // which hit of the step acts
-	skew     time.Duration    // the clock offset of the second replica
-	requests int
+	step   string           // a failpoint, or accumulating or skewedPair
+	action failpoint.Action // kill: start a successor; freeze: resume it later, a second replica running
+	hit    int64            // which hit of the step acts
+	skew   time.Duration    // the clock offset of the second replica
+	// successor is the instance started after a kill: the same name (a restarted pod of a
+	// StatefulSet) or another (a Deployment's new pod), which must take the dead one's work over.
+	successor string
+	requests  int
 }
 
 func (tr trial) String() string {
 	s := tr.step
 	if tr.action != "" {
 		s += fmt.Sprintf(":%d:%s", tr.hit, tr.action)
+	}
+	if tr.successor != "" {
+		s += " then " + tr.successor
 	}
 	if tr.skew != 0 {
 		s += fmt.Sprintf(" skew=%s", tr.skew)
@@ -70,11 +76,14 @@ func plan(seed uint64, n int) []trial {
 				tr.hit = 1 // only the pro model's batches go by file: maybe one
 			}
 			tr.requests = 40 + 2*rng.IntN(21) // 40 to 80, even: both models get requests
+			tr.successor = []string{"a", "b"}[rng.IntN(2)]
 			switch {
 			case tr.step == skewedPair:
 				tr.skew = []time.Duration{-time.Minute, time.Minute}[rng.IntN(2)]
+				tr.successor = ""
 			case tr.action == failpoint.Freeze:
 				tr.skew = []time.Duration{-time.Minute, 0, time.Minute}[rng.IntN(3)]
+				tr.successor = ""
 			}
 			out = append(out, tr)
 		}
@@ -91,7 +100,7 @@ func envInt(name string, def uint64) uint64 {
 }
 
 // TestFaultCampaign runs seeded trials, each a fresh world with one fault at a step boundary:
-// gembatchd killed there and restarted, or frozen there past its lease and the create grace
+// gembatchd killed there and restarted (under its name or another), or frozen there past its lease and the create grace
 // while a second replica (its clock perhaps 60s off) takes over, then resumed. Each trial
 // measures the replies (every delivery), what the emulator billed per request across all jobs,
 // the jobs created per displayName and the tokens gembatchd counted; the campaign prints the
@@ -145,7 +154,7 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 		w.send(tr.requests, "r")
 		time.Sleep(100 * time.Millisecond)
 		w.daemons[0].kill()
-		w.start("a")
+		w.start(tr.successor)
 	case tr.step == skewedPair:
 		w.start("a")
 		w.start("b", skewed)
@@ -157,7 +166,7 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 		if !a.died(20 * time.Second) {
 			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
 		}
-		w.start("a")
+		w.start(tr.successor)
 	case tr.action == failpoint.Freeze:
 		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Freeze}
 		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
