@@ -100,12 +100,12 @@ func envInt(name string, def uint64) uint64 {
 }
 
 // TestFaultCampaign runs seeded trials, each a fresh world with one fault at a step boundary:
-// gembatchd killed there and restarted (under its name or another), or frozen there past its lease and the create grace
-// while a second replica (its clock perhaps 60s off) takes over, then resumed. Each trial
-// measures the replies (every delivery), what the emulator billed per request across all jobs,
-// the jobs created per displayName and the tokens gembatchd counted; the campaign prints the
-// sums on one line and fails on any loss, double billing, request answered two ways, token
-// count unlike the billing, or (after a kill) job created twice.
+// gembatchd killed there and succeeded (by itself or another instance), or frozen there past its
+// lease and the create grace while a second replica (its clock perhaps 60s off) takes over,
+// then resumed. Each trial measures the replies (every delivery), what the emulator billed per
+// request across all jobs, the jobs created per displayName and the tokens gembatchd counted;
+// the campaign prints the sums on one line and fails on any loss, double billing, request
+// answered two ways, token count unlike the billing, or (after a kill) job created twice.
 //
 // GEMBATCH_FAULT_TRIALS sets the number of trials (default two rounds of every combo, 36);
 // GEMBATCH_FAULT_SEED replays a campaign.
@@ -146,45 +146,12 @@ func TestFaultCampaign(t *testing.T) {
 // runTrial runs one trial in a fresh world and returns its figures and breaches.
 func runTrial(t *testing.T, tr trial) (figures, []string) {
 	w := newWorld(t, emulator.Faults{})
-	skewed := clock.OffsetEnv + "=" + tr.skew.String()
-	var problems []string
-	switch {
-	case tr.step == accumulating:
-		w.start("a")
-		w.send(tr.requests, "r")
-		time.Sleep(100 * time.Millisecond)
-		w.daemons[0].kill()
-		w.start(tr.successor)
-	case tr.step == skewedPair:
-		w.start("a")
-		w.start("b", skewed)
-		w.send(tr.requests, "r")
-	case tr.action == failpoint.Kill:
-		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Kill}
-		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
-		w.send(tr.requests, "r")
-		if !a.died(20 * time.Second) {
-			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
-		}
-		w.start(tr.successor)
-	case tr.action == failpoint.Freeze:
-		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Freeze}
-		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
-		w.send(tr.requests, "r")
-		if !a.frozen(20 * time.Second) {
-			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
-		}
-		w.start("b", skewed)
-		// Long enough for b to take over however it judges a lease dead: b first sees a's lease
-		// at its start, may wait a whole TTL on its own clock from then, and then the create
-		// grace from its own first sighting of a record.
-		time.Sleep(2*leaseTTL + createGrace + time.Second)
-		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-			t.Fatal(err)
-		}
+	if err := inject(w, tr); err != nil {
+		return figures{trials: 1}, []string{err.Error()}
 	}
 	w.answered(30 * time.Second) // the figures say how many were not
 	time.Sleep(time.Second)      // what a resumed replica still does (a create, a reply) is measured too
+	var problems []string
 	for _, d := range w.daemons {
 		if d.running() {
 			if err := d.finish(); err != nil {
@@ -198,6 +165,44 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 		t.Log(w.logs())
 	}
 	return f, append(breaches, problems...)
+}
+
+// inject sends the trial's requests and applies its fault, leaving the world to answer them.
+func inject(w *world, tr trial) error {
+	skewed := clock.OffsetEnv + "=" + tr.skew.String()
+	switch {
+	case tr.step == accumulating:
+		w.start("a")
+		w.send(tr.requests, "r")
+		time.Sleep(100 * time.Millisecond)
+		w.daemons[0].kill()
+		w.start(tr.successor)
+	case tr.step == skewedPair:
+		w.start("a")
+		w.start("b", skewed)
+		w.send(tr.requests, "r")
+	default:
+		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: tr.action}
+		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
+		w.send(tr.requests, "r")
+		if tr.action == failpoint.Kill {
+			if !a.died(20 * time.Second) {
+				return fmt.Errorf("failpoint never reached\n%s", w.logs())
+			}
+			w.start(tr.successor)
+			return nil
+		}
+		if !a.frozen(20 * time.Second) {
+			return fmt.Errorf("failpoint never reached\n%s", w.logs())
+		}
+		w.start("b", skewed)
+		// Long enough for b to take over however it judges a lease dead: b first sees a's lease
+		// at its start, may wait a whole TTL on its own clock from then, and then the create
+		// grace from its own first sighting of a record.
+		time.Sleep(2*leaseTTL + createGrace + time.Second)
+		return a.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	return nil
 }
 
 // TestPlanCoversEveryStep: the default campaign has at least 30 trials, each round of a plan
