@@ -19,15 +19,15 @@ import (
 type answer struct {
 	msgID  string // Nats-Msg-Id
 	status string // Gembatch-Status
-	body   string // hex SHA-256 of the body
+	body   string // the first 8 bytes of the body's SHA-256, in hex
 }
 
 // replyLedger counts every reply delivered on ledger.>. A core subscription sees every delivery
 // (no deduplication by Nats-Msg-Id, unlike a stream's duplicate window) while the test's
 // connection is up; a stream with the shortest duplicate window the server allows (100ms) keeps
 // what arrives while that connection is reconnecting after a NATS restart. Per request, the
-// ledger believes whichever of the two saw more deliveries: neither can see one that did not
-// happen.
+// ledger believes whichever of the two saw more deliveries, plus any answer only the other saw:
+// neither can see a delivery that did not happen.
 type replyLedger struct {
 	t      *testing.T
 	nc     *nats.Conn
