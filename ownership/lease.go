@@ -71,13 +71,6 @@ func (l *Leaser) Self() Owner { return l.self }
 // TTL is the lease's time to live.
 func (l *Leaser) TTL() time.Duration { return l.ttl }
 
-// Holds reports whether the lease is certainly held for margin more.
-func (l *Leaser) Holds(margin time.Duration) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return Holds(l.renewSent, l.now(), l.ttl, margin)
-}
-
 // HeldSince reports whether the lease has been held without a lapse since t, and still is for
 // margin more: work begun at t (requests held in an open batch) is still this replica's.
 func (l *Leaser) HeldSince(t time.Time, margin time.Duration) bool {

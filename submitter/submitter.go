@@ -57,7 +57,9 @@ type Config struct {
 
 // Lease is this replica's ownership lease (durable mode).
 type Lease interface {
-	Holds(margin time.Duration) bool
+	// HeldSince reports whether the lease has been held without a lapse since t, and still is
+	// for margin more.
+	HeldSince(t time.Time, margin time.Duration) bool
 }
 
 // errLeaseLapsed: the lease is not certainly held long enough to send a create.
@@ -362,11 +364,14 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 	}
 }
 
-// create sends the create call, fenced by the lease: only while this replica certainly holds
-// it for longer than the call may take. A freeze between this check and the send that outlasts
+// create sends the create call, fenced by the lease: only while this replica has held it
+// without a lapse since the intent was written, and certainly holds it for longer than the call
+// may take. A freeze between this check and the send that outlasts
 // the lease less the margin is the one window no fence closes; find cancels what it lets through.
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
-	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+s.cfg.CreateTimeout/5) {
+	// Held since the intent was written: a replica that froze after writing it (and whose
+	// renewal, on waking, finds the lease lapsed) must not send it, though it holds the lease again.
+	if s.cfg.Lease != nil && !s.cfg.Lease.HeldSince(rec.CreateAttempted, s.cfg.CreateTimeout+s.cfg.CreateTimeout/5) {
 		return nil, errLeaseLapsed
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CreateTimeout)
