@@ -120,7 +120,7 @@ func TestJudgeConfirmsBeforeClaiming(t *testing.T) {
 	if v, _ := observer.Judge(ctx, owner.Self()); v != Live {
 		t.Fatalf("first sighting: %v, want live", v)
 	}
-	c.advance(31 * time.Second) // the observer saw no renewal (no watch runs here)...
+	c.advance(31 * time.Second)              // the observer saw no renewal (no watch runs here)...
 	if err := owner.renew(ctx); err != nil { // ...but the owner did renew
 		t.Fatal(err)
 	}
