@@ -134,7 +134,7 @@ func resultFile(ctx context.Context, e *env) ([]Row, error) {
 	if e.opts.Full {
 		size = 1 << 30
 	}
-	const lineBytes = 62 << 10 // about one embedding line of 3072 values; the figure uses the real size
+	const lineBytes = 41 << 10 // about one embedding line of 3072 values; the figure uses the real size
 	n := max(1, size/lineBytes)
 	a, err := startAPI(0)
 	if err != nil {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/internal/benchkit"
+	"github.com/gembatch/gembatch/internal/stacktest"
+)
+
+// TestBenchQuickJSON runs every measure at CI size and checks the report has each one with
+// positive figures: a baseline where the measure has one, gembatchd's figure (or, for answers
+// gembatchd cannot deliver yet, the reason), and their ratio. Goroutines left behind fail the
+// package (goleak in TestMain); temporary directories left behind fail this test.
+func TestBenchQuickJSON(t *testing.T) {
+	before := benchDirs(t)
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--quick", "-o", "json"}, &out, &errb); code != 0 {
+		t.Fatalf("bench exit %d\nstderr:\n%s", code, errb.String())
+	}
+	var rep benchkit.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	t.Logf("stderr:\n%s", errb.String())
+	if rep.Machine.CPUs < 1 || rep.Machine.CPUModel == "" || rep.Date.IsZero() || !rep.Quick || rep.Rounds != 3 {
+		t.Errorf("report header: %+v", rep)
+	}
+	groups := map[string]int{}
+	for _, row := range rep.Rows {
+		groups[row.Group]++
+		checkRow(t, row)
+	}
+	for _, g := range benchkit.Groups {
+		if groups[g] == 0 {
+			t.Errorf("no row for measure %q", g)
+		}
+	}
+	if after := benchDirs(t); len(after) > len(before) {
+		t.Errorf("temporary directories left behind: %v (before: %v)", after, before)
+	}
+}
+
+func checkRow(t *testing.T, row benchkit.Row) {
+	t.Helper()
+	positive := func(what string, s *benchkit.Stats) {
+		if s == nil || s.Min <= 0 || s.Median < s.Min || s.Max < s.Median {
+			t.Errorf("%s: %s is not a positive median within its spread: %+v", row.Measure, what, s)
+		}
+	}
+	if row.Measure == "" || row.Unit == "" || (row.Better != "higher" && row.Better != "lower") {
+		t.Errorf("row without measure, unit or direction: %+v", row)
+	}
+	if row.Baseline != nil || row.BaselineLabel != "" {
+		positive("baseline", row.Baseline)
+	}
+	if row.NA != "" {
+		if row.Group != "bigreply" || row.Gembatchd != nil || row.Baseline == nil {
+			t.Errorf("%s: only big answers may be n/a, with a baseline and no figure: %+v", row.Measure, row)
+		}
+		return
+	}
+	positive("gembatchd", row.Gembatchd)
+	if row.Baseline != nil {
+		positive("ratio", row.Ratio)
+	}
+}
+
+func benchDirs(t *testing.T) []string {
+	t.Helper()
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), "gembatch-bench-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dirs
+}
+
+// TestBenchOnYourServer runs a measure against a server given by --nats and checks that
+// every stream, bucket and consumer the run made there is gone afterwards.
+func TestBenchOnYourServer(t *testing.T) {
+	nc := stacktest.NATS(t)
+	var out, errb bytes.Buffer
+	code := run([]string{"bench", "--quick", "--rounds", "1", "--only", "bigreply,durable", "--nats", nc.ConnectedUrl()}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("bench exit %d\nstderr:\n%s", code, errb.String())
+	}
+	for _, want := range []string{"| measure | baseline | gembatchd | ratio |", "durable intake", "answers of 2 MB", "n/a"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), nc.ConnectedUrl()) {
+		t.Errorf("table does not name the server measured:\n%s", out.String())
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	names := js.StreamNames(context.Background())
+	for n := range names.Name() {
+		left = append(left, n)
+	}
+	if err := names.Err(); err != nil && err != jetstream.ErrEndOfData {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("streams left on the server: %v", left)
+	}
+	_ = nats.ErrConnectionClosed
+}
+
+func TestBenchFlags(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"bench", "--only", "nonsense", "-q"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), `unknown measure "nonsense"`) {
+		t.Errorf("unknown measure: exit %d, %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"bench", "-o", "yaml"}, &out, &errb); code != 2 {
+		t.Errorf("-o yaml: exit %d, %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"bench", "--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "interleaved rounds") {
+		t.Errorf("--help: exit %d, %q", code, errb.String())
+	}
+}
