@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"strings"
 
+	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/internal/benchkit"
+	"github.com/gembatch/gembatch/metrics"
 )
 
 const benchUsage = `Usage: gembatch bench [flags]
@@ -73,6 +76,13 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*quiet {
 		opts.Progress = stderr
 	}
+	opts.Gembatchd = func() *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.Command(exe, benchDaemonCommand)
+	}
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
@@ -111,4 +121,27 @@ func startCPUProfile(path string) (func(), error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// benchDaemonCommand is the hidden command by which the bench runs gembatchd in a process of
+// its own (this same executable), for the peak-RSS measure.
+const benchDaemonCommand = "bench-gembatchd"
+
+// benchDaemon runs gembatchd configured by the environment until ctx ends, as gembatchd does.
+func benchDaemon(ctx context.Context, stderr io.Writer) int {
+	cfg, err := daemon.LoadConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	log, err := daemon.NewLogger(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	if err := daemon.NewMain(cfg, log, metrics.Build{Version: "bench"}).Run(ctx); err != nil {
+		log.Error().Err(err).Msg("gembatchd failed")
+		return 1
+	}
+	return 0
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -32,6 +33,9 @@ type Options struct {
 	Only []string
 	// Progress receives one line per round; nil is silent.
 	Progress io.Writer
+	// Gembatchd returns a command that runs gembatchd configured by its environment (GEMBATCH_*
+	// variables are added), for the measure that needs the daemon alone in its process (peak RSS).
+	Gembatchd func() *exec.Cmd
 }
 
 // Groups are the names --only takes, in the order they run.

@@ -27,7 +27,7 @@ var imageRequest = []byte(`{"contents":[{"role":"user","parts":[{"text":"a light
 // gembatchd can deliver big answers the gembatchd figure is reported not available: the
 // measure first sends one image request and checks how the answer came back.
 func bigReplies(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(20, 4)
+	n := e.size(20, 2)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err

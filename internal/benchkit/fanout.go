@@ -68,7 +68,7 @@ func (c *collector) wait(ctx context.Context, within time.Duration) error {
 // timed the same way. Both are timed at the receiver: when the first reply was published is not
 // visible from outside the daemon, and timing both alike keeps the ratio fair.
 func fanOut(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(10000, 1000)
+	n := e.size(10000, 500)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
@@ -130,7 +130,7 @@ func fanOut(ctx context.Context, e *env) ([]Row, error) {
 // resultFile: a file batch of embeddings (3072 values each); gembatchd's MB/s and replies/s
 // from the first reply to the last, against a raw HTTP read of the same result file.
 func resultFile(ctx context.Context, e *env) ([]Row, error) {
-	size := e.size(64<<20, 4<<20)
+	size := e.size(64<<20, 2<<20)
 	if e.opts.Full {
 		size = 1 << 30
 	}

@@ -25,8 +25,8 @@ const activeJobs = 100
 // a window that starts when the 100th job is created. The baseline is the same process in a
 // window of a third the length before gembatchd starts: NATS holding the records, the emulator idle.
 func polling(ctx context.Context, e *env) ([]Row, error) {
-	records := e.size(10000, 1000)
-	window := time.Duration(e.size(60, 4)) * time.Second
+	records := e.size(10000, 500)
+	window := time.Duration(e.size(60, 3)) * time.Second
 	a, err := startAPI(time.Hour)
 	if err != nil {
 		return nil, err
