@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -16,15 +18,15 @@ import (
 
 // TestBenchQuickJSON runs every measure at CI size and checks the report has each one with
 // positive figures: a baseline where the measure has one, gembatchd's figure (or, for answers
-// gembatchd cannot deliver yet, the reason), and their ratio; two rounds keep it short under
-// -race. Goroutines left behind fail the package (goleak in TestMain); temporary files left
-// behind, and gembatchd processes not stopped (their directories stay), fail this test.
+// gembatchd cannot deliver yet, the reason), and their ratio; one round keeps it short under
+// -race. Goroutines left behind fail the package (goleak in TestMain); temporary files and
+// child processes left behind fail this test.
 func TestBenchQuickJSON(t *testing.T) {
 	t.Setenv("GEMBATCH_TEST_RUN", "1") // the peak-RSS measure runs gembatchd as this binary: see TestMain
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // the run's own temporary directories, and the emulator's, go here
 	var out, errb bytes.Buffer
-	if code := run([]string{"bench", "--quick", "--rounds", "2", "-o", "json"}, &out, &errb); code != 0 {
+	if code := run([]string{"bench", "--quick", "--rounds", "1", "-o", "json"}, &out, &errb); code != 0 {
 		t.Fatalf("bench exit %d\nstderr:\n%s", code, errb.String())
 	}
 	var rep benchkit.Report
@@ -32,7 +34,7 @@ func TestBenchQuickJSON(t *testing.T) {
 		t.Fatalf("not JSON: %v\n%s", err, out.String())
 	}
 	t.Logf("stderr:\n%s", errb.String())
-	if rep.Machine.CPUs < 1 || rep.Machine.CPUModel == "" || rep.Date.IsZero() || !rep.Quick || rep.Rounds != 2 {
+	if rep.Machine.CPUs < 1 || rep.Machine.CPUModel == "" || rep.Date.IsZero() || !rep.Quick || rep.Rounds != 1 {
 		t.Errorf("report header: %+v", rep)
 	}
 	groups := map[string]int{}
@@ -47,6 +49,9 @@ func TestBenchQuickJSON(t *testing.T) {
 	}
 	if left, err := os.ReadDir(tmp); err != nil || len(left) > 0 {
 		t.Errorf("temporary files left behind: %v %v", left, err)
+	}
+	if kids := children(t); len(kids) > 0 {
+		t.Errorf("processes left running: %v", kids)
 	}
 }
 
@@ -73,6 +78,28 @@ func checkRow(t *testing.T, row benchkit.Row) {
 	if row.Baseline != nil {
 		positive("ratio", row.Ratio)
 	}
+}
+
+// children lists this process's child processes, from /proc.
+func children(t *testing.T) []string {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(os.Getpid()) {
+			out = append(out, string(b[:bytes.LastIndexByte(b, ')')+1]))
+		}
+	}
+	return out
 }
 
 // TestBenchOnYourServer runs a measure against a server given by --nats and checks that

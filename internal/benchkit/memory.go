@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,8 +43,7 @@ func settledHeap() uint64 {
 	return h
 }
 
-// procStatus reads a kB field (VmRSS, VmHWM) of /proc/<pid>/status in bytes; pid "self" is
-// this process.
+// procStatus reads a kB field (VmRSS, VmHWM) of /proc/<pid>/status in bytes.
 func procStatus(pid, field string) (int64, error) {
 	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
@@ -74,7 +72,7 @@ func cpuTime() (time.Duration, error) {
 // answered (to a subject nobody reads) before the next round, so every round starts from a
 // daemon holding nothing.
 func heapPerPending(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(100000, 10000)
+	n := e.size(100000, 5000)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
@@ -96,51 +94,39 @@ func heapPerPending(ctx context.Context, e *env) ([]Row, error) {
 	body := generateBody(1024)
 	// A first round, not counted, warms the daemon up (its maps and pools reach their working
 	// size) and lets what earlier measures left behind be freed before anything is counted.
-	if _, _, err := e.pendingRound(ctx, d, f, n, body, -1); err != nil {
+	if _, err := e.pendingRound(ctx, d, f, n, body, -1); err != nil {
 		return nil, err
 	}
-	var heap, rss []float64
+	var heap []float64
 	for round := range e.opts.Rounds {
-		h, r, err := e.pendingRound(ctx, d, f, n, body, round)
+		h, err := e.pendingRound(ctx, d, f, n, body, round)
 		if err != nil {
 			return nil, err
 		}
-		heap, rss = append(heap, h), append(rss, r)
-		e.progress("pending round %d/%d: %.0f B heap, %.0f B RSS per request above its %d B body", round+1, e.opts.Rounds, h, r, len(body))
+		heap = append(heap, h)
+		e.progress("pending round %d/%d: %.0f B of heap per request above its %d B body", round+1, e.opts.Rounds, h, len(body))
 	}
-	what := fmt.Sprintf("per pending request above its %d B body (%d pending, core mode)", len(body), n)
-	return []Row{
-		{Measure: "heap " + what, Unit: "B", Better: "lower", Gembatchd: summarize(heap)},
-		{Measure: "RSS " + what, Unit: "B", Better: "lower", Gembatchd: summarize(rss),
-			Note: "in-process: includes what the NATS server keeps for the connections"},
-	}, nil
+	return []Row{{Measure: fmt.Sprintf("heap per pending request above its %d B body (%d pending, core mode)", len(body), n),
+		Unit: "B", Better: "lower", Gembatchd: summarize(heap)}}, nil
 }
 
-func (e *env) pendingRound(ctx context.Context, d *gembatchd, f *fleet, n int, body []byte, round int) (heap, rss float64, err error) {
+// pendingRound sends n requests, measures, then closes the batch with one more and waits until
+// it is answered; it returns the heap per request above its body.
+func (e *env) pendingRound(ctx context.Context, d *gembatchd, f *fleet, n int, body []byte, round int) (float64, error) {
 	msgs := requests(d.cfg.SubjectGenerate, replySubject(d.cfg, "void"), fmt.Sprintf("p%d", round), body, n+1, false)
 	last := msgs[n%producers][len(msgs[n%producers])-1]
 	msgs[n%producers] = msgs[n%producers][:len(msgs[n%producers])-1]
 	heap0 := settledHeap()
-	debug.FreeOSMemory()
-	rss0, err := procStatus("self", "VmRSS")
-	if err != nil {
-		return 0, 0, err
-	}
 	if _, err := d.accepted(ctx, n, func() error { return f.publish(msgs) }); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	heap1 := heapAfterGC()
 	runtime.KeepAlive(msgs) // counted in both figures
-	rss1, err := procStatus("self", "VmRSS")
-	if err != nil {
-		return 0, 0, err
-	}
 	if err := f.conns[0].PublishMsg(last); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err := d.drained(ctx); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	per := func(grew float64) float64 { return grew/float64(n) - float64(len(body)) }
-	return per(float64(heap1) - float64(heap0)), per(float64(rss1 - rss0)), nil
+	return (float64(heap1)-float64(heap0))/float64(n) - float64(len(body)), nil
 }
