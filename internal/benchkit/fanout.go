@@ -124,7 +124,7 @@ func fanOut(ctx context.Context, e *env) ([]Row, error) {
 		r.add(base, got)
 		e.progress("fan-out round %d/%d: raw %.0f replies/s, gembatchd %.0f replies/s", round+1, e.opts.Rounds, base, got)
 	}
-	return []Row{r.row(fmt.Sprintf("reply fan-out of one %d-request batch (durable), first reply received to last", n), "replies/s", "higher", "raw publish of the same replies")}, nil
+	return []Row{r.row(fmt.Sprintf("reply fan-out of one %s-request batch (durable), first reply received to last", num(float64(n))), "replies/s", "higher", "raw publish of the same replies")}, nil
 }
 
 // resultFile: a file batch of embeddings (3072 values each); gembatchd's MB/s and replies/s
@@ -196,7 +196,7 @@ func resultFile(ctx context.Context, e *env) ([]Row, error) {
 		e.progress("result file round %d/%d (%.0f MB): raw read %.0f MB/s, gembatchd %.1f MB/s, %.0f replies/s",
 			round+1, e.opts.Rounds, mb, mb/rawTook.Seconds(), mb/took.Seconds(), rate(n, took))
 	}
-	what := fmt.Sprintf("reading a result file (%.0f MB, %d embeddings)", float64(fileBytes)/1e6, n)
+	what := fmt.Sprintf("reading a result file (%.0f MB, %s embeddings of 3,072 values)", float64(fileBytes)/1e6, num(float64(n)))
 	return []Row{
 		mbs.row(what, "MB/s", "higher", "raw HTTP read of the same file"),
 		lines.row(what+", replies", "replies/s", "higher", "raw HTTP read, lines/s"),

@@ -69,8 +69,8 @@ func polling(ctx context.Context, e *env) ([]Row, error) {
 		return nil, err
 	}
 	calls := float64(a.calls.Load()-calls0) / window.Minutes()
-	what := fmt.Sprintf("polling %d active jobs, %d records in the store (POLL_INTERVAL %s growing to %s, LEASE_TTL %s), first %s",
-		activeJobs, records, cfg.PollInterval, cfg.PollMaxInterval, cfg.LeaseTTL, window)
+	what := fmt.Sprintf("polling %d active jobs, %s records in the store (POLL_INTERVAL %s growing to %s, LEASE_TTL %s), first %s",
+		activeJobs, num(float64(records)), cfg.PollInterval, cfg.PollMaxInterval, cfg.LeaseTTL, window)
 	one := func(v float64) *Stats { return &Stats{Median: v, Min: v, Max: v} }
 	return []Row{
 		{Measure: what + ": API calls", Unit: "calls/min", Better: "lower", Gembatchd: one(calls),
