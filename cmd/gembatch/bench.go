@@ -55,6 +55,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Rounds, "rounds", 3, "interleaved rounds of each measure")
 	fs.BoolVar(&opts.Quick, "quick", false, "CI sizes: every measure shrunk to seconds")
 	fs.BoolVar(&opts.Full, "full", false, "the full sizes: a 1 GiB batch and a 1 GiB result file")
+	fs.DurationVar(&opts.PollWindow, "poll-window", 0, "how long the polling measure counts calls and CPU (default 1m, --quick 3s); polls back off, so a longer window shows the steady rate")
 	only := fs.String("only", "", "comma-separated measures to run: "+strings.Join(benchkit.Groups, ","))
 	output := fs.String("o", "table", "output: table (Markdown) or json")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")

@@ -29,6 +29,8 @@ type Options struct {
 	// Full sends the 1 GiB batch of the peak-RSS measure (default 128 MiB) and reads a 1 GiB
 	// result file (default 64 MiB).
 	Full bool
+	// PollWindow is how long the polling measure counts API calls and CPU (default a minute).
+	PollWindow time.Duration
 	// Only lists the measure groups to run (see Groups); empty runs them all.
 	Only []string
 	// Progress receives one line per round; nil is silent.

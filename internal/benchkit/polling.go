@@ -22,11 +22,15 @@ const activeJobs = 100
 // polling: durable gembatchd at its default poll and lease settings, watching 100 active jobs
 // (the emulator keeps them running for an hour) with 10,000 finished records in the store; the
 // API calls per minute as the emulator counts them, and the process's CPU from getrusage, over
-// a window that starts when the 100th job is created. The baseline is the same process in a
-// window of a third the length before gembatchd starts: NATS holding the records, the emulator idle.
+// a window (a minute, or Options.PollWindow) that starts when the 100th job is created. The
+// baseline is the same process in a window of a third the length before gembatchd starts: NATS
+// holding the records, the emulator idle.
 func polling(ctx context.Context, e *env) ([]Row, error) {
 	records := e.size(10000, 500)
 	window := time.Duration(e.size(60, 3)) * time.Second
+	if e.opts.PollWindow > 0 {
+		window = e.opts.PollWindow
+	}
 	a, err := startAPI(time.Hour)
 	if err != nil {
 		return nil, err
