@@ -13,7 +13,7 @@ func TestNum(t *testing.T) {
 		want string
 	}{
 		{211734, "212,000"}, {47200, "47,200"}, {1335.4, "1,340"}, {52.31, "52.3"}, {0.4123, "0.412"},
-		{854, "854"}, {-2187, "-2,190"}, {0, "0"}, {1e6, "1,000,000"},
+		{854, "854"}, {49, "49"}, {7.5, "7.50"}, {-2187, "-2,190"}, {0, "0"}, {1e6, "1,000,000"},
 	} {
 		if got := num(c.v); got != c.want {
 			t.Errorf("num(%v) = %q, want %q", c.v, got, c.want)
@@ -57,7 +57,7 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"2026-11-29 14:00 UTC · 2 CPUs, Test CPU",
 		"| core intake | raw: 212,000 msg/s (200,000–220,000) | 47,200 msg/s | 0.20 (0.19–0.24) |",
-		"| big answers | object store: 70.0 answers/s | n/a: not yet | — |",
+		"| big answers | object store: 70 answers/s | n/a: not yet | — |",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
