@@ -7,9 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"runtime/pprof"
 	"strings"
 
+	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/internal/benchkit"
+	"github.com/gembatch/gembatch/metrics"
 )
 
 const benchUsage = `Usage: gembatch bench [flags]
@@ -50,9 +55,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Rounds, "rounds", 3, "interleaved rounds of each measure")
 	fs.BoolVar(&opts.Quick, "quick", false, "CI sizes: every measure shrunk to seconds")
 	fs.BoolVar(&opts.Full, "full", false, "the full sizes: a 1 GiB batch and a 1 GiB result file")
+	fs.DurationVar(&opts.PollWindow, "poll-window", 0, "how long the polling measure counts calls and CPU (default 1m, --quick 3s); polls back off, so a longer window shows the steady rate")
 	only := fs.String("only", "", "comma-separated measures to run: "+strings.Join(benchkit.Groups, ","))
 	output := fs.String("o", "table", "output: table (Markdown) or json")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (daemon, NATS and baselines) to this file")
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -70,6 +77,21 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*quiet {
 		opts.Progress = stderr
 	}
+	opts.Gembatchd = func() *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.Command(exe, benchDaemonCommand)
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
+			return 1
+		}
+		defer stop()
+	}
 	rep, err := benchkit.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
@@ -84,6 +106,42 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// startCPUProfile profiles the process until the returned function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// benchDaemonCommand is the hidden command by which the bench runs gembatchd in a process of
+// its own (this same executable), for the peak-RSS measure.
+const benchDaemonCommand = "bench-gembatchd"
+
+// benchDaemon runs gembatchd configured by the environment until ctx ends, as gembatchd does.
+func benchDaemon(ctx context.Context, stderr io.Writer) int {
+	cfg, err := daemon.LoadConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	log, err := daemon.NewLogger(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	if err := daemon.NewMain(cfg, log, metrics.Build{Version: "bench"}).Run(ctx); err != nil {
+		log.Error().Err(err).Msg("gembatchd failed")
 		return 1
 	}
 	return 0

@@ -149,10 +149,6 @@ func (a *api) close() {
 	a.emu.Close()
 }
 
-// deadAPI is a Gemini base URL where nothing listens: creates fail at once, for measures that
-// must hold requests without sending them.
-const deadAPI = "http://127.0.0.1:1"
-
 // gembatchd is one in-process daemon.
 type gembatchd struct {
 	main *daemon.Main
