@@ -117,11 +117,18 @@ type StreamIntake struct {
 	fwdDone  chan struct{}
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
+	// avgSize is a moving average of the requests' sizes, to pull about fetchBytes at a time;
+	// only the pull loop uses it.
+	avgSize int
 }
 
-// fetchMax bounds one pull from the stream: intake holds at most this many requests past its
-// pending bounds.
-const fetchMax = 256
+// fetchMax and fetchBytes bound one pull from the stream: intake holds at most this much past
+// its pending bounds, and a pull of large requests never puts the connection so far behind
+// that the server cuts it off as a slow consumer.
+const (
+	fetchMax   = 256
+	fetchBytes = 8 << 20
+)
 
 type forwarded struct {
 	kind  gemini.Kind
@@ -202,18 +209,23 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 			continue
 		}
 		for m := range batch.Messages() {
+			in.avgSize = (7*in.avgSize + len(m.Data())) / 8
 			in.consume(m)
 		}
 	}
 }
 
-// room is how many requests intake may take before passing its pending bounds.
+// room is how many requests intake may take in one pull before passing its pending bounds.
 func (in *StreamIntake) room() int {
 	n, b := in.sink.Pending()
-	if in.cfg.MaxPendingBytes > 0 && b >= in.cfg.MaxPendingBytes {
+	bytes := int64(fetchBytes)
+	if in.cfg.MaxPendingBytes > 0 {
+		bytes = min(bytes, in.cfg.MaxPendingBytes-b)
+	}
+	if bytes <= 0 {
 		return 0
 	}
-	room := fetchMax
+	room := min(fetchMax, max(1, int(bytes)/max(1, in.avgSize)))
 	if in.cfg.MaxPending > 0 {
 		room = min(room, int(in.cfg.MaxPending-n))
 	}
