@@ -141,7 +141,7 @@ type forwarded struct {
 func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed Sealed, rej Rejecter, log zerolog.Logger, m *Metrics) *StreamIntake {
 	in := New(cfg.Config, nc, nil, rej, log, m)
 	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{}),
-		stop: make(chan struct{}), pullDone: make(chan struct{})}
+		stop: make(chan struct{}), pullDone: make(chan struct{}), avgSize: 256 << 10} // cautious until sizes are seen
 }
 
 // Start subscribes the forwarders and starts consuming the stream.
