@@ -80,12 +80,28 @@ type stored struct {
 	Seqs []byte `json:"seqs,omitempty"` // delta-varint stream sequences, for redelivery checks
 }
 
-func encode(r *record.Record) ([]byte, error) {
+// encode is the KV value of r. A record whose acks are not confirmed keeps its sequences, even
+// when written without its requests (a takeover writes the record as the watch gave it).
+func (s *Store) encode(r *record.Record) ([]byte, error) {
 	st := stored{Record: bare(r)}
 	if !r.Acked {
 		st.Seqs = encodeSeqs(r.Requests)
+		if st.Seqs == nil {
+			st.Seqs = s.knownSeqs(r.ID)
+		}
 	}
 	return json.Marshal(st)
+}
+
+// knownSeqs are the unconfirmed sequences this store knows of a record, encoded.
+func (s *Store) knownSeqs(id string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reqs := make([]record.Request, len(s.unacked[id]))
+	for i, q := range s.unacked[id] {
+		reqs[i].Seq = q
+	}
+	return encodeSeqs(reqs)
 }
 
 // bodiesObject names the object holding a record's request bodies; the record's id names the
@@ -108,7 +124,7 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	if _, err := s.obj.Put(ctx, jetstream.ObjectMeta{Name: bodiesObject(r.ID)}, bodies); err != nil {
 		return fmt.Errorf("store request bodies of %s: %w", r.ID, err)
 	}
-	b, err := encode(r)
+	b, err := s.encode(r)
 	if err != nil {
 		return err
 	}
@@ -152,7 +168,7 @@ func encodeRequests(reqs []record.Request) (meta, bodies *bytes.Buffer, err erro
 // Update writes r by a compare-and-set on r.Revision, the revision its writer read or wrote
 // last: record.ErrConflict if anyone wrote the record since.
 func (s *Store) Update(ctx context.Context, r *record.Record) error {
-	b, err := encode(r)
+	b, err := s.encode(r)
 	if err != nil {
 		return err
 	}
