@@ -183,3 +183,28 @@ func TestBareWriteKeepsUnconfirmedSequences(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Finding 8: request objects expire with the record retention even when a crash skips their
+// deletion (the bucket had no expiry).
+func TestRequestObjectsExpire(t *testing.T) {
+	js, err := jetstream.New(stacktest.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := jsstore.Open(ctx, js, jsstore.Config{RecordsBucket: "records", RequestsBucket: "requests", Replicas: 1,
+		Storage: jetstream.FileStorage, Retention: 72 * time.Hour}, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := js.ObjectStore(ctx, "requests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := obj.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != 72*time.Hour {
+		t.Fatalf("request objects live %s, want the 72h retention", st.TTL())
+	}
+}
