@@ -198,6 +198,10 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 			continue
 		}
 		paused = false
+		// Stamped before the pull: a request counts as received when it may first have been
+		// delivered, so that a replica frozen after this pull (its messages meanwhile delivered
+		// to another) sees that its lease lapsed since, and does not batch them.
+		pulled := in.cfg.Now()
 		batch, err := cons.Fetch(room, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			in.log.Warn().Err(err).Msg("fetch requests from the stream; will try again")
@@ -210,7 +214,7 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 		}
 		for m := range batch.Messages() {
 			in.avgSize = (7*in.avgSize + len(m.Data())) / 8
-			in.consume(m)
+			in.consume(m, pulled)
 		}
 	}
 }
@@ -285,7 +289,7 @@ func (in *StreamIntake) confirm() {
 }
 
 // consume checks one stored request and hands it to the accumulator with its acknowledgement.
-func (in *StreamIntake) consume(m jetstream.Msg) {
+func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 	meta, err := m.Metadata()
 	if err != nil {
 		in.log.Error().Err(err).Str("subject", m.Subject()).Msg("stream message without metadata")
@@ -300,7 +304,7 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	}
 	kind := gemini.Kind(m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
 	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
-	g, req, rej := Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+	g, req, rej := Parse(&in.cfg.Rules, kind, msg, received)
 	if rej == nil {
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
 		if msg.Header.Get(HeaderKey) == "" {
