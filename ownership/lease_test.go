@@ -2,6 +2,7 @@ package ownership
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -130,5 +131,28 @@ func TestJudgeConfirmsBeforeClaiming(t *testing.T) {
 	c.advance(31 * time.Second) // now truly silent
 	if v, _ := observer.Judge(ctx, owner.Self()); v != Claim {
 		t.Fatalf("silent for the TTL, read again: %v, want claim", v)
+	}
+}
+
+// A renewal that landed though its answer was lost (a NATS restart) leaves the key a revision
+// ahead: the next renewal finds its own epoch there and goes on, rather than taking itself
+// for superseded.
+func TestLostRenewalAnswerIsNotSuperseded(t *testing.T) {
+	kv, c := leases(t), &clock{t: time.Now()}
+	ctx := context.Background()
+	l, err := StartLease(ctx, kv, "a", 30*time.Second, c.now, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The same write again, as if a renewal's answer had been lost.
+	b, _ := json.Marshal(leaseValue{Instance: "a", Epoch: l.Self().Epoch, Started: c.now()})
+	if _, err := kv.Put(ctx, LeaseKey("a"), b); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.renew(ctx); err != nil {
+		t.Fatalf("renewal after a lost answer: %v", err)
 	}
 }
