@@ -87,19 +87,17 @@ type durableSealer struct {
 }
 
 func (d *durableSealer) seal(rec *record.Record) {
-	if !d.lease.HeldSince(oldest(rec), d.margin) {
-		d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
-			Msg("lease lapsed while the batch was open; handing its messages back to the stream")
-		for _, q := range rec.Requests {
-			_ = q.Msg.Nak()
-		}
-		return
-	}
 	d.own(rec)
 	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
+		// Checked before every try: a freeze during a slow write must not let a later try
+		// record messages that were meanwhile delivered to another replica.
+		if !d.lease.HeldSince(oldest(rec), d.margin) {
+			d.handBack(rec)
+			return
+		}
 		err := d.store.Create(context.Background(), rec)
-		if err == nil {
+		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landed(rec)) {
 			break
 		}
 		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
@@ -129,6 +127,27 @@ func (d *durableSealer) seal(rec *record.Record) {
 		time.Sleep(retry.Delay(attempt))
 	}
 	d.sub.Enqueue(rec)
+}
+
+// landed reports whether an earlier try of Create, whose answer was lost, recorded rec after
+// all (the record is there, ours), and takes its revision.
+func (d *durableSealer) landed(rec *record.Record) bool {
+	got, err := d.store.Head(context.Background(), rec.ID)
+	if err != nil || got.Owner != rec.Owner || got.Epoch != rec.Epoch {
+		return false
+	}
+	rec.Revision = got.Revision
+	return true
+}
+
+// handBack gives a batch's messages back to the stream instead of recording them: the lease
+// lapsed since they were pulled, so they may have been delivered to another replica.
+func (d *durableSealer) handBack(rec *record.Record) {
+	d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
+		Msg("lease lapsed while the batch was open; handing its messages back to the stream")
+	for _, q := range rec.Requests {
+		_ = q.Msg.Nak()
+	}
 }
 
 // oldest is when the batch's first request was received.
