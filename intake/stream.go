@@ -117,6 +117,7 @@ type StreamIntake struct {
 	fwdDone  chan struct{}
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
+	stream jetstream.Stream
 	// avgSize is a moving average of the requests' sizes, to pull about fetchBytes at a time;
 	// only the pull loop uses it.
 	avgSize int
@@ -146,7 +147,8 @@ func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed S
 
 // Start subscribes the forwarders and starts consuming the stream.
 func (in *StreamIntake) Start(ctx context.Context) error {
-	if _, err := EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
+	var err error
+	if in.stream, err = EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
 		return err
 	}
 	go in.confirm()
@@ -297,7 +299,7 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 		return
 	}
 	seq := meta.Sequence.Stream
-	if in.sealed.Sealed(seq) {
+	if in.sealed.Sealed(seq) || (meta.NumDelivered > 1 && in.removed(seq)) {
 		in.m.redelivered.Inc()
 		_ = m.Ack()
 		return
@@ -322,6 +324,17 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 	}
 	in.Reject(kind, msg.Reply, rej)
 	_ = m.Ack()
+}
+
+// removed reports whether a message delivered again is no longer in the stream: a replica that
+// took over its batch removed it (the redelivery was on its way), so it is recorded already.
+// The record's sequences leave the index only after the removal, so between the two checks in
+// consume nothing can fall.
+func (in *StreamIntake) removed(seq uint64) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := in.stream.GetMsg(ctx, seq)
+	return errors.Is(err, jetstream.ErrMsgNotFound) || isGone(err)
 }
 
 // Remove deletes the requests' messages from the stream, so that none is delivered again: for a
