@@ -226,7 +226,7 @@ func (m *Main) buildIntake(s *stages, js jetstream.JetStream, pub *publisher.Pub
 		}
 		s.batches.Own = own
 		seal = (&durableSealer{store: s.store, lease: s.lease, own: own, sub: s.sub, log: m.Log.With().Str("component", "sealer").Logger(),
-			margin: cfg.LeaseTTL / 10}).seal
+			margin: cfg.LeaseTTL / 10, ackWait: cfg.EffectiveAckWait(), now: m.now}).seal
 		heartbeat = cfg.EffectiveAckWait() / 4
 	}
 	s.acc = accumulator.New(accumulator.Config{Now: m.now, Heartbeat: heartbeat, Limits: accumulator.Limits{

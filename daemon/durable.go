@@ -84,6 +84,10 @@ type durableSealer struct {
 	sub    *submitter.Submitter
 	log    zerolog.Logger
 	margin time.Duration
+	// ackWait is the stream's redelivery wait: a batch whose recording took longer may have had
+	// its messages delivered elsewhere meanwhile.
+	ackWait time.Duration
+	now     func() time.Time
 }
 
 func (d *durableSealer) seal(rec *record.Record) {
@@ -96,8 +100,16 @@ func (d *durableSealer) seal(rec *record.Record) {
 			d.handBack(rec)
 			return
 		}
+		inProgress(rec) // the AckWait runs from here while the batch is written
+		began := d.now()
 		err := d.store.Create(context.Background(), rec)
 		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landed(rec)) {
+			// The write itself may have outlasted the lease (a freeze mid-write) or the
+			// AckWait: then another replica may have batched these messages meanwhile.
+			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(began) > d.ackWait*3/4 {
+				d.abandon(rec)
+				return
+			}
 			break
 		}
 		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
@@ -138,6 +150,30 @@ func (d *durableSealer) landed(rec *record.Record) bool {
 	}
 	rec.Revision = got.Revision
 	return true
+}
+
+// inProgress tells the stream that a batch's messages are still being worked on.
+func inProgress(rec *record.Record) {
+	for _, q := range rec.Requests {
+		_ = q.Msg.InProgress()
+	}
+}
+
+// abandon drops a batch recorded too late to be sure its messages were not delivered elsewhere
+// meanwhile: the record is cleaned before anything is sent for it, and the messages handed back
+// (those another replica batched are acknowledged already, and the rest are delivered again).
+func (d *durableSealer) abandon(rec *record.Record) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec.State = record.Cleaned
+	if err := d.store.Update(ctx, rec); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("abandon a batch recorded after the lease lapsed")
+		return
+	}
+	if err := d.store.Delete(ctx, rec.ID); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the objects of an abandoned batch; they expire")
+	}
+	d.handBack(rec)
 }
 
 // handBack gives a batch's messages back to the stream instead of recording them: the lease
