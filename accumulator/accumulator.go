@@ -174,8 +174,7 @@ func (a *Accumulator) busy() bool {
 // bodies can be written under it as they arrive), its requests and where their bodies go.
 type batch struct {
 	id     string
-	reqs   []record.Request
-	keys   map[string]string // key → request id
+	reqs   held
 	bodies BodySink
 }
 
@@ -204,7 +203,7 @@ func (a *Accumulator) run(gr *group) {
 		select {
 		case <-beat:
 			if o.b != nil {
-				inProgress(o.b.reqs)
+				o.b.reqs.inProgress()
 			}
 			continue
 		case req, ok := <-gr.in:
@@ -234,9 +233,9 @@ func (a *Accumulator) run(gr *group) {
 // sealing the batch if req would not fit.
 func (o *owner) take(req record.Request) {
 	if o.b != nil {
-		if id, dup := o.b.keys[req.Key]; dup {
+		if i, dup := o.b.reqs.find(req.Key); dup {
 			o.release(1, req.Size)
-			if id != req.ID {
+			if o.b.reqs.at(i).id != req.ID {
 				o.a.reject(o.gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
 					"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
 			} // else a redelivery of the request already waiting here: it is acked with its batch
@@ -247,7 +246,7 @@ func (o *owner) take(req record.Request) {
 		}
 	}
 	if o.b == nil {
-		o.b = &batch{id: o.a.cfg.NewID(), keys: make(map[string]string)}
+		o.b = &batch{id: o.a.cfg.NewID()}
 		if o.a.cfg.Bodies != nil {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
@@ -255,8 +254,7 @@ func (o *owner) take(req record.Request) {
 	if o.b.bodies != nil && !o.writeBody(&req) {
 		return
 	}
-	o.b.keys[req.Key] = req.ID
-	o.b.reqs = append(o.b.reqs, req)
+	o.b.reqs.add(req)
 	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
 		o.flush(why)
 	}
@@ -276,7 +274,7 @@ func (o *owner) writeBody(req *record.Request) bool {
 		o.a.reject(o.gr.key, *req, re.RequestStatus())
 		return false
 	}
-	o.b.reqs = append(o.b.reqs, *req) // handed back with the rest
+	o.b.reqs.add(*req) // handed back with the rest
 	o.lose(fmt.Errorf("write a body of batch %s: %w", o.b.id, err))
 	return false
 }
@@ -290,7 +288,7 @@ func (o *owner) flush(why Reason) {
 		State:       record.Sealed,
 		CloseReason: string(why),
 		Sealed:      o.a.cfg.Now(),
-		Requests:    o.b.reqs,
+		Requests:    o.b.reqs.requests(),
 		Count:       count,
 		Bytes:       bytes,
 	}
@@ -317,7 +315,7 @@ func (o *owner) flush(why Reason) {
 // lose hands the open batch's requests back to the stream: its bodies could not be written.
 func (o *owner) lose(err error) {
 	count, bytes := o.p.Count(), o.p.Bytes()
-	for _, q := range o.b.reqs {
+	for _, q := range o.b.reqs.requests() {
 		if q.Msg != nil {
 			_ = q.Msg.Nak()
 		}
@@ -337,15 +335,6 @@ func (o *owner) release(n int, bytes int64) {
 	o.a.pendingBytes.Add(-bytes)
 	o.a.m.pendingRequests.Sub(float64(n))
 	o.a.m.pendingBytes.Sub(float64(bytes))
-}
-
-// inProgress tells the stream that the open batch's messages are still being worked on.
-func inProgress(reqs []record.Request) {
-	for _, q := range reqs {
-		if q.Msg != nil {
-			_ = q.Msg.InProgress() // a lost one is covered by the next beat, well inside AckWait
-		}
-	}
 }
 
 // retire removes an idle group so that arbitrary priorities or models cannot pin goroutines.

@@ -2,6 +2,7 @@ package accumulator
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -209,4 +210,50 @@ func BenchmarkAdd(b *testing.B) {
 		_ = a.Add(gen, req(fmt.Sprint(i), 1024))
 	}
 	a.Close()
+}
+
+// TestHeldKeepsRequests: the compact form gives back every field, and a body copy cannot be
+// appended into the next.
+func TestHeldKeepsRequests(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 123, time.UTC)
+	in := []record.Request{
+		{ID: "a", Key: "ka", Reply: "r.a", Body: []byte(`{"contents":[1]}`), Received: now, Deadline: now.Add(time.Hour), Size: 40, Seq: 7, Attempt: 2},
+		{ID: "b", Key: "b", Reply: "r.b", Body: []byte(`{"x":"` + strings.Repeat("y", maxSlabBody) + `"}`), Received: now, Size: 9},
+		{ID: "c", Key: "kc", Reply: "r.c", Body: []byte(`{}`)},
+	}
+	var h held
+	for _, r := range in {
+		h.add(r)
+	}
+	out := h.requests()
+	if len(out) != len(in) {
+		t.Fatalf("%d requests back, want %d", len(out), len(in))
+	}
+	for i, got := range out {
+		want := in[i]
+		if got.ID != want.ID || got.Key != want.Key || got.Reply != want.Reply || string(got.Body) != string(want.Body) ||
+			!got.Received.Equal(want.Received) || !got.Deadline.Equal(want.Deadline) || got.Deadline.IsZero() != want.Deadline.IsZero() ||
+			got.Received.IsZero() != want.Received.IsZero() || got.Size != want.Size || got.Seq != want.Seq || got.Attempt != want.Attempt {
+			t.Errorf("request %d: got %+v, want %+v", i, got, want)
+		}
+		if cap(got.Body) != len(got.Body) {
+			t.Errorf("request %d: body has room for %d more bytes of the next", i, cap(got.Body)-len(got.Body))
+		}
+	}
+}
+
+// TestHeldFindsKeysWhoseHashesClash: two keys with the same hash are both found, and a third
+// key with that hash is not taken for either.
+func TestHeldFindsKeysWhoseHashesClash(t *testing.T) {
+	h := held{hash: func(string) uint64 { return 42 }}
+	h.add(record.Request{ID: "1", Key: "a"})
+	h.add(record.Request{ID: "2", Key: "b"})
+	for key, want := range map[string]int{"a": 0, "b": 1} {
+		if i, ok := h.find(key); !ok || i != want {
+			t.Errorf("find(%q) = %d, %v; want %d", key, i, ok, want)
+		}
+	}
+	if _, ok := h.find("c"); ok {
+		t.Error("found a key never added")
+	}
 }

@@ -59,12 +59,12 @@ func (b *bodySink) Append(q record.Request) error {
 
 func (b *bodySink) Seal() (int, error) { return 1, nil }
 
-// held is a stream message that counts its Naks.
-type held struct{ naks *int }
+// heldMsg is a stream message that counts its Naks.
+type heldMsg struct{ naks *int }
 
-func (h held) InProgress() error                   { return nil }
-func (h held) Nak() error                          { *h.naks++; return nil }
-func (h held) DoubleAck(ctx context.Context) error { return nil }
+func (h heldMsg) InProgress() error                   { return nil }
+func (h heldMsg) Nak() error                          { *h.naks++; return nil }
+func (h heldMsg) DoubleAck(ctx context.Context) error { return nil }
 
 func withBody(key string) record.Request {
 	q := req(key, 10)
@@ -116,7 +116,7 @@ func TestBatchWithUnwritableBodiesIsHandedBack(t *testing.T) {
 			Lost: func(id string, n int, err error) { lost = append(lost, fmt.Sprintf("%s:%d", id, n)) }}, s.seal, s.reject, nil)
 		for _, k := range []string{"a", "b", "bad", "c"} {
 			q := withBody(k)
-			q.Msg = held{&naks}
+			q.Msg = heldMsg{&naks}
 			_ = a.Add(gen, q)
 		}
 		a.Close()

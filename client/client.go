@@ -7,6 +7,11 @@
 // the REST API takes it, and a reply carries the GenerateContentResponse or EmbedContentResponse
 // as raw JSON, or a typed *Error with the gRPC code.
 //
+// Answers and request bodies larger than the NATS server lets a message be go through the
+// JetStream object store, as gembatchd's contract says: the client reads an answer sent by
+// reference (Gembatch-Result-Object) into the Reply, checking its size and digest, and puts a
+// body over the connection's max payload in the bodies bucket (Gembatch-Body-Object).
+//
 //	nc, _ := nats.Connect(nats.DefaultURL)
 //	c, _ := client.New(nc, client.WithDefaultModel("gemini-2.5-flash"))
 //	defer c.Close()
@@ -484,10 +489,14 @@ func (c *Client) receive(m *nats.Msg) {
 	if err != nil || r.Key == "" {
 		return // not a gembatch reply: nothing can be matched
 	}
+	resolve := r.Object != nil && !c.keepRefs
 	c.mu.Lock()
 	w := c.waiting[r.Key]
 	if w != nil {
 		delete(c.waiting, r.Key)
+		if resolve {
+			c.resolving.Add(1) // under the lock: Close waits for it
+		}
 	}
 	c.mu.Unlock()
 	if w == nil {
@@ -496,18 +505,21 @@ func (c *Client) receive(m *nats.Msg) {
 	if w.stop != nil {
 		w.stop()
 	}
-	if r.Object == nil || c.keepRefs {
+	if !resolve {
 		w.done(r, nil)
 		return
 	}
 	// Reading a big answer takes a while: not on the goroutine every reply comes in on.
-	c.resolving.Add(1)
 	go func() {
 		defer c.resolving.Done()
 		ctx, cancel := context.WithCancel(w.ctx)
 		defer cancel()
 		defer context.AfterFunc(c.ctx, cancel)()
-		w.done(c.resolve(ctx, r))
+		whole, err := c.resolve(ctx, r)
+		if err != nil && c.ctx.Err() != nil {
+			err = ErrClosed
+		}
+		w.done(whole, err)
 	}()
 }
 

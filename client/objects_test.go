@@ -163,3 +163,30 @@ func TestBigRequest(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// FuzzParseReply: any reply body, with or without the reference header, is either refused or
+// gives a reply whose reference, if any, names a bucket and an object.
+func FuzzParseReply(f *testing.F) {
+	for _, s := range []string{
+		`{"key":"k","response":{}}`, `{"key":"k","error":{"code":3}}`,
+		`{"key":"k","object":{"bucket":"gembatch-results","name":"abc","size":10,"digest":"SHA-256=x"}}`,
+		`{"key":"k","object":{}}`, `{"key":"k","object":null}`, `[]`, ``,
+	} {
+		f.Add([]byte(s), true)
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, ref bool) {
+		m := nats.NewMsg("_INBOX.x.1")
+		m.Data = body
+		if ref {
+			m.Header.Set(client.HeaderResultObject, "gembatch-results/abc")
+		}
+		r, err := client.ParseReply(m)
+		if err != nil {
+			return
+		}
+		if ref != (r.Object != nil) || (r.Object != nil && (r.Object.Bucket == "" || r.Object.Name == "")) {
+			t.Fatalf("header %v, body %q: object %+v", ref, body, r.Object)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,28 +12,49 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
 )
 
-// deadAPI is where the benchmarks point the daemon's Gemini client: submissions fail at once and
-// back off, so that the emulator's work (it runs in this process) does not cloud the figure.
-const deadAPI = "http://127.0.0.1:1"
+// benchConfig is the daemon of the intake benchmarks: a live emulator whose jobs end a second
+// after their create, so that a round's batches are answered after it is timed, and replies to
+// a subject nobody reads. Between rounds the benchmark waits until every accepted request is
+// answered (drained), so that memory stays bounded and no pending limit is reached whatever the
+// -benchtime. (They once pointed at a dead API with fixed pending limits: past those limits a
+// round waited forever.)
+func benchConfig(durable bool) (daemon.Config, emulator.Options) {
+	cfg := testConfig()
+	cfg.Durable = strconv.FormatBool(durable)
+	cfg.LogLevel = "error"
+	cfg.BatchMaxRequests = 5000
+	cfg.BatchMaxWait = 200 * time.Millisecond
+	cfg.PollInterval = 50 * time.Millisecond
+	cfg.PollMaxInterval = 500 * time.Millisecond
+	return cfg, emulator.Options{JobDelay: time.Second}
+}
+
+// benchReply is where benchmark requests are answered: allowed (test.>), not subscribed.
+const benchReply = "test.bench.void"
+
+// drained waits, outside the timed part of a round, until every accepted request is answered.
+func (h *harness) drained(b *testing.B) {
+	b.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for h.metric("gembatch_publisher_replies_published_total") < h.metric("gembatch_intake_requests_accepted_total") {
+		if time.Now().After(deadline) {
+			b.Fatal("accepted requests not answered within 5 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // BenchmarkIntake publishes 1 KiB requests to the daemon and reports accepted requests per
 // second next to raw NATS publish→subscribe throughput of the same messages on the same server,
 // measured in the same run, and their ratio.
 func BenchmarkIntake(b *testing.B) {
 	const n = 20000
-	cfg := testConfig()
-	cfg.Durable = "false"
-	cfg.GeminiBaseURL = deadAPI
-	cfg.LogLevel = "error"
-	cfg.BatchMaxRequests = 5000
-	cfg.BatchMaxWait = time.Second
-	cfg.MaxPending = 1 << 30
-	cfg.PollInterval = time.Second
-	cfg.PollMaxInterval = 2 * time.Second
-	h := start(b, cfg, emulator.Options{JobDelay: 10 * time.Millisecond})
+	cfg, emu := benchConfig(false)
+	h := start(b, cfg, emu)
 	body := []byte(generateBody(strings.Repeat("q", 1024-len(generateBody("")))))
 
 	var raw, daemon time.Duration
@@ -65,7 +87,7 @@ func BenchmarkIntake(b *testing.B) {
 		before := h.metric("gembatch_intake_requests_accepted_total")
 		t0 = time.Now()
 		for i := range n {
-			msg := &nats.Msg{Subject: "gembatch.generate", Reply: "test.reply.bench", Data: body, Header: nats.Header{}}
+			msg := &nats.Msg{Subject: "gembatch.generate", Reply: benchReply, Data: body, Header: nats.Header{}}
 			msg.Header.Set("Gembatch-Key", fmt.Sprintf("r%d-%d", round, i))
 			if err := h.nc.PublishMsg(msg); err != nil {
 				b.Fatal(err)
@@ -75,6 +97,7 @@ func BenchmarkIntake(b *testing.B) {
 			time.Sleep(20 * time.Millisecond) // a Gather costs about a millisecond: poll gently
 		}
 		daemon += time.Since(t0)
+		h.drained(b)
 	}
 	rawRate := float64(n*round) / raw.Seconds()
 	daemonRate := float64(n*round) / daemon.Seconds()
@@ -89,16 +112,8 @@ func BenchmarkIntake(b *testing.B) {
 // same server, measured in the same run, and their ratio.
 func BenchmarkDurableIntake(b *testing.B) {
 	const n = 20000
-	cfg := testConfig()
-	cfg.Durable = "true"
-	cfg.GeminiBaseURL = deadAPI
-	cfg.LogLevel = "error"
-	cfg.BatchMaxRequests = 5000
-	cfg.BatchMaxWait = time.Second
-	cfg.MaxPending = 50000
-	cfg.PollInterval = time.Second
-	cfg.PollMaxInterval = 2 * time.Second
-	h := start(b, cfg, emulator.Options{JobDelay: 10 * time.Millisecond})
+	cfg, emu := benchConfig(true)
+	h := start(b, cfg, emu)
 	js, err := jetstream.New(h.nc)
 	if err != nil {
 		b.Fatal(err)
@@ -156,12 +171,13 @@ func BenchmarkDurableIntake(b *testing.B) {
 		t0 = time.Now()
 		publish("gembatch.stream.generate", round, func(m *nats.Msg, i int) {
 			m.Header.Set("Gembatch-Key", fmt.Sprintf("d%d-%d", round, i))
-			m.Header.Set("Gembatch-Reply", "test.reply.bench")
+			m.Header.Set("Gembatch-Reply", benchReply)
 		})
 		for h.metric("gembatch_intake_requests_accepted_total")-before < n || ackPending(b, js) > 0 {
 			time.Sleep(20 * time.Millisecond)
 		}
 		daemonTime += time.Since(t0)
+		h.drained(b)
 	}
 	rawRate := float64(n*round) / rawTime.Seconds()
 	daemonRate := float64(n*round) / daemonTime.Seconds()

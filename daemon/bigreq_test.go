@@ -20,9 +20,6 @@ import (
 	"github.com/gembatch/gembatch/record"
 )
 
-// smallPayload is the max_payload of the servers big requests are tested on.
-const smallPayload = 64 << 10
-
 // bigConfig is durable mode where big requests go by file.
 func bigConfig() daemon.Config {
 	cfg := testConfig()
@@ -36,7 +33,7 @@ func bigConfig() daemon.Config {
 
 func startSmall(t *testing.T, cfg daemon.Config) *harness {
 	t.Helper()
-	return harnessOn(t, stacktest.StartWith(t, &server.Options{MaxPayload: smallPayload}, cfg, emulator.Options{}))
+	return harnessOn(t, stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload}))
 }
 
 // bigBody is a GenerateContentRequest of about size bytes; pretty spans it over lines.
@@ -72,7 +69,7 @@ func objects(t *testing.T, js jetstream.JetStream, bucket string) []string {
 
 // submitAll sends bodies through the client (which puts those above the max payload in the
 // bodies bucket) and returns their pending replies by key.
-func submitAll(t *testing.T, c *client.Client, bodies map[string][]byte) map[string]*client.Pending {
+func publishBodies(t *testing.T, c *client.Client, bodies map[string][]byte) map[string]*client.Pending {
 	t.Helper()
 	out := map[string]*client.Pending{}
 	for key, body := range bodies {
@@ -118,7 +115,7 @@ func TestBigRequests(t *testing.T) {
 	for i := range 4 {
 		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
 	}
-	checkAnswers(t, submitAll(t, c, bodies), bodies, time.Minute)
+	checkAnswers(t, publishBodies(t, c, bodies), bodies, time.Minute)
 	if n := h.metric("gembatch_submitter_batches_total", "mode", "file", "outcome", "submitted"); n < 1 {
 		t.Fatal("no batch went by file")
 	}
@@ -213,7 +210,7 @@ func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
 	cfg.GeminiBaseURL = "http://127.0.0.1:1" // nothing listens: the upload cannot be made
 	cfg.ShutdownGrace = time.Second
 	cfg.BatchMaxRequests = 4
-	s := stacktest.StartWith(t, &server.Options{MaxPayload: smallPayload}, cfg, emulator.Options{})
+	s := stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload})
 	h := harnessOn(t, s)
 	c, err := client.New(h.nc)
 	if err != nil {
@@ -224,7 +221,7 @@ func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
 	for i := range 3 {
 		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
 	}
-	pending := submitAll(t, c, bodies)
+	pending := publishBodies(t, c, bodies)
 	js, _ := jetstream.New(h.nc)
 	kv, err := js.KeyValue(context.Background(), "gembatch-records")
 	if err != nil {

@@ -3,9 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -70,6 +72,9 @@ type Config struct {
 	RecordsBucket   string        `envconfig:"GEMBATCH_RECORDS_BUCKET" default:"gembatch-records" desc:"KV bucket of batch records"`
 	RequestsBucket  string        `envconfig:"GEMBATCH_REQUESTS_BUCKET" default:"gembatch-requests" desc:"object store of each batch's request lines and JSONL input"`
 	BodiesBucket    string        `envconfig:"GEMBATCH_BODIES_BUCKET" default:"gembatch-bodies" desc:"object store where producers put request bodies too large for a NATS message (header Gembatch-Body-Object); objects expire after STREAM_MAX_AGE"`
+	ResultsBucket   string        `envconfig:"GEMBATCH_RESULTS_BUCKET" default:"gembatch-results" desc:"object store of answers too large for a NATS message, which replies name (durable mode)"`
+	ResultTTL       time.Duration `envconfig:"GEMBATCH_RESULT_TTL" default:"72h" desc:"how long an answer stays in RESULTS_BUCKET"`
+	ReplyMaxBytes   ByteSize      `envconfig:"GEMBATCH_REPLY_MAX_BYTES" default:"0" desc:"largest reply body published as it is, if lower than the connection's max payload (0: the max payload); larger answers go by RESULTS_BUCKET"`
 	RecordRetention time.Duration `envconfig:"GEMBATCH_RECORD_RETENTION" default:"168h" desc:"how long a finished record is kept"`
 	Instance        string        `envconfig:"GEMBATCH_INSTANCE" desc:"this replica's name (default: the host name); a restart under the same name resumes its batches at once"`
 	LeaseTTL        time.Duration `envconfig:"GEMBATCH_LEASE_TTL" default:"30s" desc:"a replica's batches are taken over this long after it stops renewing them"`
@@ -82,7 +87,7 @@ type Config struct {
 	DeadLetterSubject string        `envconfig:"GEMBATCH_DEAD_LETTER_SUBJECT" desc:"subject that receives every request that finally failed, with its last error (none if empty)"`
 	MaxActiveJobs     int           `envconfig:"GEMBATCH_MAX_ACTIVE_JOBS" default:"100" desc:"remote jobs not yet ended, across every replica, before sealed batches wait (the service's limit is 100); 0 no cap"`
 	TokenBudget       TokenBudget   `envconfig:"GEMBATCH_TOKEN_BUDGET" desc:"per-model cap on the estimated input tokens of active jobs, as model=tokens,... (e.g. gemini-2.5-flash=3000000); none if empty"`
-	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost estimate (default: the shipped batch prices)"`
+	PricesFile        string        `envconfig:"GEMBATCH_PRICES_FILE" desc:"JSON price table for the cost and saving estimates (default: the shipped batch and interactive prices)"`
 
 	MetricsAddr   string        `envconfig:"GEMBATCH_METRICS_ADDR" default:":9090" desc:"address of /metrics, /healthz and /readyz"`
 	LogLevel      string        `envconfig:"GEMBATCH_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
@@ -239,6 +244,10 @@ func (c *Config) Validate() error {
 		return bad("ACK_WAIT", "must not be negative, got %s", c.AckWait)
 	case c.AckWait > 0 && c.AckWait <= c.BatchMaxWait:
 		return bad("ACK_WAIT", "must be longer than BATCH_MAX_WAIT (%s), got %s", c.BatchMaxWait, c.AckWait)
+	case c.ResultTTL < time.Minute:
+		return bad("RESULT_TTL", "must be at least 1m, got %s", c.ResultTTL)
+	case c.ReplyMaxBytes < 0 || (c.ReplyMaxBytes > 0 && c.ReplyMaxBytes < 1024):
+		return bad("REPLY_MAX_BYTES", "must be 0 or at least 1KiB, got %d", c.ReplyMaxBytes)
 	case c.RecordRetention < 72*time.Hour:
 		return bad("RECORD_RETENTION", "must be at least 72h (a job may take 48h), got %s", c.RecordRetention)
 	case c.LeaseTTL < time.Second:
@@ -299,6 +308,18 @@ func (t *TokenBudget) Decode(v string) error {
 	return nil
 }
 
+// String writes the budget as it is read, models sorted: "models/a=10,models/b=20" ("" if none).
+func (t TokenBudget) String() string {
+	var b strings.Builder
+	for _, model := range slices.Sorted(maps.Keys(t)) {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%d", model, t[model])
+	}
+	return b.String()
+}
+
 func unwrapParse(err error) error {
 	var ne *strconv.NumError
 	if errors.As(err, &ne) {
@@ -318,6 +339,7 @@ func (c Config) Effective() map[string]string {
 		if l, ok := f.([]string); ok {
 			f = strings.Join(l, ",")
 		}
+		// fmt.Sprint uses String methods: ByteSize, TokenBudget, Secret and Duration show units.
 		out[name] = fmt.Sprint(f)
 	}
 	return out
@@ -370,6 +392,19 @@ func (s *ByteSize) Decode(v string) error {
 	}
 	*s = ByteSize(n * mult)
 	return nil
+}
+
+// String writes the size in the largest binary unit that divides it: "100MiB", "1000B".
+func (s ByteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if s != 0 && int64(s)%u.mult == 0 {
+			return strconv.FormatInt(int64(s)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
 }
 
 // Secret is a string that never prints.

@@ -53,10 +53,8 @@ func NewMain(cfg Config, log zerolog.Logger, build metrics.Build) *Main {
 // Run starts everything and blocks until ctx ends and shutdown completes. A component that fails
 // stops the rest, and Run returns its error.
 func (m *Main) Run(ctx context.Context) error {
-	cfg := m.Config
-	if cfg.Instance == "" {
-		cfg.Instance, _ = os.Hostname()
-		m.Config.Instance = cfg.Instance
+	if m.Config.Instance == "" {
+		m.Config.Instance, _ = os.Hostname()
 	}
 	nc, err := m.connect()
 	if err != nil {
@@ -64,72 +62,141 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	connectionMetrics(m.Registry, nc)
-
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	durable, err := m.durable(ctx, js)
+	s, err := m.build(ctx, nc)
 	if err != nil {
 		return err
 	}
-	var jss *jsstore.Store
-	var lease *ownership.Leaser
+	return m.serve(ctx, s)
+}
+
+// stages are gembatchd's parts, built in the order a request flows through them: intake,
+// accumulator, store, submitter, poller, publisher. Ownership (durable mode) sits beside the
+// store and hands records it takes over to their stage.
+type stages struct {
+	nc      *nats.Conn
+	api     *gemini.Client
+	store   *jsstore.Store // durable mode only
+	lease   *ownership.Leaser
+	coord   *ownership.Coordinator
+	in      *intake.Intake
+	sin     *intake.StreamIntake // durable mode only
+	acc     *accumulator.Accumulator
+	sub     *submitter.Submitter
+	poll    *poller.Poller
+	batches *publisher.Batches
+	answers *publisher.Answerer
+	srv     *metrics.Server
+}
+
+// build makes every stage. Later stages are made first, so that each earlier one is given
+// where its output goes; nothing is captured before it exists.
+func (m *Main) build(ctx context.Context, nc *nats.Conn) (*stages, error) {
+	s := &stages{nc: nc}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	durable, err := m.durable(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	if durable {
-		if jss, lease, err = m.openStore(ctx, js); err != nil {
-			return err
+		if s.store, s.lease, err = m.openStore(ctx, js); err != nil {
+			return nil, err
 		}
-		m.Store = jss
+		m.Store = s.store
 	} else if m.Store == nil {
 		m.Store = record.NewMemStore()
 	}
-
 	m.Registry.MustRegister(metrics.NewStoreCollector(m.Store, time.Now))
-
-	api := gemini.New(string(cfg.GeminiAPIKey),
-		gemini.WithBaseURL(cfg.GeminiBaseURL),
+	s.api = gemini.New(string(m.Config.GeminiAPIKey),
+		gemini.WithBaseURL(m.Config.GeminiBaseURL),
 		gemini.WithMetrics(gemini.NewMetrics(m.Registry)),
 		gemini.WithLogger(m.Log.With().Str("component", "gemini").Logger()))
+	pub, err := m.buildAnswering(ctx, s, js)
+	if err != nil {
+		return nil, err
+	}
+	m.buildSubmitting(s, durable)
+	m.buildIntake(s, js, pub)
+	if s.srv, err = metrics.Listen(m.Config.MetricsAddr, m.Registry, readiness(nc, s.api, s.store)); err != nil {
+		return nil, err
+	}
+	m.MetricsAddr = s.srv.Addr()
+	return s, nil
+}
 
+// buildAnswering makes the publisher and the batch answerer, with the results bucket for answers
+// too large for a NATS message in durable mode.
+func (m *Main) buildAnswering(ctx context.Context, s *stages, js jetstream.JetStream) (*publisher.Publisher, error) {
+	cfg := m.Config
 	prices := pricing.Default()
 	if cfg.PricesFile != "" {
+		var err error
 		if prices, err = pricing.Load(cfg.PricesFile); err != nil {
-			return fmt.Errorf("%s_PRICES_FILE: %w", Prefix, err)
+			return nil, fmt.Errorf("%s_PRICES_FILE: %w", Prefix, err)
 		}
 	}
-
+	pm := publisher.NewMetrics(m.Registry)
+	pm.InitModel(cfg.DefaultModel)
+	pub := publisher.New(s.nc, pm)
+	pub.MaxReplyBytes = int(cfg.ReplyMaxBytes)
+	if s.store != nil {
+		var err error
+		if pub.Results, err = publisher.OpenResults(ctx, js, publisher.ResultsConfig{
+			Bucket: cfg.ResultsBucket, TTL: cfg.ResultTTL, Replicas: cfg.StreamReplicas,
+			Storage: storageType(cfg.StreamStorage), MaxPayload: s.nc.MaxPayload(),
+		}); err != nil {
+			return nil, err
+		}
+	}
 	plog := m.Log.With().Str("component", "publisher").Logger()
-	pubMetrics, subMetrics := publisher.NewMetrics(m.Registry), submitter.NewMetrics(m.Registry)
-	pubMetrics.InitModel(cfg.DefaultModel)
-	subMetrics.InitModel(cfg.DefaultModel)
-	pub := publisher.New(nc, pubMetrics)
-	batches := publisher.NewBatches(pub, m.Store, api, plog)
-	batches.KeepJobs = cfg.KeepJobs
-	answers := publisher.NewAnswerer(batches, 4, plog)
-	sub := submitter.New(submitter.Config{
+	s.batches = publisher.NewBatches(pub, m.Store, s.api, plog)
+	s.batches.Now = m.now
+	s.batches.KeepJobs = cfg.KeepJobs
+	s.batches.Policy = publisher.Policy{
+		MaxAttempts: cfg.MaxAttempts, ResubmitExpired: cfg.ResubmitExpired, ResubmitCancelled: cfg.ResubmitCancelled,
+		DeadLetter: cfg.DeadLetterSubject, Prices: prices,
+	}
+	s.answers = publisher.NewAnswerer(s.batches, 4, plog)
+	return pub, nil
+}
+
+// buildSubmitting makes the submitter and the poller; resubmissions go back to the submitter as
+// new records.
+func (m *Main) buildSubmitting(s *stages, durable bool) {
+	cfg := m.Config
+	sm := submitter.NewMetrics(m.Registry)
+	sm.InitModel(cfg.DefaultModel)
+	s.sub = submitter.New(submitter.Config{
+		Now:            m.now,
 		InlineMaxBytes: int64(cfg.InlineMaxBytes),
 		Concurrency:    cfg.SubmitConcurrent,
 		CreateGrace:    cfg.CreateGrace,
 		CreateTimeout:  min(gemini.DefaultCallTimeout, cfg.LeaseTTL/2),
-		Lease:          fence(lease),
+		Lease:          fence(s.lease),
 		Quota:          submitter.Quota{MaxActiveJobs: cfg.MaxActiveJobs, TokenBudget: cfg.TokenBudget},
 		// The durable store gives bodies back for resubmissions; in memory they must stay.
 		KeepBodies: !durable && (cfg.MaxAttempts > 1 || cfg.DeadLetterSubject != ""),
-		Input:      input(jss),
-	}, api, m.Store, m.Log.With().Str("component", "submitter").Logger(), subMetrics,
-		func(r *record.Record) { answers.Enqueue(r, nil) })
-	poll := poller.New(poller.Config{
+		Input:      input(s.store),
+	}, s.api, m.Store, m.Log.With().Str("component", "submitter").Logger(), sm,
+		func(r *record.Record) { s.answers.Enqueue(r, nil) })
+	s.poll = poller.New(poller.Config{
+		Now:      m.now,
 		Interval: cfg.PollInterval, MaxInterval: cfg.PollMaxInterval, Concurrency: cfg.PollConcurrency,
 		StuckAfter: cfg.StuckAfter, CancelStuck: cfg.StuckCancel,
-	}, api, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
-		func(r *record.Record, op *gemini.Operation) { sub.Release(r.ID); answers.Enqueue(r, op) })
-	sub.OnSubmitted(poll.Enqueue)
-	batches.Policy = publisher.Policy{
-		MaxAttempts: cfg.MaxAttempts, ResubmitExpired: cfg.ResubmitExpired, ResubmitCancelled: cfg.ResubmitCancelled,
-		DeadLetter: cfg.DeadLetterSubject, Prices: prices, Resubmit: sub.Enqueue,
-	}
+	}, statesOnly{s.api}, m.Store, m.Log.With().Str("component", "poller").Logger(), poller.NewMetrics(m.Registry),
+		func(r *record.Record, op *gemini.Operation) { s.sub.Release(r.ID); s.answers.Enqueue(r, op) })
+	s.sub.OnSubmitted(s.poll.Enqueue)
+	s.batches.Policy.Resubmit = s.sub.Enqueue
+}
 
+// buildIntake makes intake and the accumulator, and in durable mode the ownership coordinator
+// and the sealer that records batches under this replica's lease.
+func (m *Main) buildIntake(s *stages, js jetstream.JetStream, pub *publisher.Publisher) {
+	cfg := m.Config
 	icfg := intake.Config{
+		Now: m.now,
 		Rules: intake.Rules{
 			DefaultModel:    cfg.DefaultModel,
 			MaxRequestBytes: int(cfg.MaxRequestBytes),
@@ -143,110 +210,81 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxPendingBytes: int64(cfg.MaxPendingBytes),
 	}
 	ilog, imetrics := m.Log.With().Str("component", "intake").Logger(), intake.NewMetrics(m.Registry)
-	var in *intake.Intake
-	var sin *intake.StreamIntake
-	if durable {
-		icfg.Bodies, icfg.BodiesBucket = jss.BodyObjects(), jss.BodiesBucket()
-		sin = intake.NewStream(intake.StreamConfig{
+	seal := m.coreSealer(s.sub)
+	acfg := accumulator.Config{Now: m.now, Limits: accumulator.Limits{
+		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
+	}}
+	if s.store == nil {
+		s.in = intake.New(icfg, s.nc, nil, pub, ilog, imetrics)
+	} else {
+		icfg.Bodies, icfg.BodiesBucket = s.store.BodyObjects(), s.store.BodiesBucket()
+		s.sin = intake.NewStream(intake.StreamConfig{
 			Config: icfg, Stream: cfg.Stream, SubjectPrefix: cfg.StreamSubject, Replicas: cfg.StreamReplicas,
 			Storage: storageType(cfg.StreamStorage), MaxAge: cfg.StreamMaxAge, Update: cfg.StreamUpdate,
 			Consumer: cfg.Consumer, AckWait: cfg.EffectiveAckWait(),
-		}, nc, js, jss, pub, ilog, imetrics)
-		in = sin.Intake
-	} else {
-		in = intake.New(icfg, nc, nil, pub, ilog, imetrics)
-	}
-
-	var coord *ownership.Coordinator
-	seal := m.coreSealer(sub)
-	if durable {
-		coord = ownership.NewCoordinator(lease, jss, m.Log.With().Str("component", "ownership").Logger(), ownership.NewMetrics(m.Registry))
+		}, s.nc, js, s.store, pub, ilog, imetrics)
+		s.in = s.sin.Intake
+		s.coord = ownership.NewCoordinator(s.lease, s.store, m.Log.With().Str("component", "ownership").Logger(), ownership.NewMetrics(m.Registry))
 		own := func(r *record.Record) {
-			r.Owner, r.Epoch = lease.Self().Instance, lease.Self().Epoch
-			coord.Adopt(r.ID)
+			r.Owner, r.Epoch = s.lease.Self().Instance, s.lease.Self().Epoch
+			s.coord.Adopt(r.ID)
 		}
-		batches.Own = own
-		seal = (&durableSealer{store: jss, lease: lease, own: own, sub: sub, log: m.Log.With().Str("component", "sealer").Logger(),
-			margin: cfg.LeaseTTL / 10}).seal
-	}
-	acfg := accumulator.Config{Limits: accumulator.Limits{
-		MaxRequests: cfg.BatchMaxRequests, MaxBytes: int64(cfg.BatchMaxBytes), MaxWait: cfg.BatchMaxWait,
-	}}
-	if durable {
+		s.batches.Own = own
+		seal = (&durableSealer{store: s.store, lease: s.lease, own: own, sub: s.sub, log: m.Log.With().Str("component", "sealer").Logger(),
+			margin: cfg.LeaseTTL / 10, ackWait: cfg.EffectiveAckWait(), now: m.now}).seal
 		acfg.Heartbeat = cfg.EffectiveAckWait() / 4
-		acfg.Bodies = bodySinks{jss}
+		acfg.Bodies = bodySinks{s.store}
 		alog := m.Log.With().Str("component", "accumulator").Logger()
 		acfg.Lost = func(id string, n int, err error) {
 			alog.Error().Err(err).Str("record", id).Int("requests", n).Msg("could not write a batch's input; its requests go back to the stream")
 		}
 	}
-	acc := accumulator.New(acfg, seal, func(g record.Group, req record.Request, st *gemini.Status) {
+	s.acc = accumulator.New(acfg, seal, func(g record.Group, req record.Request, st *gemini.Status) {
 		reason := intake.ReasonDuplicate
 		if st.Code != gemini.CodeAlreadyExists {
 			reason = intake.ReasonBodyObject // its body could not be written to the batch's input
 		}
-		in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: reason, Key: req.Key, Status: st})
+		s.in.Reject(g.Kind, req.Reply, &intake.Rejection{Reason: reason, Key: req.Key, Status: st})
 		if req.Msg != nil {
 			_ = req.Msg.DoubleAck(context.Background())
 		}
 	}, accumulator.NewMetrics(m.Registry))
-	in.SetSink(holding{acc, sub})
+	s.in.SetSink(holding{s.acc, s.sub})
+}
 
-	srv, err := metrics.Listen(cfg.MetricsAddr, m.Registry, readiness(nc, api, jss))
-	if err != nil {
-		return err
+// route hands a record to the stage its state needs.
+func (s *stages) route(rec *record.Record) {
+	switch rec.State {
+	case record.Sealed, record.Submitting:
+		s.sub.Enqueue(rec)
+	case record.Submitted:
+		s.sub.Hold(rec)
+		s.poll.Enqueue(rec)
+	case record.Finished, record.Failed, record.Replied:
+		s.answers.Enqueue(rec, nil)
 	}
-	m.MetricsAddr = srv.Addr()
+}
 
-	// Phase one ends with ctx: intake stops and open batches are sealed and submitted.
-	// Phase two (the rest) is cancelled when the grace period ends or submission is done.
+// serve runs the stages until ctx ends or one fails, then shuts down in two phases: intake stops
+// and open batches are sealed and submitted within the grace period; then the rest is stopped,
+// keeping every record for the next start.
+func (m *Main) serve(ctx context.Context, s *stages) error {
 	workCtx, stopWork := context.WithCancel(context.Background())
 	defer stopWork()
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
 	submitDone := make(chan struct{})
-	wg.Go(func() { errc <- sub.Run(workCtx); close(submitDone) })
-	wg.Go(func() { errc <- poll.Run(workCtx) })
-	wg.Go(func() { errc <- answers.Run(workCtx) })
-	wg.Go(func() { errc <- srv.Serve(workCtx) })
-
-	route := func(rec *record.Record) {
-		switch rec.State {
-		case record.Sealed, record.Submitting:
-			sub.Enqueue(rec)
-		case record.Submitted:
-			sub.Hold(rec)
-			poll.Enqueue(rec)
-		case record.Finished, record.Failed, record.Replied:
-			answers.Enqueue(rec, nil)
-		}
-	}
-	if durable {
-		coord.Route = func(rec *record.Record) { go m.takeOver(workCtx, jss, sin, rec, route) }
-		coord.Lost = func(id string) { poll.Forget(id); sub.Release(id); answers.Forget(id) }
-		wg.Go(func() { errc <- lease.Run(workCtx) })
-		watched := make(chan struct{})
-		wg.Go(func() { errc <- coord.Run(workCtx, watched) })
-		wg.Go(func() { m.shareQuota(workCtx, coord, sub) })
-		wg.Go(func() { m.sweep(workCtx, jss) })
-		select {
-		case <-watched:
-		case <-ctx.Done():
-		}
-		err = sin.Start(ctx)
-	} else {
-		err = m.resume(ctx, route)
-		if err == nil {
-			err = in.Start()
-		}
-	}
-	if err != nil {
+	wg.Go(func() { errc <- s.sub.Run(workCtx); close(submitDone) })
+	wg.Go(func() { errc <- s.poll.Run(workCtx) })
+	wg.Go(func() { errc <- s.answers.Run(workCtx) })
+	wg.Go(func() { errc <- s.srv.Serve(workCtx) })
+	if err := m.start(ctx, workCtx, s, &wg, errc); err != nil {
 		stopWork()
 		wg.Wait()
 		return err
 	}
-	m.Log.Info().Bool("durable", durable).Str("instance", cfg.Instance).Str("metrics", m.MetricsAddr).
-		Str("generate", cfg.SubjectGenerate).Str("embed", cfg.SubjectEmbed).Msg("gembatchd ready")
+	m.Log.Info().Bool("durable", s.store != nil).Str("instance", m.Config.Instance).Str("metrics", m.MetricsAddr).
+		Str("generate", m.Config.SubjectGenerate).Str("embed", m.Config.SubjectEmbed).Msg("gembatchd ready")
 	close(m.Ready)
 
 	var runErr error
@@ -255,39 +293,75 @@ func (m *Main) Run(ctx context.Context) error {
 	case runErr = <-errc:
 		m.Log.Error().Err(runErr).Msg("component failed; shutting down")
 	}
+	m.drain(s, submitDone)
+	stopWork()
+	wg.Wait()
+	m.release(s)
+	m.Log.Info().Msg("gembatchd stopped")
+	return runErr
+}
 
-	graceCtx, cancelGrace := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+// start resumes the records there are (durable mode: through ownership, once the records that
+// exist are known) and starts taking requests.
+func (m *Main) start(ctx, workCtx context.Context, s *stages, wg *sync.WaitGroup, errc chan<- error) error {
+	if s.store == nil {
+		if err := m.resume(ctx, s.route); err != nil {
+			return err
+		}
+		return s.in.Start()
+	}
+	s.coord.Route = func(rec *record.Record) { go m.takeOver(workCtx, s.store, s.sin, rec, s.route) }
+	s.coord.Lost = func(id string) { s.poll.Forget(id); s.sub.Release(id); s.answers.Forget(id) }
+	wg.Go(func() { errc <- s.lease.Run(workCtx) })
+	watched := make(chan struct{})
+	wg.Go(func() { errc <- s.coord.Run(workCtx, watched) })
+	wg.Go(func() { m.shareQuota(workCtx, s.coord, s.sub) })
+	wg.Go(func() { m.sweep(workCtx, s.store) })
+	select {
+	case <-watched:
+	case <-ctx.Done():
+	}
+	return s.sin.Start(ctx)
+}
+
+// drain is shutdown's first phase: stop intake, seal the open batches and submit them, within
+// the grace period (cut short if NATS is gone).
+func (m *Main) drain(s *stages, submitDone <-chan struct{}) {
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), m.Config.ShutdownGrace)
 	defer cancelGrace()
-	m.Log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: draining intake and submitting open batches")
-	drain := in.Drain
-	if sin != nil {
-		drain = sin.Drain
+	graceCtx, stopWatch := whileNATS(graceCtx, s.nc, m.Log)
+	defer stopWatch()
+	m.Log.Info().Float64("grace_seconds", m.Config.ShutdownGrace.Seconds()).Msg("shutting down: draining intake and submitting open batches")
+	drain := s.in.Drain
+	if s.sin != nil {
+		drain = s.sin.Drain
 	}
 	if err := drain(graceCtx); err != nil {
 		m.Log.Warn().Err(err).Msg("drain intake")
 	}
-	acc.Close()
-	sub.CloseQueue()
+	s.acc.Close()
+	s.sub.CloseQueue()
 	select {
 	case <-submitDone:
 		m.Log.Info().Msg("open batches submitted")
 	case <-graceCtx.Done():
-		m.Log.Warn().Msg("grace period over before every batch was submitted; they stay recorded")
+		m.Log.Warn().Err(context.Cause(graceCtx)).Msg("shutdown cut short before every batch was submitted; they stay recorded")
 	}
-	stopWork()
-	wg.Wait()
-	if lease != nil {
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := lease.Release(rctx); err != nil {
+}
+
+// release gives the lease back, so that other replicas take over at once what is left, and
+// drains the NATS connection.
+func (m *Main) release(s *stages) {
+	if s.lease != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := s.lease.Release(ctx); err != nil {
 			m.Log.Warn().Err(err).Msg("release lease; other replicas take over once it expires")
 		}
 		cancel()
 	}
-	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if err := s.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		m.Log.Warn().Err(err).Msg("drain NATS connection")
 	}
-	m.Log.Info().Msg("gembatchd stopped")
-	return runErr
 }
 
 // input is the submitter's view of the store's batch inputs; none in core mode.
@@ -333,6 +407,15 @@ func storageType(s string) jetstream.StorageType {
 		return jetstream.MemoryStorage
 	}
 	return jetstream.FileStorage
+}
+
+// statesOnly is the Gemini client as the poller sees it: a job's get skips its inline answers,
+// which the publisher reads one at a time once the job is answered (an inline job's answers can
+// run to gigabytes of images).
+type statesOnly struct{ *gemini.Client }
+
+func (s statesOnly) GetBatch(ctx context.Context, name string) (*gemini.Operation, error) {
+	return s.StreamBatch(ctx, name, nil)
 }
 
 // holding is the accumulator as intake's sink, with the pending count widened to every request

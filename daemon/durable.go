@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -84,28 +85,35 @@ type durableSealer struct {
 	sub    *submitter.Submitter
 	log    zerolog.Logger
 	margin time.Duration
+	// ackWait is the stream's redelivery wait: a batch whose recording took longer may have had
+	// its messages delivered elsewhere meanwhile.
+	ackWait time.Duration
+	now     func() time.Time
 }
 
 func (d *durableSealer) seal(rec *record.Record) {
-	if !d.lease.HeldSince(oldest(rec), d.margin) {
-		d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
-			Msg("lease lapsed while the batch was open; handing its messages back to the stream")
-		for _, q := range rec.Requests {
-			_ = q.Msg.Nak()
-		}
-		if err := d.store.Delete(context.Background(), rec.ID); err != nil { // its input: never recorded
-			d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the input of a batch handed back; the sweep removes it")
-		}
-		return
-	}
 	d.own(rec)
 	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
+		// Checked before every try: a freeze during a slow write must not let a later try
+		// record messages that were meanwhile delivered to another replica.
+		if !d.lease.HeldSince(oldest(rec), d.margin) {
+			d.handBack(rec)
+			return
+		}
+		inProgress(rec) // the AckWait runs from here while the batch is written
+		began := d.now()
 		err := d.store.Create(context.Background(), rec)
-		if err == nil {
+		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landed(rec)) {
+			// The write itself may have outlasted the lease (a freeze mid-write) or the
+			// AckWait: then another replica may have batched these messages meanwhile.
+			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(began) > d.ackWait*3/4 {
+				d.abandon(rec)
+				return
+			}
 			break
 		}
-		if attempt == 5 {
+		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
 			d.log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
 				Msg("could not record a sealed batch; its requests will be delivered again")
 			return
@@ -121,6 +129,12 @@ func (d *durableSealer) seal(rec *record.Record) {
 		}
 		if err == nil || errors.Is(err, record.ErrConflict) {
 			break
+		}
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			// Shutting down without NATS: whoever takes the record over removes its messages
+			// from the stream before going on (takeOver), so none is delivered again.
+			d.log.Warn().Err(err).Str("record", rec.ID).Msg("acknowledgements not confirmed; left to the record's next owner")
+			return
 		}
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("confirm the acknowledgements of a recorded batch; retrying")
 		time.Sleep(retry.Delay(attempt))
@@ -157,6 +171,54 @@ func (m *Main) sweep(ctx context.Context, st *jsstore.Store) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// landed reports whether an earlier try of Create, whose answer was lost, recorded rec after
+// all (the record is there, ours), and takes its revision.
+func (d *durableSealer) landed(rec *record.Record) bool {
+	got, err := d.store.Head(context.Background(), rec.ID)
+	if err != nil || got.Owner != rec.Owner || got.Epoch != rec.Epoch {
+		return false
+	}
+	rec.Revision = got.Revision
+	return true
+}
+
+// inProgress tells the stream that a batch's messages are still being worked on.
+func inProgress(rec *record.Record) {
+	for _, q := range rec.Requests {
+		_ = q.Msg.InProgress()
+	}
+}
+
+// abandon drops a batch recorded too late to be sure its messages were not delivered elsewhere
+// meanwhile: the record is cleaned before anything is sent for it, and the messages handed back
+// (those another replica batched are acknowledged already, and the rest are delivered again).
+func (d *durableSealer) abandon(rec *record.Record) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec.State = record.Cleaned
+	if err := d.store.Update(ctx, rec); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("abandon a batch recorded after the lease lapsed")
+		return
+	}
+	if err := d.store.Delete(ctx, rec.ID); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the objects of an abandoned batch; they expire")
+	}
+	d.handBack(rec)
+}
+
+// handBack gives a batch's messages back to the stream instead of recording them: the lease
+// lapsed since they were pulled, so they may have been delivered to another replica.
+func (d *durableSealer) handBack(rec *record.Record) {
+	d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
+		Msg("lease lapsed while the batch was open; handing its messages back to the stream")
+	for _, q := range rec.Requests {
+		_ = q.Msg.Nak()
+	}
+	if err := d.store.Delete(context.Background(), rec.ID); err != nil { // its input: never sent
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the input of a batch handed back; the sweep removes it")
 	}
 }
 

@@ -344,11 +344,13 @@ func floodWithTheAPIDown(t *testing.T, durable string) {
 	cfg.BatchMaxRequests = 200
 	cfg.BatchMaxWait = 50 * time.Millisecond
 	h := start(t, cfg, emulator.Options{})
-	body := []byte(generateBody(strings.Repeat("f", 1000)))
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	for range sent {
+	for i := range sent {
+		// Distinct bodies: identical keyless requests to one reply subject are one request in
+		// durable mode (the stream's duplicate window keeps one of what the replicas forward).
+		body := []byte(generateBody(fmt.Sprintf("%05d %s", i, strings.Repeat("f", 1000))))
 		if err := h.nc.PublishRequest("gembatch.generate", "test.reply.flood", body); err != nil {
 			t.Fatal(err)
 		}

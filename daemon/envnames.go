@@ -115,7 +115,7 @@ func (c *Config) validateNames(bad func(name, format string, args ...any) error)
 	if !noSpace.MatchString(c.Queue) {
 		return bad("QUEUE", "%q is not a queue group name (no spaces)", c.Queue)
 	}
-	for _, b := range []struct{ name, value string }{{"RECORDS_BUCKET", c.RecordsBucket}, {"REQUESTS_BUCKET", c.RequestsBucket}, {"BODIES_BUCKET", c.BodiesBucket}} {
+	for _, b := range []struct{ name, value string }{{"RECORDS_BUCKET", c.RecordsBucket}, {"REQUESTS_BUCKET", c.RequestsBucket}, {"BODIES_BUCKET", c.BodiesBucket}, {"RESULTS_BUCKET", c.ResultsBucket}} {
 		if !natsName.MatchString(b.value) {
 			return bad(b.name, "%q is not a bucket name (letters, digits, - and _)", b.value)
 		}

@@ -67,6 +67,8 @@ type Server struct {
 	files   map[string]*file
 	uploads map[string]*upload
 	creates map[string]int
+	// calls counts the requests routed, by "METHOD route", for tests of how much a client asks.
+	calls map[string]int
 
 	directed   map[string]int   // times each request text with a counted error directive was answered
 	throttled  int              // creates answered 429, any cause
@@ -103,6 +105,7 @@ func New(opts Options) *Server {
 		files:   make(map[string]*file),
 		uploads: make(map[string]*upload),
 		creates: make(map[string]int),
+		calls:   make(map[string]int),
 
 		directed:   make(map[string]int),
 		peakTokens: make(map[string]int64),
@@ -217,7 +220,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	s.serve(rec, r)
 	s.log.Debug().Str("method", r.Method).Str("path", r.URL.Path).Int("status", rec.status).
-		Int64("bytes", rec.bytes).Dur("took", time.Since(start)).Msg("request")
+		Int64("bytes", rec.bytes).Float64("took_seconds", time.Since(start).Seconds()).Msg("request")
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
@@ -244,7 +247,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, gemini.CodeUnimplemented, "Method %s is not allowed on %s.", r.Method, r.URL.Path)
 		return
 	}
+	s.mu.Lock()
+	s.calls[r.Method+" "+key]++
+	s.mu.Unlock()
 	h(w, r, name)
+}
+
+// Calls is how many requests the emulator routed to one method and route, the route written
+// as in v1beta with {} for a name: Calls("GET", "/v1beta/batches") counts list calls.
+func (s *Server) Calls(method, route string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[method+" "+route]
 }
 
 // apiVersions are the version prefixes the official SDKs use: Python and Go send v1beta,

@@ -27,17 +27,23 @@ const (
 
 // trial is one run of the campaign: requests sent to a fresh world, and one fault.
 type trial struct {
-	step     string           // a failpoint, or accumulating or skewedPair
-	action   failpoint.Action // kill: restart the same instance; freeze: resume it later, a second replica running
-	hit      int64            // which hit of the step acts
-	skew     time.Duration    // the clock offset of the second replica
-	requests int
+	step   string           // a failpoint, or accumulating or skewedPair
+	action failpoint.Action // kill: start a successor; freeze: resume it later, a second replica running
+	hit    int64            // which hit of the step acts
+	skew   time.Duration    // the clock offset of the second replica
+	// successor is the instance started after a kill: the same name (a restarted pod of a
+	// StatefulSet) or another (a Deployment's new pod), which must take the dead one's work over.
+	successor string
+	requests  int
 }
 
 func (tr trial) String() string {
 	s := tr.step
 	if tr.action != "" {
 		s += fmt.Sprintf(":%d:%s", tr.hit, tr.action)
+	}
+	if tr.successor != "" {
+		s += " then " + tr.successor
 	}
 	if tr.skew != 0 {
 		s += fmt.Sprintf(" skew=%s", tr.skew)
@@ -70,11 +76,14 @@ func plan(seed uint64, n int) []trial {
 				tr.hit = 1 // only the pro model's batches go by file: maybe one
 			}
 			tr.requests = 40 + 2*rng.IntN(21) // 40 to 80, even: both models get requests
+			tr.successor = []string{"a", "b"}[rng.IntN(2)]
 			switch {
 			case tr.step == skewedPair:
 				tr.skew = []time.Duration{-time.Minute, time.Minute}[rng.IntN(2)]
+				tr.successor = ""
 			case tr.action == failpoint.Freeze:
 				tr.skew = []time.Duration{-time.Minute, 0, time.Minute}[rng.IntN(3)]
+				tr.successor = ""
 			}
 			out = append(out, tr)
 		}
@@ -91,12 +100,12 @@ func envInt(name string, def uint64) uint64 {
 }
 
 // TestFaultCampaign runs seeded trials, each a fresh world with one fault at a step boundary:
-// gembatchd killed there and restarted, or frozen there past its lease and the create grace
-// while a second replica (its clock perhaps 60s off) takes over, then resumed. Each trial
-// measures the replies (every delivery), what the emulator billed per request across all jobs,
-// the jobs created per displayName and the tokens gembatchd counted; the campaign prints the
-// sums on one line and fails on any loss, double billing, request answered two ways, token
-// count unlike the billing, or (after a kill) job created twice.
+// gembatchd killed there and succeeded (by itself or another instance), or frozen there past its
+// lease and the create grace while a second replica (its clock perhaps 60s off) takes over,
+// then resumed. Each trial measures the replies (every delivery), what the emulator billed per
+// request across all jobs, the jobs created per displayName and the tokens gembatchd counted;
+// the campaign prints the sums on one line and fails on any loss, double billing, request
+// answered two ways, token count unlike the billing, or (after a kill) job created twice.
 //
 // GEMBATCH_FAULT_TRIALS sets the number of trials (default two rounds of every combo, 36);
 // GEMBATCH_FAULT_SEED replays a campaign.
@@ -108,6 +117,7 @@ func TestFaultCampaign(t *testing.T) {
 		mu       sync.Mutex
 		sum      figures
 		breached = map[string]int{} // trials with a breach, by step and action
+		failed   int                // trials with a breach
 	)
 	t.Run("trials", func(t *testing.T) {
 		for i, tr := range plan(seed, n) {
@@ -119,6 +129,7 @@ func TestFaultCampaign(t *testing.T) {
 				sum.add(f)
 				if len(breaches) > 0 {
 					breached[tr.step+":"+string(tr.action)]++
+					failed++
 					t.Errorf("%s (seed %d): %s", tr, seed, strings.Join(breaches, "; "))
 				}
 			})
@@ -129,48 +140,18 @@ func TestFaultCampaign(t *testing.T) {
 		where = append(where, fmt.Sprintf("%s=%d", k, c))
 	}
 	slices.Sort(where)
-	report(t, fmt.Sprintf("fault campaign seed=%d %s breached_trials=%d %s", seed, sum, len(where), strings.Join(where, ",")))
+	report(t, fmt.Sprintf("fault campaign seed=%d %s breached_trials=%d %s", seed, sum, failed, strings.Join(where, ",")))
 }
 
 // runTrial runs one trial in a fresh world and returns its figures and breaches.
 func runTrial(t *testing.T, tr trial) (figures, []string) {
 	w := newWorld(t, emulator.Faults{})
-	skewed := clock.OffsetEnv + "=" + tr.skew.String()
-	var problems []string
-	switch {
-	case tr.step == accumulating:
-		w.start("a")
-		w.send(tr.requests, "r")
-		time.Sleep(100 * time.Millisecond)
-		w.daemons[0].kill()
-		w.start("a")
-	case tr.step == skewedPair:
-		w.start("a")
-		w.start("b", skewed)
-		w.send(tr.requests, "r")
-	case tr.action == failpoint.Kill:
-		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Kill}
-		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
-		w.send(tr.requests, "r")
-		if !a.died(20 * time.Second) {
-			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
-		}
-		w.start("a")
-	case tr.action == failpoint.Freeze:
-		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: failpoint.Freeze}
-		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
-		w.send(tr.requests, "r")
-		if !a.frozen(20 * time.Second) {
-			return figures{trials: 1}, []string{"failpoint never reached\n" + w.logs()}
-		}
-		w.start("b", skewed)
-		time.Sleep(leaseTTL + createGrace + time.Second) // a's lease and the create grace pass
-		if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-			t.Fatal(err)
-		}
+	if err := inject(w, tr); err != nil {
+		return figures{trials: 1}, []string{err.Error()}
 	}
 	w.answered(30 * time.Second) // the figures say how many were not
 	time.Sleep(time.Second)      // what a resumed replica still does (a create, a reply) is measured too
+	var problems []string
 	for _, d := range w.daemons {
 		if d.running() {
 			if err := d.finish(); err != nil {
@@ -184,4 +165,71 @@ func runTrial(t *testing.T, tr trial) (figures, []string) {
 		t.Log(w.logs())
 	}
 	return f, append(breaches, problems...)
+}
+
+// inject sends the trial's requests and applies its fault, leaving the world to answer them.
+func inject(w *world, tr trial) error {
+	skewed := clock.OffsetEnv + "=" + tr.skew.String()
+	switch {
+	case tr.step == accumulating:
+		w.start("a")
+		w.send(tr.requests, "r")
+		time.Sleep(100 * time.Millisecond)
+		w.daemons[0].kill()
+		w.start(tr.successor)
+	case tr.step == skewedPair:
+		w.start("a")
+		w.start("b", skewed)
+		w.send(tr.requests, "r")
+	default:
+		spec := failpoint.Spec{Name: tr.step, After: tr.hit, Action: tr.action}
+		a := w.start("a", "GEMBATCH_FAILPOINT="+spec.String())
+		w.send(tr.requests, "r")
+		if tr.action == failpoint.Kill {
+			if !a.died(20 * time.Second) {
+				return fmt.Errorf("failpoint never reached\n%s", w.logs())
+			}
+			w.start(tr.successor)
+			return nil
+		}
+		if !a.frozen(20 * time.Second) {
+			return fmt.Errorf("failpoint never reached\n%s", w.logs())
+		}
+		w.start("b", skewed)
+		// Long enough for b to take over however it judges a lease dead: b first sees a's lease
+		// at its start, may wait a whole TTL on its own clock from then, and then the create
+		// grace from its own first sighting of a record.
+		time.Sleep(2*leaseTTL + createGrace + time.Second)
+		return a.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	return nil
+}
+
+// TestPlanCoversEveryStep: the default campaign has at least 30 trials, each round of a plan
+// holds every step boundary with both kinds of fault, and a seed gives the same plan again.
+func TestPlanCoversEveryStep(t *testing.T) {
+	n := 2 * len(combos())
+	if n < 30 {
+		t.Fatalf("the default campaign has %d trials, fewer than 30", n)
+	}
+	p := plan(7, n)
+	for round := range 2 {
+		seen := map[string]bool{}
+		for _, tr := range p[round*len(combos()) : (round+1)*len(combos())] {
+			seen[tr.step+":"+string(tr.action)] = true
+		}
+		for _, s := range failpoint.Steps {
+			for _, a := range []failpoint.Action{failpoint.Kill, failpoint.Freeze} {
+				if !seen[s+":"+string(a)] {
+					t.Errorf("round %d has no %s:%s", round, s, a)
+				}
+			}
+		}
+		if !seen[accumulating+":"] || !seen[skewedPair+":"] {
+			t.Errorf("round %d lacks the kill while accumulating or the skewed pair", round)
+		}
+	}
+	if !slices.Equal(p, plan(7, n)) || slices.Equal(p, plan(8, n)) {
+		t.Error("a seed does not give one plan")
+	}
 }

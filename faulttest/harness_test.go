@@ -53,6 +53,10 @@ type worldOptions struct {
 	jobDelay time.Duration
 	faults   emulator.Faults
 	cluster  bool
+	// maxPayload is the servers' max_payload (0: the default 1 MB); imageBytes the size of the
+	// emulator's image answers.
+	maxPayload int32
+	imageBytes int
 }
 
 // world is NATS, the emulator and the ledger of replies, all outliving the daemons under test.
@@ -85,8 +89,8 @@ func newWorldWith(t *testing.T, o worldOptions) *world {
 	if o.cluster {
 		size = 3
 	}
-	w.nats = startNATS(t, size)
-	w.emu = emulator.New(emulator.Options{JobDelay: o.jobDelay, Faults: o.faults})
+	w.nats = startNATS(t, size, o.maxPayload)
+	w.emu = emulator.New(emulator.Options{JobDelay: o.jobDelay, Faults: o.faults, ImageBytes: o.imageBytes})
 	w.http = httptest.NewServer(w.emu)
 	t.Cleanup(func() {
 		for _, d := range w.daemons {

@@ -19,15 +19,15 @@ import (
 type answer struct {
 	msgID  string // Nats-Msg-Id
 	status string // Gembatch-Status
-	body   string // hex SHA-256 of the body
+	body   string // the first 8 bytes of the body's SHA-256, in hex
 }
 
 // replyLedger counts every reply delivered on ledger.>. A core subscription sees every delivery
 // (no deduplication by Nats-Msg-Id, unlike a stream's duplicate window) while the test's
 // connection is up; a stream with the shortest duplicate window the server allows (100ms) keeps
 // what arrives while that connection is reconnecting after a NATS restart. Per request, the
-// ledger believes whichever of the two saw more deliveries: neither can see one that did not
-// happen.
+// ledger believes whichever of the two saw more deliveries, plus any answer only the other saw:
+// neither can see a delivery that did not happen.
 type replyLedger struct {
 	t      *testing.T
 	nc     *nats.Conn
@@ -41,10 +41,14 @@ type replyLedger struct {
 func newReplyLedger(t *testing.T, nc *nats.Conn, js jetstream.JetStream, replicas int) *replyLedger {
 	t.Helper()
 	l := &replyLedger{t: t, nc: nc, got: map[string][]answer{}}
-	var err error
-	l.stream, err = js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: "LEDGER", Subjects: []string{"ledger.>"}, Duplicates: 100 * time.Millisecond,
-		Storage: jetstream.FileStorage, Replicas: replicas,
+	// A cluster answers JetStream before every peer is known to it; placing three replicas
+	// may take a moment more.
+	err := retry(func(ctx context.Context) (err error) {
+		l.stream, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name: "LEDGER", Subjects: []string{"ledger.>"}, Duplicates: 100 * time.Millisecond,
+			Storage: jetstream.FileStorage, Replicas: replicas,
+		})
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -98,37 +102,55 @@ func (l *replyLedger) core() map[string][]answer {
 	return out
 }
 
-// stored reads every reply the stream holds.
+// stored reads every reply the stream holds, trying again while a cluster that just lost a node
+// elects its leaders.
 func (l *replyLedger) stored() map[string][]answer {
 	l.t.Helper()
-	out := map[string][]answer{}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	info, err := l.stream.Info(ctx)
-	if err != nil {
+	var out map[string][]answer
+	if err := retry(func(ctx context.Context) (err error) { out, err = l.read(ctx); return err }); err != nil {
 		l.t.Fatalf("ledger stream: %v", err)
 	}
-	if info.State.Msgs == 0 {
-		return out
+	return out
+}
+
+func (l *replyLedger) read(ctx context.Context) (map[string][]answer, error) {
+	out := map[string][]answer{}
+	info, err := l.stream.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return out, err
 	}
 	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		l.t.Fatalf("ledger stream: %v", err)
+		return nil, err
 	}
 	for got := uint64(0); got < info.State.Msgs; {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			l.t.Fatalf("ledger stream: %v", err)
+			return nil, err
 		}
 		for m := range batch.Messages() {
 			l.note(out, m.Headers(), m.Data())
 			got++
 		}
 		if batch.Error() != nil {
-			l.t.Fatalf("ledger stream: %v", batch.Error())
+			return nil, batch.Error()
 		}
 	}
-	return out
+	return out, nil
+}
+
+// retry calls f, with a deadline of its own each time, until it succeeds or 30s have passed.
+func retry(f func(ctx context.Context) error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := f(ctx)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // all merges the two views: per request, the longer list of deliveries, plus the deliveries of

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/gembatch/gembatch/gemini"
 )
 
 // send publishes n requests to the stream with a JetStream publish (the producer's durable path)
@@ -131,7 +133,8 @@ func (f figures) breaches(jobs bool) []string {
 
 // measure reads the ledgers once the daemons are stopped: replies from the reply ledger, billing
 // and creates from the emulator's (after every job has ended, so that a late duplicate is billed
-// too), tokens counted from each daemon's last metrics (a daemon killed counts none).
+// too), tokens counted from the records, which keep them with their replied state (a process's
+// counter dies with it; the record's sums are what a SIGKILL cannot take).
 func (w *world) measure() figures {
 	w.t.Helper()
 	w.settleJobs(15 * time.Second)
@@ -144,10 +147,44 @@ func (w *world) measure() figures {
 		deliveries: r.deliveries, repeatedDeliv: r.repeatedDeliveries, repeatedAnswers: r.repeatedAnswers,
 		conflicting: r.conflicting, tokensBilled: l.Tokens(),
 	}
-	for _, d := range w.daemons {
-		f.tokensCounted += int64(sample(d.metrics, "gembatch_publisher_tokens_total"))
-	}
+	f.tokensCounted = w.recordedTokens()
 	return f
+}
+
+// recordedTokens sums the tokens every record says its batch used, as gembatch_publisher_tokens_total
+// counts them (every type), over the records bucket.
+func (w *world) recordedTokens() int64 {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := w.js.KeyValue(ctx, "gembatch-records")
+	if err != nil {
+		w.t.Fatalf("records bucket: %v", err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		w.t.Fatalf("list records: %v", err)
+	}
+	var n int64
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			w.t.Fatalf("read record %s: %v", k, err)
+		}
+		var rec struct {
+			Usage *struct {
+				gemini.UsageMetadata
+				EstimatedPrompt int64 `json:"estimatedPrompt"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			w.t.Fatalf("decode record %s: %v", k, err)
+		}
+		if u := rec.Usage; u != nil {
+			n += u.PromptTokenCount + u.CandidatesTokenCount + u.CachedContentTokenCount + u.ThoughtsTokenCount + u.EstimatedPrompt
+		}
+	}
+	return n
 }
 
 // settleJobs waits until every job the emulator holds has ended.

@@ -30,7 +30,7 @@ type natsNode struct {
 
 func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
 
-func startNATS(t *testing.T, size int) *natsWorld {
+func startNATS(t *testing.T, size int, maxPayload int32) *natsWorld {
 	t.Helper()
 	dir := t.TempDir()
 	w := &natsWorld{}
@@ -40,7 +40,7 @@ func startNATS(t *testing.T, size int) *natsWorld {
 	}
 	for i := range size {
 		n := &natsNode{dir: filepath.Join(dir, fmt.Sprintf("n%d", i))}
-		n.opts = server.Options{Port: freePort(t), ServerName: fmt.Sprintf("n%d", i)}
+		n.opts = server.Options{Port: freePort(t), ServerName: fmt.Sprintf("n%d", i), MaxPayload: maxPayload}
 		if size > 1 {
 			n.opts.Cluster = server.ClusterOpts{Name: "faulttest", Host: "127.0.0.1", Port: clusterPorts[i]}
 			for j, p := range clusterPorts {

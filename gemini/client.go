@@ -220,7 +220,7 @@ func (c *Client) withRetry(ctx context.Context, op string, attempts int, fn func
 			return err // waiting would outlive the caller: hand back the real reason now
 		}
 		c.metrics.retries.WithLabelValues(op).Inc()
-		c.log.Debug().Str("op", op).Int("attempt", attempt).Dur("delay", delay).Err(err).Msg("gemini: retrying")
+		c.log.Debug().Str("op", op).Int("attempt", attempt).Float64("delay_seconds", delay.Seconds()).Err(err).Msg("gemini: retrying")
 		if !backoff.Sleep(ctx, delay) {
 			return fmt.Errorf("gemini: %s: %w (last error: %v)", op, ctx.Err(), err)
 		}

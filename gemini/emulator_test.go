@@ -208,6 +208,7 @@ func TestEmulatorFileBatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.Response = slices.Clone(r.Response) // valid only until the next Next
 		results = append(results, r)
 	}
 	if rr.Malformed() != 0 {

@@ -66,7 +66,7 @@ func (e *transportError) Unwrap() error { return e.err }
 // IsRetryable reports whether err is worth another try: a retryable APIError, or a transport
 // failure that was not the caller's context ending.
 func IsRetryable(err error) bool {
-	if err == nil || errors.Is(err, ErrOutcomeUnknown) {
+	if err == nil || errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, errHandedOver) {
 		return false
 	}
 	if ae, ok := errors.AsType[*APIError](err); ok {

@@ -26,11 +26,34 @@ func checkResult(t *testing.T, r gemini.Result, keyed bool) {
 	}
 }
 
+// checkUsage holds a result's Usage to what decoding its response with encoding/json gives.
+func checkUsage(t *testing.T, r gemini.Result) {
+	t.Helper()
+	if r.Response == nil {
+		if r.Usage != nil {
+			t.Errorf("usage without a response: %+v", r)
+		}
+		return
+	}
+	var u struct {
+		UsageMetadata *gemini.UsageMetadata `json:"usageMetadata"`
+	}
+	if json.Unmarshal(r.Response, &u) != nil {
+		return // a field encoding/json refuses: no reference to compare with
+	}
+	if (u.UsageMetadata == nil) != (r.Usage == nil) || (r.Usage != nil && *r.Usage != *u.UsageMetadata) {
+		t.Errorf("usage %+v, encoding/json reads %+v from %s", r.Usage, u.UsageMetadata, r.Response)
+	}
+}
+
 // FuzzResultReader: any file reads to the end without panicking; every line is a result, a
 // skipped malformed line or blank; every result keeps the Result contract.
 func FuzzResultReader(f *testing.F) {
 	f.Add([]byte(`{"key":"a","response":{"candidates":[]}}` + "\n" + `{"key":"b","error":{"code":3,"message":"x"}}` + "\n"))
 	f.Add([]byte(`{"key":"k","status":{"code":13}}` + "\r\n\n" + `{"key":"k2","response":{"a":`))
+	f.Add([]byte(`{"key":"u","response":{"candidates":[],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":8,"totalTokenCount":11}}}` + "\n" +
+		`{"Key":"v","response":{"UsageMetadata":{"promptTokenCount":-9223372036854775808,"thoughtsTokenCount":1e2},"usageMetadata":null}}`))
+	f.Add([]byte(`{"key":"e","response":{"embedding":{"values":[0.012,-1.5e-3,0]}},"status":null}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rr := gemini.NewResultReader(bytes.NewReader(data))
 		results := 0
@@ -43,6 +66,7 @@ func FuzzResultReader(f *testing.F) {
 				t.Fatalf("a bytes.Reader cannot fail, got %v", err)
 			}
 			checkResult(t, r, true)
+			checkUsage(t, r)
 			results++
 		}
 		if lines := bytes.Count(data, []byte("\n")) + 1; results+rr.Malformed() > lines {

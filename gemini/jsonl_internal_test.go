@@ -37,3 +37,15 @@ func TestResultLineCut(t *testing.T) {
 		t.Errorf("line buffer grew to %d", cap(r.line))
 	}
 }
+
+// FuzzQuotedLen: the length InputLineLen counts for a key is the length encoding/json writes.
+func FuzzQuotedLen(f *testing.F) {
+	for _, s := range []string{"", "k-1", `a"b\c`, "<&>", "\x00\x1f\x7f", "é🙂", "\u2028\u2029", "\xff\xfe", "\b\f\n\r\t"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := quotedLen(s), len(jsonString(s)); got != want {
+			t.Fatalf("quotedLen(%q) = %d, encoding/json writes %d", s, got, want)
+		}
+	})
+}

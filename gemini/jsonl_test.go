@@ -59,7 +59,7 @@ func TestResultReader(t *testing.T) {
 		{"trailing garbage", `{"key":"t","response":{}} x`,
 			[]string{"t err=13 result line 1 does not parse: invalid character 'x' after top-level value"}, 0},
 		{"wrong type recovers key", `{"key":"w","error":"oops"}`,
-			[]string{"w err=13 result line 1 does not parse: json: cannot unmarshal string into Go struct field resultLine.error of type gemini.Status"}, 0},
+			[]string{"w err=13 result line 1 does not parse: json: cannot unmarshal string into Go value of type gemini.Status"}, 0},
 		{"neither", `{"key":"n"}` + "\n" + `{"key":"m","response":null}`,
 			[]string{"n err=13 result line 1 has neither response nor error", "m err=13 result line 2 has neither response nor error"}, 0},
 		{"error wins over response", `{"key":"e","response":{},"error":{"code":1,"message":"cancelled"}}`,
@@ -208,5 +208,26 @@ func TestInputRoundTrip(t *testing.T) {
 	got, err := readAll(rr)
 	if err != nil || len(got) != 100 || got[99] != `key-99 resp={"n":99}` {
 		t.Errorf("got %d results, last %q, %v", len(got), got[len(got)-1], err)
+	}
+}
+
+// TestResultUsage: the usage metadata comes with the result, read in the same pass, for result
+// files and inline results alike; embeddings have none.
+func TestResultUsage(t *testing.T) {
+	const gen = `{"candidates":[],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":8,"cachedContentTokenCount":1,"thoughtsTokenCount":2,"totalTokenCount":13}}`
+	want := gemini.UsageMetadata{PromptTokenCount: 3, CandidatesTokenCount: 8, CachedContentTokenCount: 1, ThoughtsTokenCount: 2, TotalTokenCount: 13}
+	rr := gemini.NewResultReader(strings.NewReader(`{"key":"g","response":` + gen + "}\n" +
+		`{"key":"e","response":{"embedding":{"values":[0.5,-0.25]}}}` + "\n"))
+	r, err := rr.Next()
+	if err != nil || r.Usage == nil || *r.Usage != want || string(r.Response) != gen {
+		t.Fatalf("generate result %+v (usage %+v), %v", r, r.Usage, err)
+	}
+	if r, err = rr.Next(); err != nil || r.Usage != nil || r.Response == nil {
+		t.Fatalf("embedding result %+v, %v", r, err)
+	}
+	inline := gemini.InlineResults(&gemini.Output{InlinedResponses: &gemini.InlinedResponses{
+		InlinedResponses: []gemini.InlinedResponse{{Metadata: &gemini.ResponseMetadata{Key: "i"}, Response: json.RawMessage(gen)}}}})
+	if len(inline) != 1 || inline[0].Usage == nil || *inline[0].Usage != want {
+		t.Fatalf("inline results %+v", inline)
 	}
 }

@@ -307,6 +307,8 @@ type Result struct {
 	Key      string
 	Response json.RawMessage
 	Error    *Status
+	// Usage is the response's usageMetadata, read with it; nil when it has none (embeddings).
+	Usage *UsageMetadata
 }
 
 // UsageMetadata is the token accounting of a GenerateContentResponse.

@@ -53,6 +53,8 @@ type Intake struct {
 	log  zerolog.Logger
 	m    *Metrics
 	subs []*nats.Subscription
+	// rejects summarises refusals in the log.
+	rejects rejectLog
 }
 
 // New returns an Intake; Start subscribes it.
@@ -68,7 +70,7 @@ func New(cfg Config, nc *nats.Conn, sink Sink, rej Rejecter, log zerolog.Logger,
 			m.accepted.WithLabelValues(string(k), gemini.ModelName(cfg.Rules.DefaultModel))
 		}
 	}
-	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m}
+	return &Intake{cfg: cfg, nc: nc, sink: sink, rej: rej, log: log, m: m, rejects: rejectLog{log: log}}
 }
 
 // SetSink sets where accepted requests go; it must be called before Start.
@@ -76,16 +78,17 @@ func (in *Intake) SetSink(s Sink) { in.sink = s }
 
 // Start subscribes to both request subjects in the queue group.
 func (in *Intake) Start() error {
-	if err := in.subscribe(in.Handle); err != nil {
+	if err := in.subscribe(in.cfg.Queue, in.Handle); err != nil {
 		return err
 	}
 	return in.nc.Flush()
 }
 
-// subscribe delivers both request subjects, in the queue group, to handle.
-func (in *Intake) subscribe(handle func(gemini.Kind, *nats.Msg)) error {
+// subscribe delivers both request subjects to handle, in the queue group if one is named (each
+// message to one replica), else every message to every replica.
+func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) error {
 	for kind, subject := range map[gemini.Kind]string{gemini.KindGenerate: in.cfg.SubjectGenerate, gemini.KindEmbed: in.cfg.SubjectEmbed} {
-		sub, err := in.nc.QueueSubscribe(subject, in.cfg.Queue, func(msg *nats.Msg) { handle(kind, msg) })
+		sub, err := in.nc.QueueSubscribe(subject, queue, func(msg *nats.Msg) { handle(kind, msg) })
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
@@ -100,6 +103,7 @@ func (in *Intake) subscribe(handle func(gemini.Kind, *nats.Msg)) error {
 
 // Drain stops taking new requests and returns once those already delivered are handled.
 func (in *Intake) Drain(ctx context.Context) error {
+	defer in.rejects.close()
 	var closed []<-chan nats.SubStatus
 	for _, sub := range in.subs {
 		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
@@ -123,7 +127,7 @@ func (in *Intake) Drain(ctx context.Context) error {
 // Handle checks one message and passes it on, or answers it with an error.
 func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 	in.m.received.WithLabelValues(string(kind)).Inc()
-	g, req, rej := in.parse(kind, msg)
+	g, req, rej := in.parse(kind, msg, in.cfg.Now())
 	if rej == nil {
 		if n, b, full := in.full(req.Size); full {
 			rej = reject(ReasonOverloaded, req.Key, gemini.CodeResourceExhausted,
@@ -141,10 +145,10 @@ func (in *Intake) Handle(kind gemini.Kind, msg *nats.Msg) {
 // parse is Parse, with the body read from the bodies bucket when the message names an object
 // there (where a reply could be sent). The request then names the object, to be deleted once
 // its batch is recorded.
-func (in *Intake) parse(kind gemini.Kind, msg *nats.Msg) (record.Group, record.Request, *Rejection) {
+func (in *Intake) parse(kind gemini.Kind, msg *nats.Msg, received time.Time) (record.Group, record.Request, *Rejection) {
 	ref := msg.Header.Get(HeaderBodyObject)
 	if ref == "" || msg.Reply == "" || !in.cfg.Rules.replyAllowed(msg.Reply) {
-		return Parse(&in.cfg.Rules, kind, msg, in.cfg.Now())
+		return Parse(&in.cfg.Rules, kind, msg, received)
 	}
 	name, body, rej := in.bodyObject(msg, ref)
 	if rej != nil {
@@ -152,7 +156,7 @@ func (in *Intake) parse(kind gemini.Kind, msg *nats.Msg) (record.Group, record.R
 	}
 	withBody := *msg
 	withBody.Data = body
-	g, req, rej := Parse(&in.cfg.Rules, kind, &withBody, in.cfg.Now())
+	g, req, rej := Parse(&in.cfg.Rules, kind, &withBody, received)
 	req.BodyObject = name
 	return g, req, rej
 }
@@ -167,12 +171,17 @@ func (in *Intake) full(size int64) (requests, bytes int64, full bool) {
 // that may be answered).
 func (in *Intake) Reject(kind gemini.Kind, reply string, rej *Rejection) {
 	in.m.rejected.WithLabelValues(string(kind), rej.Reason).Inc()
-	ev := in.log.Warn().Str("kind", string(kind)).Str("reason", rej.Reason).Str("key", rej.Key).Str("error", rej.Status.Message)
+	if in.rejects.first(kind, rej.Reason, rej.Key) {
+		ev := in.log.Warn().Str("kind", string(kind)).Str("reason", rej.Reason).Str("key", rej.Key).Str("error", rej.Status.Message)
+		if reply == "" || rej.Reason == ReasonReplyDenied {
+			ev.Msg("request refused; no reply sent")
+		} else {
+			ev.Str("reply", reply).Msg("request refused")
+		}
+	}
 	if reply == "" || rej.Reason == ReasonReplyDenied {
-		ev.Msg("request refused; no reply sent")
 		return
 	}
-	ev.Str("reply", reply).Msg("request refused")
 	if err := in.rej.Reject(reply, rej.Key, "", rej.Status); err != nil {
 		in.log.Error().Err(err).Msg("error reply for a refused request")
 	}

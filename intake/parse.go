@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/jsonscan"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -65,8 +65,6 @@ func reject(reason, key string, code int, format string, args ...any) *Rejection
 	return &Rejection{Reason: reason, Key: key, Status: gemini.NewStatus(code, format, args...)}
 }
 
-var modelName = regexp.MustCompile(`^models/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
 // Parse checks one message of the given kind and returns the request it carries. It reads only
 // the headers and the body's model, contents and content fields; the body is kept byte-exact.
 func Parse(r *Rules, kind gemini.Kind, msg *nats.Msg, now time.Time) (record.Group, record.Request, *Rejection) {
@@ -83,47 +81,21 @@ func Parse(r *Rules, kind gemini.Kind, msg *nats.Msg, now time.Time) (record.Gro
 		return g, record.Request{}, reject(ReasonTooLarge, key, gemini.CodeInvalidArgument,
 			"request is %d bytes; the limit is %d (GEMBATCH_MAX_REQUEST_BYTES)", len(msg.Data), r.MaxRequestBytes)
 	}
-	if key == "" {
-		key = nuid.Next()
-	} else if len(key) > MaxKeyLen || !printable(key) {
+	if key != "" && (len(key) > MaxKeyLen || !printable(key)) {
 		return g, record.Request{}, reject(ReasonBadHeader, "", gemini.CodeInvalidArgument,
 			"header %s must be 1 to %d printable characters", HeaderKey, MaxKeyLen)
 	}
+	id := nuid.Next()
+	if key == "" {
+		key = id // unique as well, and one allocation instead of two
+	}
 	body := bytes.TrimSpace(msg.Data)
-	notObject := reject(ReasonInvalidJSON, key, gemini.CodeInvalidArgument,
-		"body is not a JSON object: send one %s JSON object", requestType(kind))
-	if len(body) == 0 || body[0] != '{' {
-		return g, record.Request{}, notObject
+	fields, rej := readBody(kind, key, body)
+	if rej != nil {
+		return g, record.Request{}, rej
 	}
-	var fields struct {
-		Model    string          `json:"model"`
-		Contents json.RawMessage `json:"contents"`
-		Content  json.RawMessage `json:"content"`
-	}
-	// One pass: Unmarshal checks the whole document is valid JSON before it decodes.
-	if err := json.Unmarshal(body, &fields); err != nil {
-		var syntax *json.SyntaxError
-		if errors.As(err, &syntax) {
-			notObject.Status.Message += fmt.Sprintf(" (%v at byte %d)", err, syntax.Offset)
-			return g, record.Request{}, notObject
-		}
-		return g, record.Request{}, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "body: %v", err)
-	}
-	if kind == gemini.KindGenerate && isEmpty(fields.Contents) {
-		return g, record.Request{}, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "GenerateContentRequest has no contents")
-	}
-	if kind == gemini.KindEmbed && isEmpty(fields.Content) {
-		return g, record.Request{}, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "EmbedContentRequest has no content")
-	}
-	model := msg.Header.Get(HeaderModel)
-	if model == "" {
-		model = fields.Model
-	}
-	if model == "" {
-		model = r.DefaultModel
-	}
-	model = gemini.ModelName(model)
-	if !modelName.MatchString(model) {
+	model, ok := modelNames.resolve(msg.Header.Get(HeaderModel), fields.model, r.DefaultModel)
+	if !ok {
 		return g, record.Request{}, reject(ReasonBadHeader, key, gemini.CodeInvalidArgument, "model %q is not a model name like models/gemini-2.5-flash", model)
 	}
 	var priority int64
@@ -142,27 +114,85 @@ func Parse(r *Rules, kind gemini.Kind, msg *nats.Msg, now time.Time) (record.Gro
 	}
 	g = record.Group{Kind: kind, Model: model, Priority: priority}
 	req := record.Request{
-		ID:       nuid.Next(),
+		ID:       id,
 		Key:      key,
 		Reply:    msg.Reply,
 		Body:     json.RawMessage(body),
 		Received: now,
 		Deadline: deadline,
-		Size:     gemini.InputLineSize(key, body),
+		Size:     gemini.InputLineLen(key, fields.compactLen),
 	}
 	return g, req, nil
 }
 
-// parseDeadline reads an RFC 3339 time or a Go duration from now.
+// bodyFields is what Parse reads of a request body.
+type bodyFields struct {
+	model      []byte // the body's model as written, escapes decoded; nil when absent
+	compactLen int    // the body's length as the input file carries it: compacted if it spans lines
+}
+
+// readBody validates the body and reads its fields in one pass over it, allocating nothing
+// for a valid body. key is for the rejection.
+func readBody(kind gemini.Kind, key string, body []byte) (bodyFields, *Rejection) {
+	var f bodyFields
+	if len(body) == 0 || body[0] != '{' {
+		return f, notObject(kind, key, "")
+	}
+	payload, name := "contents", "GenerateContentRequest has no contents"
+	if kind == gemini.KindEmbed {
+		payload, name = "content", "EmbedContentRequest has no content"
+	}
+	var notString, value []byte
+	s := jsonscan.New(body)
+	for s.Open(); s.More(); {
+		k := s.Key()
+		v := s.Skip()
+		switch {
+		case v == nil: // a syntax error, reported below
+		case jsonscan.KeyIs(k, "model"):
+			if m, ok := jsonscan.String(v); ok {
+				f.model = m
+			} else if v[0] != 'n' && notString == nil { // null leaves the model as it was
+				notString = v
+			}
+		case jsonscan.KeyIs(k, payload):
+			value = v // the last one wins, as with encoding/json
+		}
+	}
+	if err := s.End(); err != nil {
+		var syn *jsonscan.SyntaxError
+		errors.As(err, &syn)
+		return f, notObject(kind, key, fmt.Sprintf(" (%v at byte %d)", err, syn.Offset))
+	}
+	if notString != nil {
+		return f, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "body: model is a JSON %s, not a string", jsonscan.Kind(notString))
+	}
+	if isEmpty(value) {
+		return f, reject(ReasonInvalid, key, gemini.CodeInvalidArgument, "%s", name)
+	}
+	f.compactLen = len(body)
+	if s.Newline {
+		f.compactLen -= s.Space // the input writer compacts a body that spans lines
+	}
+	return f, nil
+}
+
+func notObject(kind gemini.Kind, key, detail string) *Rejection {
+	return reject(ReasonInvalidJSON, key, gemini.CodeInvalidArgument,
+		"body is not a JSON object: send one %s JSON object%s", requestType(kind), detail)
+}
+
+// parseDeadline reads an RFC 3339 time or a Go duration from now. It tries only the form the
+// value has (a date has '-' at [4], a valid duration never): a failed parse allocates its error.
 func parseDeadline(s string, now time.Time) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
+	if len(s) > 4 && s[4] == '-' {
+		if t, err := time.Parse(time.RFC3339, s); err == nil {
+			return t, nil
+		}
+	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(d), nil
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a positive Go duration", s)
-	}
-	return now.Add(d), nil
+	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a positive Go duration", s)
 }
 
 func (r *Rules) replyAllowed(subject string) bool {
@@ -179,24 +209,32 @@ func (r *Rules) replyAllowed(subject string) bool {
 	return false
 }
 
-// SubjectMatches reports whether a subject matches a NATS pattern with * and > wildcards.
+// SubjectMatches reports whether a subject matches a NATS pattern with * and > wildcards. It
+// walks both token by token instead of splitting them: it runs for every request.
 func SubjectMatches(pattern, subject string) bool {
-	pt := strings.Split(pattern, ".")
-	st := strings.Split(subject, ".")
-	for i, p := range pt {
+	subjectLeft := true // a subject, even empty, has at least one token
+	for {
+		p, pRest, pMore := strings.Cut(pattern, ".")
 		if p == ">" {
-			return len(st) > i
+			return subjectLeft
 		}
-		if i >= len(st) || (p != "*" && p != st[i]) {
+		if !subjectLeft {
 			return false
 		}
+		s, sRest, sMore := strings.Cut(subject, ".")
+		if p != "*" && p != s {
+			return false
+		}
+		if !pMore {
+			return !sMore
+		}
+		pattern, subject, subjectLeft = pRest, sRest, sMore
 	}
-	return len(pt) == len(st)
 }
 
-func isEmpty(raw json.RawMessage) bool {
-	s := string(bytes.TrimSpace(raw))
-	return s == "" || s == "null" || s == "[]" || s == "{}"
+// isEmpty is whether a contents or content value is missing or holds nothing.
+func isEmpty(v []byte) bool {
+	return len(v) == 0 || string(v) == "null" || string(v) == "[]" || string(v) == "{}"
 }
 
 func printable(s string) bool {

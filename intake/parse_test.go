@@ -1,6 +1,9 @@
 package intake
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +68,10 @@ func TestParseRejections(t *testing.T) {
 			if rej.Status.Status == "" || rej.Status.Code == 0 {
 				t.Fatalf("status %+v has no code or name", rej.Status)
 			}
+			// Past the key check, a request without a key is answered with the one generated.
+			if k := tt.msg.Header.Get(HeaderKey); k == "" && tt.reason != ReasonNoReply && tt.reason != ReasonReplyDenied && tt.reason != ReasonTooLarge && rej.Key == "" {
+				t.Fatal("rejection without the generated key")
+			}
 		})
 	}
 }
@@ -114,6 +121,14 @@ func TestSubjectMatches(t *testing.T) {
 		{"a.b", "a.b.c", false},
 		{">", "anything.at.all", true},
 		{"$SYS.>", "$SYS.REQ", true},
+		{">", "", true},
+		{"*", "", true},
+		{"a.>", "a.", true},
+		{"a.*", "a.", true},
+		{"a.*", "a", false},
+		{"a.b.c", "a.b", false},
+		{"", "", true},
+		{"", "a", false},
 	} {
 		if got := SubjectMatches(tt.pattern, tt.subject); got != tt.want {
 			t.Errorf("SubjectMatches(%q, %q) = %v", tt.pattern, tt.subject, got)
@@ -121,29 +136,97 @@ func TestSubjectMatches(t *testing.T) {
 	}
 }
 
-// FuzzParse feeds arbitrary bodies and headers: Parse must never panic, and what it accepts
-// must be a JSON object kept byte-exact with a sane key and model.
+// stdVerdict is how Parse judged a body when it decoded it with encoding/json: the reference
+// the one-pass reader is held to. It returns the rejection reason ("" when accepted) and the
+// body's model.
+func stdVerdict(kind gemini.Kind, data string) (reason, model string) {
+	body := bytes.TrimSpace([]byte(data))
+	if len(body) == 0 || body[0] != '{' {
+		return ReasonInvalidJSON, ""
+	}
+	var fields struct {
+		Model    string          `json:"model"`
+		Contents json.RawMessage `json:"contents"`
+		Content  json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(body, &fields); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return ReasonInvalidJSON, ""
+		}
+		return ReasonInvalid, ""
+	}
+	payload := fields.Contents
+	if kind == gemini.KindEmbed {
+		payload = fields.Content
+	}
+	if s := string(bytes.TrimSpace(payload)); s == "" || s == "null" || s == "[]" || s == "{}" {
+		return ReasonInvalid, ""
+	}
+	return "", fields.Model
+}
+
+// FuzzParse feeds arbitrary bodies and headers: Parse must never panic, must judge each body as
+// encoding/json did, and what it accepts must be the body byte for byte with a sane key, model
+// and the exact input line size.
 func FuzzParse(f *testing.F) {
 	f.Add(okBody, "k", "gemini-2.5-flash", "0", "1h")
 	f.Add(`{"contents":[{"parts":[{"text":"\u0000"}]}],"model":"models/x"}`, "", "", "", "")
 	f.Add(`{"content":{}}`, "key\n", "models/", "9223372036854775808", "2026-01-01T00:00:00Z")
 	f.Add(`{"contents":[1],"contents":null}`, "🙂", "a/b", "-1", "0s")
+	f.Add("{\"Contents\" :\r\n [1], \"MODEL\":\"m<&>\", \"model\":null}\n", "<k>", "", "", "")
+	f.Add(`{"model":5,"content":[1],"contents":{"a":1}}`, "k", "", "", "")
+	f.Add(`{"mod\u0065l":"gemini-x","con\u0074ents":[ ]}`, "", "", "", "")
 	f.Fuzz(func(t *testing.T, body, key, model, priority, deadline string) {
 		for _, kind := range []gemini.Kind{gemini.KindGenerate, gemini.KindEmbed} {
 			m := msg("_INBOX.f", body, HeaderKey, key, HeaderModel, model, HeaderPriority, priority, HeaderDeadline, deadline)
 			g, req, rej := Parse(&rules, kind, m, time.Now())
+			stdReason, stdModel := stdVerdict(kind, body)
 			if rej != nil {
 				if rej.Status == nil || rej.Status.Message == "" || rej.Reason == "" {
 					t.Fatalf("rejection without reason or message: %+v", rej)
 				}
+				if (rej.Reason == ReasonInvalidJSON || rej.Reason == ReasonInvalid) && rej.Reason != stdReason {
+					t.Fatalf("body %q rejected as %s, encoding/json said %q", body, rej.Reason, stdReason)
+				}
 				continue
+			}
+			if stdReason != "" {
+				t.Fatalf("body %q accepted, encoding/json said %s", body, stdReason)
 			}
 			if req.Key == "" || len(req.Key) > MaxKeyLen || !modelName.MatchString(g.Model) || len(req.Body) == 0 || req.Body[0] != '{' {
 				t.Fatalf("accepted a bad request: group %+v request %+v", g, req)
 			}
-			if !strings.Contains(body, string(req.Body)) {
+			if string(req.Body) != string(bytes.TrimSpace([]byte(body))) {
 				t.Fatalf("body not kept byte-exact")
+			}
+			if model == "" && stdModel != "" && g.Model != gemini.ModelName(stdModel) {
+				t.Fatalf("model %q, encoding/json read %q", g.Model, stdModel)
+			}
+			if want := gemini.InputLineSize(req.Key, req.Body); req.Size != want {
+				t.Fatalf("size %d, the input line is %d", req.Size, want)
 			}
 		}
 	})
+}
+
+// TestParseAllocations: a valid request costs one allocation, its id (a generated key is the
+// id); nothing is decoded into new memory and no rejection is built for it.
+func TestParseAllocations(t *testing.T) {
+	now := time.Now()
+	for _, hdr := range [][]string{
+		{HeaderKey, "k-1", HeaderModel, "gemini-2.5-flash"},
+		{HeaderPriority, "3", HeaderDeadline, "10m"},
+		nil,
+	} {
+		m := msg("_INBOX.a", `{"model":"gemini-2.5-pro","contents":[{"parts":[{"text":"hi"}]}]}`, hdr...)
+		allocs := testing.AllocsPerRun(100, func() {
+			if _, _, rej := Parse(&rules, gemini.KindGenerate, m, now); rej != nil {
+				t.Fatal(rej.Status)
+			}
+		})
+		if allocs > 1 {
+			t.Errorf("headers %q: %v allocations per valid request, want 1 (the id)", hdr, allocs)
+		}
+	}
 }

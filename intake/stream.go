@@ -2,6 +2,8 @@ package intake
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
@@ -116,11 +117,19 @@ type StreamIntake struct {
 	fwdDone  chan struct{}
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
+	stream   jetstream.Stream
+	// avgSize is a moving average of the requests' sizes, to pull about fetchBytes at a time;
+	// only the pull loop uses it.
+	avgSize int
 }
 
-// fetchMax bounds one pull from the stream: intake holds at most this many requests past its
-// pending bounds.
-const fetchMax = 256
+// fetchMax and fetchBytes bound one pull from the stream: intake holds at most this much past
+// its pending bounds, and a pull of large requests never puts the connection so far behind
+// that the server cuts it off as a slow consumer.
+const (
+	fetchMax   = 256
+	fetchBytes = 8 << 20
+)
 
 type forwarded struct {
 	kind  gemini.Kind
@@ -133,16 +142,20 @@ type forwarded struct {
 func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed Sealed, rej Rejecter, log zerolog.Logger, m *Metrics) *StreamIntake {
 	in := New(cfg.Config, nc, nil, rej, log, m)
 	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{}),
-		stop: make(chan struct{}), pullDone: make(chan struct{})}
+		stop: make(chan struct{}), pullDone: make(chan struct{}), avgSize: 256 << 10} // cautious until sizes are seen
 }
 
 // Start subscribes the forwarders and starts consuming the stream.
 func (in *StreamIntake) Start(ctx context.Context) error {
-	if _, err := EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
+	var err error
+	if in.stream, err = EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
 		return err
 	}
 	go in.confirm()
-	if err := in.subscribe(in.forward); err != nil {
+	// Every replica forwards every core request, each with the same Nats-Msg-Id: the stream
+	// keeps one, and a request received by a replica that dies before forwarding it is still
+	// stored by the others.
+	if err := in.subscribe("", in.forward); err != nil {
 		return err
 	}
 	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
@@ -187,6 +200,10 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 			continue
 		}
 		paused = false
+		// Stamped before the pull: a request counts as received when it may first have been
+		// delivered, so that a replica frozen after this pull (its messages meanwhile delivered
+		// to another) sees that its lease lapsed since, and does not batch them.
+		pulled := in.cfg.Now()
 		batch, err := cons.Fetch(room, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			in.log.Warn().Err(err).Msg("fetch requests from the stream; will try again")
@@ -198,18 +215,23 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 			continue
 		}
 		for m := range batch.Messages() {
-			in.consume(m)
+			in.avgSize = (7*in.avgSize + len(m.Data())) / 8
+			in.consume(m, pulled)
 		}
 	}
 }
 
-// room is how many requests intake may take before passing its pending bounds.
+// room is how many requests intake may take in one pull before passing its pending bounds.
 func (in *StreamIntake) room() int {
 	n, b := in.sink.Pending()
-	if in.cfg.MaxPendingBytes > 0 && b >= in.cfg.MaxPendingBytes {
+	bytes := int64(fetchBytes)
+	if in.cfg.MaxPendingBytes > 0 {
+		bytes = min(bytes, in.cfg.MaxPendingBytes-b)
+	}
+	if bytes <= 0 {
 		return 0
 	}
-	room := fetchMax
+	room := min(fetchMax, max(1, int(bytes)/max(1, in.avgSize)))
 	if in.cfg.MaxPending > 0 {
 		room = min(room, int(in.cfg.MaxPending-n))
 	}
@@ -229,7 +251,7 @@ func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 		out.Header[k] = v
 	}
 	out.Header.Set(HeaderReply, msg.Reply)
-	out.Header.Set(nats.MsgIdHdr, nuid.Next()) // a retried publish is dropped by the stream's duplicate window
+	out.Header.Set(nats.MsgIdHdr, ForwardID(kind, msg))
 	// When the stream falls behind, wait (holding the subscription: NATS buffers the rest) rather
 	// than refuse at once.
 	f, err := in.js.PublishMsgAsync(out, jetstream.WithStallWait(10*time.Second))
@@ -238,6 +260,22 @@ func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 		return
 	}
 	in.futures <- forwarded{kind: kind, reply: msg.Reply, key: msg.Header.Get(HeaderKey), f: f}
+}
+
+// ForwardID is the Nats-Msg-Id a core request is stored under: built from what every replica
+// sees alike (kind, reply subject, key and body), so the stream's duplicate window keeps one copy
+// of what several replicas forward, and a producer that sends a request again with the same key
+// and reply subject within the window is not billed twice. The reply subject is in it because
+// many keyless requests may share one (nats pub --count), and so that a producer sending the same
+// keys again on purpose, to another reply subject, is answered again.
+func ForwardID(kind gemini.Kind, msg *nats.Msg) string {
+	h := sha256.New()
+	for _, part := range []string{string(kind), msg.Reply, msg.Header.Get(HeaderKey)} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	h.Write(msg.Data)
+	return "gb-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // confirm answers forwarded messages the stream refused.
@@ -253,7 +291,7 @@ func (in *StreamIntake) confirm() {
 }
 
 // consume checks one stored request and hands it to the accumulator with its acknowledgement.
-func (in *StreamIntake) consume(m jetstream.Msg) {
+func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 	meta, err := m.Metadata()
 	if err != nil {
 		in.log.Error().Err(err).Str("subject", m.Subject()).Msg("stream message without metadata")
@@ -261,14 +299,14 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 		return
 	}
 	seq := meta.Sequence.Stream
-	if in.sealed.Sealed(seq) {
+	if in.sealed.Sealed(seq) || (meta.NumDelivered > 1 && in.removed(seq)) {
 		in.m.redelivered.Inc()
 		_ = m.Ack()
 		return
 	}
 	kind := gemini.Kind(m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:])
 	msg := &nats.Msg{Subject: m.Subject(), Reply: m.Headers().Get(HeaderReply), Header: m.Headers(), Data: m.Data()}
-	g, req, rej := in.parse(kind, msg)
+	g, req, rej := in.parse(kind, msg, received)
 	if rej == nil {
 		if req.BodyObject != "" {
 			req.Body = nil // the batch's input reads it from the object: an open batch holds no bodies
@@ -289,6 +327,17 @@ func (in *StreamIntake) consume(m jetstream.Msg) {
 	}
 	in.Reject(kind, msg.Reply, rej)
 	_ = m.Ack()
+}
+
+// removed reports whether a message delivered again is no longer in the stream: a replica that
+// took over its batch removed it (the redelivery was on its way), so it is recorded already.
+// The record's sequences leave the index only after the removal, so between the two checks in
+// consume nothing can fall.
+func (in *StreamIntake) removed(seq uint64) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := in.stream.GetMsg(ctx, seq)
+	return errors.Is(err, jetstream.ErrMsgNotFound) || isGone(err)
 }
 
 // Remove deletes the requests' messages from the stream, so that none is delivered again: for a

@@ -157,3 +157,61 @@ func TestDeleteDropsBothObjects(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+// A record written without its requests (a takeover writes it as the watch gave it) keeps the
+// sequences of its unconfirmed messages: dropping them would let a redelivered message be
+// batched a second time. The campaign found this (a freeze after sealing, before the acks).
+func TestBareWriteKeepsUnconfirmedSequences(t *testing.T) {
+	s, ctx := open(t), context.Background()
+	seen := make(chan *record.Record, 10)
+	ready := make(chan struct{})
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Watch(wctx, ready, func(r *record.Record) { seen <- r }) }()
+	<-ready
+	r := sealed("r1", 21, 22)
+	if err := s.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	claimed := *<-seen // as the watch gives it: no requests
+	if len(claimed.Requests) != 0 {
+		t.Fatal("the watch gave requests")
+	}
+	claimed.Owner, claimed.Epoch = "b", 2
+	if err := s.Update(ctx, &claimed); err != nil {
+		t.Fatal(err)
+	}
+	<-seen
+	if !s.Sealed(21) || !s.Sealed(22) {
+		t.Fatal("a takeover's write dropped the record's unconfirmed sequences")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Finding 8: request objects expire with the record retention even when a crash skips their
+// deletion (the bucket had no expiry).
+func TestRequestObjectsExpire(t *testing.T) {
+	js, err := jetstream.New(stacktest.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := jsstore.Open(ctx, js, jsstore.Config{RecordsBucket: "records", RequestsBucket: "requests", Replicas: 1,
+		Storage: jetstream.FileStorage, Retention: 72 * time.Hour}, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := js.ObjectStore(ctx, "requests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := obj.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != 72*time.Hour {
+		t.Fatalf("request objects live %s, want the 72h retention", st.TTL())
+	}
+}

@@ -71,13 +71,6 @@ func (l *Leaser) Self() Owner { return l.self }
 // TTL is the lease's time to live.
 func (l *Leaser) TTL() time.Duration { return l.ttl }
 
-// Holds reports whether the lease is certainly held for margin more.
-func (l *Leaser) Holds(margin time.Duration) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return Holds(l.renewSent, l.now(), l.ttl, margin)
-}
-
 // HeldSince reports whether the lease has been held without a lapse since t, and still is for
 // margin more: work begun at t (requests held in an open batch) is still this replica's.
 func (l *Leaser) HeldSince(t time.Time, margin time.Duration) bool {
@@ -122,6 +115,14 @@ func (l *Leaser) renew(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, l.ttl/3)
 	defer cancel()
 	rev, err := l.kv.Update(rctx, l.key, b, l.rev)
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		// Either another process took the name, or an earlier renewal of ours landed though its
+		// answer was lost (a NATS restart): the key's epoch tells which.
+		if !l.ownWrite(rctx) {
+			return fmt.Errorf("%w: %s", ErrSuperseded, l.self.Instance)
+		}
+		rev, err = l.kv.Update(rctx, l.key, b, l.rev)
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound):
 		return fmt.Errorf("%w: %s", ErrSuperseded, l.self.Instance)
@@ -142,6 +143,21 @@ func (l *Leaser) renew(ctx context.Context) error {
 	}
 	l.rev, l.renewSent = rev, sent
 	return nil
+}
+
+// ownWrite reports whether the lease key still holds this process's epoch, taking its revision
+// if so: a renewal whose answer was lost did land.
+func (l *Leaser) ownWrite(ctx context.Context) bool {
+	e, err := l.kv.Get(ctx, l.key)
+	if err != nil {
+		return false
+	}
+	var v leaseValue
+	if json.Unmarshal(e.Value(), &v) != nil || v.Epoch != l.self.Epoch {
+		return false
+	}
+	l.rev = e.Revision()
+	return true
 }
 
 // see records one lease key's update as this observer sees it now.

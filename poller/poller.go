@@ -56,7 +56,9 @@ type Poller struct {
 	mu    sync.Mutex
 	sched schedule
 	stuck map[string]bool // ids of the watched records reported stuck
-	wake  chan struct{}
+	// watched holds the ids of the records being polled: each is polled by one job only.
+	watched map[string]bool
+	wake    chan struct{}
 }
 
 // New returns a Poller.
@@ -70,12 +72,26 @@ func New(cfg Config, api API, store record.Store, log zerolog.Logger, m *Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Poller{cfg: cfg, api: api, store: store, log: log, m: m, finished: finished, stuck: map[string]bool{}, wake: make(chan struct{}, 1)}
+	return &Poller{cfg: cfg, api: api, store: store, log: log, m: m, finished: finished, stuck: map[string]bool{}, watched: map[string]bool{}, wake: make(chan struct{}, 1)}
 }
 
-// Enqueue starts watching a Submitted record.
+// Enqueue starts watching a Submitted record; one already watched is not watched twice.
 func (p *Poller) Enqueue(rec *record.Record) {
+	p.mu.Lock()
+	if p.watched[rec.ID] {
+		p.mu.Unlock()
+		return
+	}
+	p.watched[rec.ID] = true
+	p.mu.Unlock()
 	p.schedule(&job{rec: rec, interval: p.cfg.Interval, due: p.cfg.Now().Add(p.cfg.Interval)})
+}
+
+// done stops watching a record.
+func (p *Poller) done(id string) {
+	p.mu.Lock()
+	delete(p.watched, id)
+	p.mu.Unlock()
 }
 
 // Watching is the number of jobs being polled.
@@ -164,13 +180,18 @@ func (p *Poller) poll(ctx context.Context, j *job) {
 		if state != rec.RemoteState {
 			rec.RemoteState = state
 			p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(state)).Msg("batch state changed")
+			// Recorded, so that gembatch jobs and gembatch submit show PENDING or RUNNING as it is.
+			if err := p.store.Update(ctx, rec); err != nil {
+				p.log.Warn().Err(err).Str("record", rec.ID).Msg("record the batch state; the record keeps the previous one")
+			}
 		}
 		p.checkStuck(ctx, j)
 		p.reschedule(j)
 		return
 	}
-	if err := p.finish(ctx, rec, op); errors.Is(err, record.ErrConflict) {
-		return // another instance owns it now
+	if err := p.finish(ctx, rec, op); err == nil || errors.Is(err, record.ErrConflict) {
+		p.done(rec.ID) // answered next, or another instance owns it now
+		return
 	} else if err != nil {
 		p.log.Error().Err(err).Str("record", rec.ID).Msg("record finished state")
 		p.reschedule(j)
@@ -192,7 +213,7 @@ func (p *Poller) finish(ctx context.Context, rec *record.Record, op *gemini.Oper
 	p.m.terminal.WithLabelValues(rec.RemoteState.Short()).Inc()
 	p.m.sealToEnd.Observe(rec.Finished.Sub(rec.Sealed).Seconds())
 	p.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
-		Dur("took", rec.Finished.Sub(rec.Submitted)).Msg("batch ended")
+		Float64("took_seconds", rec.Finished.Sub(rec.Submitted).Seconds()).Msg("batch ended")
 	p.finished(rec, op)
 	return nil
 }
@@ -214,7 +235,7 @@ func (p *Poller) checkStuck(ctx context.Context, j *job) {
 		p.mu.Unlock()
 		p.m.stuckTotal.Inc()
 		p.log.Warn().Str("record", rec.ID).Str("batch", rec.RemoteName).Str("state", string(rec.RemoteState)).
-			Dur("age", p.cfg.Now().Sub(since)).Dur("stuck_after", p.cfg.StuckAfter).Bool("cancel", p.cfg.CancelStuck).
+			Float64("age_seconds", p.cfg.Now().Sub(since).Seconds()).Float64("stuck_after_seconds", p.cfg.StuckAfter.Seconds()).Bool("cancel", p.cfg.CancelStuck).
 			Msg("batch stuck: not ended after GEMBATCH_STUCK_AFTER")
 	}
 	if !p.cfg.CancelStuck || j.cancelSent {
@@ -248,8 +269,15 @@ func (p *Poller) unstick(id string) {
 	p.mu.Unlock()
 }
 
-// reschedule grows the job's interval by half, with ±20% jitter, capped at MaxInterval.
+// reschedule grows the job's interval by half, with ±20% jitter, capped at MaxInterval. A job
+// forgotten while it was being polled is not scheduled again.
 func (p *Poller) reschedule(j *job) {
+	p.mu.Lock()
+	watched := p.watched[j.rec.ID]
+	p.mu.Unlock()
+	if !watched {
+		return
+	}
 	next := time.Duration(float64(j.interval) * 1.5 * (0.8 + 0.4*rand.Float64()))
 	j.interval = min(max(next, p.cfg.Interval), p.cfg.MaxInterval)
 	j.due = p.cfg.Now().Add(j.interval)
@@ -284,6 +312,7 @@ func (s *schedule) Pop() any {
 func (p *Poller) Forget(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.watched, id)
 	delete(p.stuck, id)
 	p.m.stuck.Set(float64(len(p.stuck)))
 	for i, j := range p.sched {

@@ -215,3 +215,34 @@ func TestStuckJobReportedAndCancelled(t *testing.T) {
 		})
 	}
 }
+
+// A record enqueued twice (a takeover racing a resume) is polled by one job: one in-memory
+// owner per record.
+func TestEnqueueTwiceWatchesOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var polls atomic.Int32
+		api := &fakeAPI{get: func(name string) (*gemini.Operation, error) {
+			polls.Add(1)
+			return op(name, gemini.StateRunning), nil
+		}}
+		store := record.NewMemStore()
+		p := New(Config{Interval: time.Second, MaxInterval: time.Second, Concurrency: 2}, api, store, zerolog.Nop(), nil,
+			func(*record.Record, *gemini.Operation) {})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = p.Run(ctx); close(done) }()
+		rec := submitted(store, "batches/a")
+		p.Enqueue(rec)
+		p.Enqueue(rec)
+		time.Sleep(10*time.Second + time.Millisecond)
+		synctest.Wait()
+		cancel()
+		<-done
+		if n := polls.Load(); n != 10 {
+			t.Fatalf("%d polls in 10 intervals, want 10 (one job)", n)
+		}
+		if p.Watching() != 1 {
+			t.Fatalf("%d watched, want 1", p.Watching())
+		}
+	})
+}

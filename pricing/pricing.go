@@ -1,6 +1,7 @@
 // Package pricing estimates what answered Gemini Batch API requests cost, in US dollars, from
-// each response's usageMetadata and a price table per model. The shipped table holds batch
-// prices; a file in the same format replaces it.
+// each response's usageMetadata and a price table per model, and what the same requests would
+// have cost at interactive (standard) prices. The shipped table holds both, as published; a
+// file in the same format replaces it.
 package pricing
 
 import (
@@ -23,18 +24,24 @@ import (
 // with this cap every rate, and every cost of up to math.MaxInt64 tokens, is finite.
 const maxRate = 1e6
 
-// Rates are US dollars per million tokens, at batch prices.
+// Rates are US dollars per million tokens.
 type Rates struct {
 	Input  float64 `json:"input"`  // prompt tokens not served from cache
 	Output float64 `json:"output"` // candidates and thoughts tokens
 	Cached float64 `json:"cached"` // prompt tokens served from a context cache
 }
 
-// Price is one model's rates, with optional long-context rates for requests whose prompt
-// exceeds a threshold.
-type Price struct {
+// Tier is one way of buying a model: rates, with optional long-context rates for requests
+// whose prompt exceeds a threshold.
+type Tier struct {
 	Rates
 	LongContext *LongContext `json:"longContext,omitempty"`
+}
+
+// Price is one model's batch rates and, when known, its interactive (standard) rates.
+type Price struct {
+	Tier
+	Interactive *Tier `json:"interactive,omitempty"`
 }
 
 // LongContext are the rates of a request with a long prompt.
@@ -121,14 +128,24 @@ func Parse(data []byte) (*Table, error) {
 }
 
 func (p *Price) check() error {
-	if err := p.Rates.check(""); err != nil {
+	if err := p.Tier.check(""); err != nil {
 		return err
 	}
-	if lc := p.LongContext; lc != nil {
+	if p.Interactive != nil {
+		return p.Interactive.check("interactive.")
+	}
+	return nil
+}
+
+func (t *Tier) check(prefix string) error {
+	if err := t.Rates.check(prefix); err != nil {
+		return err
+	}
+	if lc := t.LongContext; lc != nil {
 		if lc.Above <= 0 {
-			return errors.New("longContext.above: must be a positive number of tokens")
+			return fmt.Errorf("%slongContext.above: must be a positive number of tokens", prefix)
 		}
-		return lc.Rates.check("longContext.")
+		return lc.Rates.check(prefix + "longContext.")
 	}
 	return nil
 }
@@ -148,14 +165,37 @@ func (r Rates) check(prefix string) error {
 	return nil
 }
 
-// Cost is the estimated cost of one response's usage, and whether the model has a price.
-func (t *Table) Cost(model string, u gemini.UsageMetadata) (usd float64, ok bool) {
+// Estimate is what one response's usage cost at batch prices, and what it would have cost
+// interactively. Without interactive rates for the model, Interactive is the batch cost: no
+// saving is claimed.
+type Estimate struct {
+	Batch          float64 // US dollars
+	Interactive    float64 // US dollars
+	HasInteractive bool    // the model has interactive rates
+}
+
+// Saved is what batching saved against interactive prices.
+func (e Estimate) Saved() float64 { return e.Interactive - e.Batch }
+
+// Costs estimates one response's usage at batch and at interactive prices, and says whether
+// the model has a price.
+func (t *Table) Costs(model string, u gemini.UsageMetadata) (Estimate, bool) {
 	p, ok := t.lookup(gemini.ModelName(model))
 	if !ok {
-		return 0, false
+		return Estimate{}, false
 	}
-	r := p.Rates
-	if lc := p.LongContext; lc != nil && u.PromptTokenCount > lc.Above {
+	e := Estimate{Batch: p.Tier.cost(u)}
+	e.Interactive = e.Batch
+	if p.Interactive != nil {
+		e.Interactive, e.HasInteractive = p.Interactive.cost(u), true
+	}
+	return e, true
+}
+
+// cost is the cost of u at t's rates.
+func (t *Tier) cost(u gemini.UsageMetadata) float64 {
+	r := t.Rates
+	if lc := t.LongContext; lc != nil && u.PromptTokenCount > lc.Above {
 		r = lc.Rates
 	}
 	// Counts below zero would only come from a broken response; they count as none.
@@ -163,7 +203,7 @@ func (t *Table) Cost(model string, u gemini.UsageMetadata) (usd float64, ok bool
 	input := max(prompt-cached, 0)
 	// Added as floats: two int64 counts can overflow.
 	output := float64(max(u.CandidatesTokenCount, 0)) + float64(max(u.ThoughtsTokenCount, 0))
-	return (float64(input)*r.Input + float64(cached)*r.Cached + output*r.Output) / 1e6, true
+	return (float64(input)*r.Input + float64(cached)*r.Cached + output*r.Output) / 1e6
 }
 
 // lookup finds a model's price: its own, else that of the longest listed name it extends with

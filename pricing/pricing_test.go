@@ -58,9 +58,10 @@ func TestCost(t *testing.T) {
 		{"gemini", usage{PromptTokenCount: 1e6}, 0, false},
 		{"", usage{PromptTokenCount: 1e6}, 0, false},
 	} {
-		usd, ok := tab.Cost(tc.model, tc.u)
+		e, ok := tab.Costs(tc.model, tc.u)
+		usd := e.Batch
 		if ok != tc.ok || math.Abs(usd-tc.usd) > 1e-12 {
-			t.Errorf("Cost(%q, %+v) = %v, %v; want %v, %v", tc.model, tc.u, usd, ok, tc.usd, tc.ok)
+			t.Errorf("Costs(%q, %+v) batch = %v, %v; want %v, %v", tc.model, tc.u, usd, ok, tc.usd, tc.ok)
 		}
 	}
 }
@@ -94,8 +95,8 @@ func TestLoad(t *testing.T) {
 		{"big-2", usage{PromptTokenCount: 1001, CachedContentTokenCount: 400, CandidatesTokenCount: 10}, (601*2 + 400*1 + 10*20) / 1e6},
 		{"big-mini-001", usage{PromptTokenCount: 1e6, ThoughtsTokenCount: 1e6}, 1.1},
 	} {
-		if usd, ok := tab.Cost(tc.model, tc.u); !ok || math.Abs(usd-tc.usd) > 1e-12 {
-			t.Errorf("Cost(%q, %+v) = %v, %v; want %v", tc.model, tc.u, usd, ok, tc.usd)
+		if e, ok := tab.Costs(tc.model, tc.u); !ok || math.Abs(e.Batch-tc.usd) > 1e-12 {
+			t.Errorf("Costs(%q, %+v) = %+v, %v; want batch %v", tc.model, tc.u, e, ok, tc.usd)
 		}
 	}
 }
@@ -159,24 +160,84 @@ func FuzzParse(f *testing.F) {
 		u := usage{PromptTokenCount: prompt, CachedContentTokenCount: cached, CandidatesTokenCount: candidates, ThoughtsTokenCount: thoughts}
 		for _, m := range models {
 			for _, name := range []string{m, m + "-001"} {
-				usd, ok := tab.Cost(name, u)
-				if !ok || !(usd >= 0) || math.IsInf(usd, 0) {
-					t.Fatalf("Cost(%q, %+v) = %v, %v", name, u, usd, ok)
+				e, ok := tab.Costs(name, u)
+				if !ok || !(e.Batch >= 0) || math.IsInf(e.Batch, 0) || !(e.Interactive >= 0) || math.IsInf(e.Interactive, 0) {
+					t.Fatalf("Costs(%q, %+v) = %+v, %v", name, u, e, ok)
 				}
 			}
 		}
 	})
 }
 
-func ExampleTable_Cost() {
+func ExampleTable_Costs() {
 	prices := pricing.Default()
-	usd, ok := prices.Cost("models/gemini-2.5-flash-preview-09-2025", gemini.UsageMetadata{
+	e, ok := prices.Costs("models/gemini-2.5-flash-preview-09-2025", gemini.UsageMetadata{
 		PromptTokenCount: 10_000, CachedContentTokenCount: 4_000, CandidatesTokenCount: 1_500, ThoughtsTokenCount: 500,
 	})
-	fmt.Printf("$%.6f %v\n", usd, ok)
-	usd, ok = prices.Cost("gemini-1.5-pro", gemini.UsageMetadata{PromptTokenCount: 10_000})
-	fmt.Printf("$%.6f %v\n", usd, ok)
+	fmt.Printf("batch $%.6f, interactive $%.6f, saved $%.6f %v\n", e.Batch, e.Interactive, e.Saved(), ok)
+	e, ok = prices.Costs("gemini-1.5-pro", gemini.UsageMetadata{PromptTokenCount: 10_000})
+	fmt.Printf("batch $%.6f %v\n", e.Batch, ok)
 	// Output:
-	// $0.003520 true
-	// $0.000000 false
+	// batch $0.003520, interactive $0.006920, saved $0.003400 true
+	// batch $0.000000 false
+}
+
+// TestCosts: the interactive-price equivalent comes from the table's interactive rates (as
+// published, not assumed to be twice the batch price), and the saving is the difference.
+func TestCosts(t *testing.T) {
+	tab := pricing.Default()
+	for _, tc := range []struct {
+		model              string
+		u                  usage
+		batch, interactive float64 // worked out by hand from prices.json
+	}{
+		// 6000 input × 0.30 + 4000 cached × 0.03 + 2000 output × 2.50 (batch: 0.003520).
+		{"gemini-2.5-flash", usage{PromptTokenCount: 10_000, CachedContentTokenCount: 4_000, CandidatesTokenCount: 1_500, ThoughtsTokenCount: 500}, 0.003520, 0.00692},
+		// Long context: 200001 × 2.50 + 1000 × 15.
+		{"gemini-2.5-pro", usage{PromptTokenCount: 200_001, CandidatesTokenCount: 1_000}, 0.25750125, 0.5150025},
+		{"gemini-2.5-pro", usage{PromptTokenCount: 200_000, CandidatesTokenCount: 1_000}, 0.13, 0.26},
+		{"gemini-3-pro-preview", usage{PromptTokenCount: 300_000, CachedContentTokenCount: 100_000, CandidatesTokenCount: 5_000}, 0.485, 0.93},
+		{"gemini-embedding-001", usage{PromptTokenCount: 1e6}, 0.075, 0.15},
+		{"gemini-2.0-flash-lite-001", usage{PromptTokenCount: 1e6, CandidatesTokenCount: 1e6}, 0.1875, 0.375},
+	} {
+		e, ok := tab.Costs(tc.model, tc.u)
+		if !ok || math.Abs(e.Batch-tc.batch) > 1e-12 || math.Abs(e.Interactive-tc.interactive) > 1e-12 ||
+			math.Abs(e.Saved()-(tc.interactive-tc.batch)) > 1e-12 {
+			t.Errorf("Costs(%q, %+v) = %+v, %v; want batch %v, interactive %v", tc.model, tc.u, e, ok, tc.batch, tc.interactive)
+		}
+	}
+}
+
+// TestShippedInteractivePrices: every shipped model has interactive rates, none below its
+// batch rate (the Batch API is the cheaper way).
+func TestShippedInteractivePrices(t *testing.T) {
+	u := usage{PromptTokenCount: 150_000, CachedContentTokenCount: 50_000, CandidatesTokenCount: 10_000}
+	long := usage{PromptTokenCount: 250_000, CachedContentTokenCount: 50_000, CandidatesTokenCount: 10_000}
+	for _, m := range pricing.Default().Models() {
+		for _, u := range []usage{u, long} {
+			e, ok := pricing.Default().Costs(m, u)
+			if !ok || !e.HasInteractive || e.Interactive < e.Batch || e.Saved() <= 0 {
+				t.Errorf("%s %+v: %+v, %v: want interactive prices above batch ones", m, u, e, ok)
+			}
+		}
+	}
+}
+
+// TestNoInteractivePrices: a table without interactive rates for a model claims no saving.
+func TestNoInteractivePrices(t *testing.T) {
+	tab, err := pricing.Parse([]byte(`{"models":{"m":{"input":1,"output":2,"cached":0.5},
+		"n":{"input":1,"output":2,"cached":0.5,"interactive":{"input":2,"output":4,"cached":0.5,"longContext":{"above":10,"input":3,"output":6,"cached":1}}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := tab.Costs("m", usage{PromptTokenCount: 1e6}); !ok || e.HasInteractive || e.Batch != 1 || e.Interactive != 1 || e.Saved() != 0 {
+		t.Errorf("no interactive rates: %+v, %v", e, ok)
+	}
+	if e, ok := tab.Costs("n", usage{PromptTokenCount: 11, CachedContentTokenCount: 1}); !ok || e.Interactive != (10*3+1*1)/1e6 {
+		t.Errorf("interactive long context: %+v, %v", e, ok)
+	}
+	if _, err := pricing.Parse([]byte(`{"models":{"m":{"input":1,"interactive":{"input":-1}}}}`)); err == nil ||
+		!strings.Contains(err.Error(), `model "m": interactive.input: must not be negative`) {
+		t.Errorf("bad interactive rate: %v", err)
+	}
 }

@@ -18,7 +18,8 @@ import (
 
 // API is the part of the Gemini client that answering a batch needs.
 type API interface {
-	GetBatch(ctx context.Context, name string) (*gemini.Operation, error)
+	// StreamBatch gets a job, handing its inline answers to each one at a time.
+	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
 	DeleteBatch(ctx context.Context, name string) error
@@ -61,6 +62,7 @@ type answering struct {
 	usage      gemini.UsageMetadata // summed over the batch's responses
 	estimated  int64                // prompt tokens estimated for responses without usage
 	cost       float64              // estimated, in US dollars
+	saved      float64              // interactive-price equivalent minus cost, in US dollars
 	priced     bool                 // the model has a price
 	ctx        context.Context
 	b          *Batches
@@ -177,14 +179,14 @@ func (b *Batches) answer(ctx context.Context, rec *record.Record, op *gemini.Ope
 	b.pub.m.batches.WithLabelValues(rec.RemoteState.Short()).Inc()
 	b.pub.m.countTokens(rec.Group.Model, a.usage, a.estimated)
 	b.pub.m.cost.WithLabelValues(rec.Group.Model).Add(a.cost)
+	b.pub.m.saved.WithLabelValues(rec.Group.Model).Add(a.saved)
 	if !a.priced {
 		if _, warned := b.unpriced.LoadOrStore(rec.Group.Model, true); !warned {
 			b.log.Warn().Str("model", rec.Group.Model).Msg("no price for this model (GEMBATCH_PRICES_FILE); its cost is not estimated")
 		}
 	}
 	b.log.Info().Str("record", rec.ID).Str("batch", rec.RemoteName).Int("requests", len(rec.Requests)).
-		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Str("state", string(rec.RemoteState)).Msg("batch answered")
-	failpoint.Hit(failpoint.BeforeClean)
+		Int("resubmitted", len(a.retry)).Float64("cost_usd", a.cost).Float64("saved_usd", a.saved).Str("state", string(rec.RemoteState)).Msg("batch answered")
 	return b.clean(ctx, rec)
 }
 
@@ -213,11 +215,24 @@ func (b *Batches) clean(ctx context.Context, rec *record.Record) error {
 	return nil
 }
 
-// results reads a succeeded job's answers, inline or from its result file.
+// results reads a succeeded job's answers: inline ones as the job is fetched, one at a time
+// (the poller's op does not hold them), or from its result file.
 func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
-	if op == nil {
-		var err error
-		if op, err = a.b.api.GetBatch(ctx, a.rec.RemoteName); err != nil {
+	if out := heldInline(op); out != nil {
+		for _, r := range gemini.InlineResults(out) { // the caller holds them already
+			if err := a.result(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if op == nil || op.Output() == nil || op.Output().ResponsesFile == "" {
+		var replyErr, err error
+		op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, func(r gemini.Result) error { replyErr = a.result(r); return replyErr })
+		if replyErr != nil {
+			return replyErr
+		}
+		if err != nil {
 			return a.fail(fmt.Errorf("get %s for its results: %w", a.rec.RemoteName, err))
 		}
 	}
@@ -229,12 +244,7 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		return a.all(gemini.NewStatus(gemini.CodeInternal, "batch %s succeeded with no output", a.rec.RemoteName))
 	}
 	if out.ResponsesFile == "" {
-		for _, r := range gemini.InlineResults(out) {
-			if err := a.result(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return nil // answered as they came
 	}
 	a.rec.ResultsFile = out.ResponsesFile
 	body, err := a.b.api.Download(ctx, out.ResponsesFile)
@@ -261,6 +271,17 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 	if n := rr.Malformed(); n > 0 {
 		a.b.pub.m.badLines.Add(float64(n))
 		a.b.log.Warn().Str("batch", a.rec.RemoteName).Int("lines", n).Msg("result lines without a readable key")
+	}
+	return nil
+}
+
+// heldInline is op's output if op holds inline answers, nil otherwise.
+func heldInline(op *gemini.Operation) *gemini.Output {
+	if op == nil {
+		return nil
+	}
+	if out := op.Output(); out != nil && out.InlinedResponses != nil && len(out.InlinedResponses.InlinedResponses) > 0 {
+		return out
 	}
 	return nil
 }
@@ -295,20 +316,17 @@ func (a *answering) result(r gemini.Result) error {
 		}
 		return a.settle(i, r.Error, reason, Retryable(r.Error.Code) || cancelled, true)
 	}
-	a.account(i, r.Response)
+	a.account(i, r.Usage)
 	return a.reply(i, r.Response, nil, true)
 }
 
-// account adds one response's tokens and estimated cost to the batch's sums. Responses without
-// usageMetadata (embeddings) count their request's size, four bytes a token, as prompt tokens.
-func (a *answering) account(i int, response json.RawMessage) {
-	var u struct {
-		UsageMetadata *gemini.UsageMetadata `json:"usageMetadata"`
-	}
-	_ = json.Unmarshal(response, &u) // a response that does not decode has no usage to count
+// account adds one response's tokens and estimated cost to the batch's sums, from the usage
+// the result reader read with the response. Responses without usageMetadata (embeddings)
+// count their request's size, four bytes a token, as prompt tokens.
+func (a *answering) account(i int, u *gemini.UsageMetadata) {
 	usage := gemini.UsageMetadata{PromptTokenCount: (a.rec.Requests[i].Size + 3) / 4}
-	if u.UsageMetadata != nil {
-		usage = *u.UsageMetadata
+	if u != nil {
+		usage = *u
 		a.usage.CandidatesTokenCount += usage.CandidatesTokenCount
 		a.usage.CachedContentTokenCount += usage.CachedContentTokenCount
 		a.usage.ThoughtsTokenCount += usage.ThoughtsTokenCount
@@ -319,8 +337,9 @@ func (a *answering) account(i int, response json.RawMessage) {
 	if a.b.Policy.Prices == nil {
 		return
 	}
-	usd, ok := a.b.Policy.Prices.Cost(a.rec.Group.Model, usage)
-	a.cost += usd
+	e, ok := a.b.Policy.Prices.Costs(a.rec.Group.Model, usage)
+	a.cost += e.Batch
+	a.saved += e.Saved()
 	a.priced = a.priced && ok
 }
 
@@ -368,24 +387,29 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 	return nil
 }
 
-// publish sends one reply. A reply that can never be published as it is (larger than the
-// connection allows, or to a refused subject) is that request's own outcome: it is answered with
-// an error saying why, or skipped with a log line if even that cannot go, and nothing else waits.
-// Any other failure is the connection's, and the batch is tried again.
+// publish sends one reply. An answer larger than a NATS message may be goes by reference to
+// the object store, where there is one. A reply that can never be published as it is (too large
+// with no object store to take it, or to a refused subject) is that request's own outcome: it is
+// answered with an error saying why, or skipped with a log line if even that cannot go, and
+// nothing else waits. Any other failure is the connection's, and the batch is tried again.
 func (a *answering) publish(req record.Request, resp []byte, st *gemini.Status) error {
-	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st}
-	err := a.b.pub.Publish(r)
+	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st,
+		Object: ObjectName(a.rec.ID, req.ID)}
+	err := a.b.pub.PublishContext(a.ctx, r)
 	var ud *UndeliverableError
 	if !errors.As(err, &ud) {
 		return err
 	}
 	a.b.pub.m.undeliverable.Inc()
 	if st == nil {
-		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted,
-			"the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
-		a.b.log.Warn().Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
+		msg := fmt.Sprintf("the answer is %d bytes, more than the %d bytes a NATS message may carry on this connection", ud.Size, ud.Limit)
+		if ud.Stored {
+			msg += ", and it could not be written to the results object store"
+		}
+		r.Response, r.Error = nil, gemini.NewStatus(gemini.CodeResourceExhausted, "%s", msg)
+		a.b.log.Warn().Err(err).Str("record", a.rec.ID).Str("key", req.Key).Int("size_bytes", ud.Size).Int("limit_bytes", ud.Limit).
 			Msg("answer too large to publish; answering the request with an error")
-		if err = a.b.pub.Publish(r); !errors.As(err, &ud) {
+		if err = a.b.pub.PublishContext(a.ctx, r); !errors.As(err, &ud) {
 			return err
 		}
 	}

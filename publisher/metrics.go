@@ -18,12 +18,15 @@ type Metrics struct {
 	replyLatency prometheus.Histogram
 	tokens       *prometheus.CounterVec
 	cost         *prometheus.CounterVec
+	saved        *prometheus.CounterVec
 	resubmitted  *prometheus.CounterVec
 	gaveUp       *prometheus.CounterVec
 	deadLetters  prometheus.Counter
 	// undeliverable counts replies that could not be published as they were (too large, or a
 	// subject NATS refuses); each was answered with an error instead, or skipped if even that failed.
 	undeliverable prometheus.Counter
+	// resultObjects counts answers written to the results bucket, by outcome.
+	resultObjects *prometheus.CounterVec
 }
 
 // NewMetrics builds the publisher's metrics on reg.
@@ -42,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_publisher_undeliverable_replies_total",
 			Help: "Replies or dead letters that could not be published as they were (larger than the connection's max payload, or a refused subject).",
 		}),
+		resultObjects: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_result_objects_total",
+			Help: "Replies and dead letters too large for a NATS message, by outcome: written to GEMBATCH_RESULTS_BUCKET and sent by reference, or failed (answered with RESOURCE_EXHAUSTED instead).",
+		}, []string{"outcome"}),
 		unknownKeys: f.NewCounter(prometheus.CounterOpts{
 			Name: "gembatch_publisher_unknown_result_keys_total",
 			Help: "Results whose key matches no request of their batch (logged and dropped).",
@@ -75,6 +82,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gembatch_publisher_cost_usd_total",
 			Help: "Estimated cost of answered requests in US dollars at batch prices (GEMBATCH_PRICES_FILE), by model; counted once per batch.",
 		}, []string{"model"}),
+		saved: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "gembatch_publisher_cost_saved_usd_total",
+			Help: "What batching saved in US dollars: the answered requests' cost at interactive (standard) prices minus their cost at batch prices (GEMBATCH_PRICES_FILE), by model; counted once per batch.",
+		}, []string{"model"}),
 		resubmitted: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "gembatch_publisher_resubmitted_requests_total",
 			Help: "Requests put into a later batch, by reason (item_error, missing_result, expired, cancelled, stuck).",
@@ -93,6 +104,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.gaveUp.WithLabelValues("attempts")
 	m.gaveUp.WithLabelValues("deadline")
+	m.resultObjects.WithLabelValues("written")
+	m.resultObjects.WithLabelValues("failed")
 	m.published.WithLabelValues("ok")
 	m.published.WithLabelValues("error")
 	for _, s := range []gemini.State{gemini.StateSucceeded, gemini.StateFailed, gemini.StateCancelled, gemini.StateExpired} {
@@ -106,6 +119,7 @@ func (m *Metrics) InitModel(model string) {
 	model = gemini.ModelName(model)
 	m.countTokens(model, gemini.UsageMetadata{}, 0)
 	m.cost.WithLabelValues(model)
+	m.saved.WithLabelValues(model)
 }
 
 func (m *Metrics) countTokens(model string, u gemini.UsageMetadata, estimated int64) {

@@ -82,20 +82,22 @@ func (a *answering) deadLetter(i int, st *gemini.Status) error {
 	if err != nil {
 		return fmt.Errorf("encode dead letter for key %q: %w", q.Key, err)
 	}
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: subject, Header: nats.Header{}}
 	msg.Header.Set(HeaderKey, q.Key)
 	msg.Header.Set(HeaderStatus, "error")
 	msg.Header.Set(HeaderMsgID, q.ID)
-	err = a.b.pub.nc.PublishMsg(msg)
-	if undeliverable(err) && body != nil {
+	// Too large for a NATS message, it goes by reference like an answer (durable mode).
+	object := ObjectName(a.rec.ID, q.ID+"/dead-letter")
+	err = a.b.pub.send(a.ctx, msg, q.Key, object, data)
+	if errors.As(err, new(*UndeliverableError)) && body != nil {
 		// Too large with the request in it: the letter still says what failed and why.
-		msg.Data, _ = json.Marshal(DeadLetter{
+		data, _ = json.Marshal(DeadLetter{
 			Key: q.Key, Reply: q.Reply, Kind: a.rec.Group.Kind, Model: a.rec.Group.Model, Priority: a.rec.Group.Priority,
 			Batch: a.rec.RemoteName, Attempts: q.Attempts(), Received: q.Received, Error: st,
 		})
-		err = a.b.pub.nc.PublishMsg(msg)
+		err = a.b.pub.send(a.ctx, msg, q.Key, "", data)
 	}
-	if undeliverable(err) {
+	if errors.As(err, new(*UndeliverableError)) {
 		a.b.pub.m.undeliverable.Inc()
 		a.b.log.Error().Err(err).Str("key", q.Key).Str("subject", subject).Msg("dead letter cannot be published; skipped")
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/metrics"
 	"github.com/gembatch/gembatch/pricing"
 	"github.com/gembatch/gembatch/publisher"
 	"github.com/gembatch/gembatch/record"
@@ -261,10 +263,12 @@ func TestUnfinishedRequests(t *testing.T) {
 	}
 }
 
-// TestCostFromPrices: a batch's estimated cost is counted once, by model, from its responses'
-// usage; an embedding without usage is priced from its request's size.
+// TestCostFromPrices: a batch's estimated cost, and what batching saved against interactive
+// prices, are counted once, by model, from its responses' usage; an embedding without usage is
+// priced from its request's size; a model without interactive prices claims no saving.
 func TestCostFromPrices(t *testing.T) {
-	prices, err := pricing.Parse([]byte(`{"models":{"gen":{"input":1,"output":10,"cached":0.5},"emb":{"input":2,"output":0,"cached":0}}}`))
+	prices, err := pricing.Parse([]byte(`{"models":{"gen":{"input":1,"output":10,"cached":0.5,"interactive":{"input":2,"output":20,"cached":0.5}},
+		"emb":{"input":2,"output":0,"cached":0}}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,6 +300,13 @@ gembatch_publisher_cost_usd_total{model="models/gen"} 1.9
 `
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want), "gembatch_publisher_cost_usd_total"); err != nil {
 		t.Fatal(err)
+	}
+	// gen interactively: 0.8M at $2 + 0.2M at $0.5 + 0.1M at $20 = 3.7, so 1.8 saved.
+	for model, want := range map[string]float64{"models/gen": 1.8, "models/emb": 0} {
+		got, err := metrics.Sum(e.reg, "gembatch_publisher_cost_saved_usd_total", "model", model)
+		if err != nil || math.Abs(got-want) > 1e-9 {
+			t.Errorf("saved for %s: %v, %v; want %v", model, got, err, want)
+		}
 	}
 	var tokens strings.Builder
 	for _, m := range []struct {

@@ -47,7 +47,7 @@ type Config struct {
 	// Quota bounds the active jobs and their tokens; batches that do not fit wait in the queue.
 	Quota Quota
 	// Lease, when set, fences every create: one is sent only while this replica certainly holds
-	// its lease for CreateTimeout and a second more, and never takes longer than CreateTimeout.
+	// its lease for CreateTimeout and a fifth more, and never takes longer than CreateTimeout.
 	Lease         Lease
 	CreateTimeout time.Duration
 	// KeepBodies keeps request bodies in memory after submit, for resubmissions and dead
@@ -69,7 +69,9 @@ type Input interface {
 
 // Lease is this replica's ownership lease (durable mode).
 type Lease interface {
-	Holds(margin time.Duration) bool
+	// HeldSince reports whether the lease has been held without a lapse since t, and still is
+	// for margin more.
+	HeldSince(t time.Time, margin time.Duration) bool
 }
 
 // errLeaseLapsed: the lease is not certainly held long enough to send a create.
@@ -278,7 +280,7 @@ func (s *Submitter) work(ctx context.Context, rec *record.Record) {
 			return
 		}
 		d := s.cfg.Backoff.Delay(attempt)
-		s.log.Error().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("submit batch; will retry")
+		s.log.Error().Err(err).Str("record", rec.ID).Float64("retry_in_seconds", d.Seconds()).Msg("submit batch; will retry")
 		if !backoff.Sleep(ctx, d) {
 			return
 		}
@@ -293,7 +295,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			return s.split(ctx, rec)
 		}
 		rec.Mode = record.ModeFile
-		if inlineSize(rec) <= s.cfg.InlineMaxBytes {
+		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !asksForImages(rec) {
 			rec.Mode = record.ModeInline
 		}
 		rec.State = record.Submitting
@@ -339,7 +341,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			d := max(apiErr.RetryAfter, hint, s.cfg.Backoff.Delay(s.throttles(rec.Group.Model)))
 			s.throttle(rec.Group.Model, d)
 			rec.CreateAttempted = time.Time{}
-			s.log.Warn().Str("record", rec.ID).Str("model", rec.Group.Model).Dur("retry_in", d).
+			s.log.Warn().Str("record", rec.ID).Str("model", rec.Group.Model).Float64("retry_in_seconds", d.Seconds()).
 				Msg("create throttled (429 RESOURCE_EXHAUSTED); holding the model's batches back")
 			return errThrottled
 		case errors.Is(err, gemini.ErrOutcomeUnknown):
@@ -363,7 +365,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		case gemini.IsRetryable(err):
 			// Nothing was created (the API could not be reached): send again after a while.
 			d := s.cfg.Backoff.Delay(attempt)
-			s.log.Warn().Err(err).Str("record", rec.ID).Dur("retry_in", d).Msg("create failed before reaching the API; retrying")
+			s.log.Warn().Err(err).Str("record", rec.ID).Float64("retry_in_seconds", d.Seconds()).Msg("create failed before reaching the API; retrying")
 			if !backoff.Sleep(ctx, d) {
 				return ctx.Err()
 			}
@@ -374,11 +376,14 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 	}
 }
 
-// create sends the create call, fenced by the lease: only while this replica certainly holds
-// it for longer than the call may take. A freeze between this check and the send that outlasts
+// create sends the create call, fenced by the lease: only while this replica has held it
+// without a lapse since the intent was written, and certainly holds it for longer than the call
+// may take. A freeze between this check and the send that outlasts
 // the lease less the margin is the one window no fence closes; find cancels what it lets through.
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
-	if s.cfg.Lease != nil && !s.cfg.Lease.Holds(s.cfg.CreateTimeout+time.Second) {
+	// Held since the intent was written: a replica that froze after writing it (and whose
+	// renewal, on waking, finds the lease lapsed) must not send it, though it holds the lease again.
+	if s.cfg.Lease != nil && !s.cfg.Lease.HeldSince(rec.CreateAttempted, s.cfg.CreateTimeout+s.cfg.CreateTimeout/5) {
 		return nil, errLeaseLapsed
 	}
 	b, err := s.batch(ctx, rec)

@@ -24,6 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type env struct {
 	emu       *emulator.Server
+	url       string
 	store     *record.MemStore
 	sub       *submitter.Submitter
 	mu        sync.Mutex
@@ -35,6 +36,7 @@ func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 	t.Helper()
 	e := &env{emu: emulator.New(opts), store: record.NewMemStore()}
 	srv := httptest.NewServer(e.emu)
+	e.url = srv.URL
 	t.Cleanup(func() { srv.Close(); e.emu.Close() })
 	api := gemini.New("test-api-key-0123", gemini.WithBaseURL(srv.URL), gemini.WithRetry(gemini.RetryPolicy{MaxAttempts: 1}))
 	if cfg.Backoff.Initial == 0 {
@@ -187,5 +189,30 @@ func TestFailedUploadIsRetried(t *testing.T) {
 	}
 	if got, _ := e.store.Get(context.Background(), rec.ID); got.Mode != record.ModeFile || got.InputFile == "" {
 		t.Fatalf("record %+v", got)
+	}
+}
+
+// TestImageBatchesGoByFile: a small batch is sent inline unless one of its requests asks for
+// images, whose answers run to megabytes each.
+func TestImageBatchesGoByFile(t *testing.T) {
+	e := setup(t, emulator.Options{}, submitter.Config{InlineMaxBytes: 1 << 20})
+	text, image := sealed(3, 10), sealed(3, 10)
+	q := &image.Requests[1]
+	q.Body = json.RawMessage(`{"contents":[{"parts":[{"text":"a cat"}]}],"generationConfig":{"responseModalities":["TEXT","IMAGE"]}}`)
+	image.Bytes -= q.Size
+	q.Size = gemini.InputLineSize(q.Key, q.Body)
+	image.Bytes += q.Size
+	e.run(t, text, image)
+	for _, tt := range []struct {
+		rec  *record.Record
+		want record.Mode
+	}{{text, record.ModeInline}, {image, record.ModeFile}} {
+		stored, err := e.store.Get(context.Background(), tt.rec.ID)
+		if err != nil || stored.State != record.Submitted {
+			t.Fatalf("stored record %+v, %v", stored, err)
+		}
+		if stored.Mode != tt.want {
+			t.Errorf("record %s went %s, want %s", tt.rec.ID, stored.Mode, tt.want)
+		}
 	}
 }

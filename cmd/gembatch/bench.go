@@ -7,9 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"runtime/pprof"
 	"strings"
 
+	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/internal/benchkit"
+	"github.com/gembatch/gembatch/metrics"
 )
 
 const benchUsage = `Usage: gembatch bench [flags]
@@ -28,8 +33,8 @@ spread (min–max) of each figure and of their ratio:
   pending   heap and RSS per pending request above its body, 100,000 pending (core mode)
   rss       peak RSS growth sending one batch of 5 MB requests (each by object, through the
             bodies bucket) by file: 128 MiB (--full: 200 requests, 1 GB); object store baseline
-  bigreply  answers of 2 MB delivered by object store: object-store put + get (n/a until
-            gembatchd delivers big answers)
+  bigreply  answers of 2 MB delivered by object store, and the peak RSS growth delivering 500
+            of them (--quick: 20): object-store put + get of the same objects
   polling   API calls per minute and process CPU with 100 active jobs and 10,000 records in the store
 
 It takes a few minutes on 2 cores (--quick: well under one), leaves nothing running, and
@@ -51,9 +56,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Rounds, "rounds", 3, "interleaved rounds of each measure")
 	fs.BoolVar(&opts.Quick, "quick", false, "CI sizes: every measure shrunk to seconds")
 	fs.BoolVar(&opts.Full, "full", false, "the full sizes: a 1 GiB batch and a 1 GiB result file")
+	fs.DurationVar(&opts.PollWindow, "poll-window", 0, "how long the polling measure counts calls and CPU (default 1m, --quick 3s); polls back off, so a longer window shows the steady rate")
 	only := fs.String("only", "", "comma-separated measures to run: "+strings.Join(benchkit.Groups, ","))
 	output := fs.String("o", "table", "output: table (Markdown) or json")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (daemon, NATS and baselines) to this file")
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -71,6 +78,21 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*quiet {
 		opts.Progress = stderr
 	}
+	opts.Gembatchd = func() *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.Command(exe, benchDaemonCommand)
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
+			return 1
+		}
+		defer stop()
+	}
 	rep, err := benchkit.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
@@ -85,6 +107,42 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "gembatch bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// startCPUProfile profiles the process until the returned function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// benchDaemonCommand is the hidden command by which the bench runs gembatchd in a process of
+// its own (this same executable), for the peak-RSS measure.
+const benchDaemonCommand = "bench-gembatchd"
+
+// benchDaemon runs gembatchd configured by the environment until ctx ends, as gembatchd does.
+func benchDaemon(ctx context.Context, stderr io.Writer) int {
+	cfg, err := daemon.LoadConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	log, err := daemon.NewLogger(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "gembatch %s: %v\n", benchDaemonCommand, err)
+		return 2
+	}
+	if err := daemon.NewMain(cfg, log, metrics.Build{Version: "bench"}).Run(ctx); err != nil {
+		log.Error().Err(err).Msg("gembatchd failed")
 		return 1
 	}
 	return 0

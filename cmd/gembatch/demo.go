@@ -26,12 +26,14 @@ const demoUsage = `Usage: gembatch demo [flags]
 Runs the whole pipeline on this machine with nothing else installed: an in-process NATS
 server, the Gemini emulator (no API key needed) and gembatchd. A producer then sends sample
 requests: generate requests to two models (one with prompts large enough to go to the API as
-an uploaded JSONL file), embed requests, and one malformed request. The demo shows progress,
-prints sample replies and a summary, and exits 0 when every request has its reply.
+an uploaded JSONL file), embed requests, a few image requests (their batch goes by file, and
+their answers, larger than a NATS message, come back by reference to the object store), and
+one malformed request. The demo shows progress, writes the images it gets back to a folder it
+names, prints sample replies and a summary, and exits 0 when every request has its reply.
 
 Example:
   go run ./cmd/gembatch demo
-  go run ./cmd/gembatch demo --job-delay 5s -v
+  go run ./cmd/gembatch demo --job-delay 5s -v --images-dir ./pictures
 
 Flags:
 `
@@ -49,18 +51,22 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flash := fs.Int("requests", 220, "generate requests for gemini-2.5-flash (batches close at 100)")
 	verbose := fs.Bool("v", false, "show gembatchd's log")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up waiting for replies after this long")
+	var img demoImages
+	fs.IntVar(&img.count, "images", 4, "image-generation requests")
+	fs.IntVar(&img.bytes, "image-bytes", emulator.DefaultImageBytes, "size of each emulated image (above the NATS server's 1 MB max payload by default)")
+	fs.StringVar(&img.dir, "images-dir", "", "folder the images are written to (default: a new temporary folder, kept)")
 	fs.Usage = func() {} // flagError prints it
 	if err := fs.Parse(args); err != nil {
 		return flagError(fs, err, demoUsage, stdout, stderr)
 	}
-	if err := runDemo(ctx, stdout, stderr, *jobDelay, *flash, *verbose, *timeout); err != nil {
+	if err := runDemo(ctx, stdout, stderr, *jobDelay, *flash, img, *verbose, *timeout); err != nil {
 		fmt.Fprintf(stderr, "gembatch demo: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Duration, flash int, verbose bool, timeout time.Duration) error {
+func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Duration, flash int, img demoImages, verbose bool, timeout time.Duration) error {
 	started := time.Now()
 	dir, err := os.MkdirTemp("", "gembatch-demo-")
 	if err != nil {
@@ -75,7 +81,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Durati
 	defer ns.WaitForShutdown()
 	defer ns.Shutdown()
 
-	emu := emulator.New(emulator.Options{JobDelay: jobDelay})
+	emu := emulator.New(emulator.Options{JobDelay: jobDelay, ImageBytes: img.bytes})
 	defer emu.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -130,7 +136,7 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Durati
 	}
 	defer sub.Unsubscribe()
 
-	reqs := demoRequests(flash)
+	reqs := append(demoRequests(flash), img.requests()...)
 	for _, r := range reqs {
 		msg := &nats.Msg{Subject: r.subject, Reply: "_INBOX.demo." + r.key, Data: []byte(r.body), Header: nats.Header{}}
 		msg.Header.Set("Gembatch-Key", r.key)
@@ -176,7 +182,14 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Durati
 	if tty {
 		fmt.Fprintln(stderr)
 	}
-	return summarize(stdout, d, reqs, replies, time.Since(started))
+	if err := summarize(stdout, d, reqs, replies, time.Since(started)); err != nil {
+		return err
+	}
+	if err := img.save(ctx, stdout, nc, replies); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "\nEvery request got exactly one reply. Next: README.md, \"Run it for real\".")
+	return nil
 }
 
 // demoRequests builds the sample traffic.
@@ -202,8 +215,11 @@ func demoRequests(flash int) []demoRequest {
 
 func summarize(w io.Writer, d *daemon.Main, reqs []demoRequest, replies map[string]*nats.Msg, took time.Duration) error {
 	fmt.Fprintln(w, "\nSample replies:")
-	for _, key := range []string{"flash-000", "pro-00", "embed-00", "malformed-1"} {
+	for _, key := range []string{"flash-000", "pro-00", "embed-00", "image-00", "malformed-1"} {
 		m := replies[key]
+		if m == nil {
+			continue
+		}
 		body := string(m.Data)
 		if len(body) > 160 {
 			body = body[:160] + "…"
@@ -235,10 +251,11 @@ func summarize(w io.Writer, d *daemon.Main, reqs []demoRequest, replies map[stri
 	fmt.Fprintf(w, "  closed     %s\n  time       %s\n", strings.Join(reasons, ", "), took.Round(100*time.Millisecond))
 	fmt.Fprintf(w, "  tokens     %d, estimated cost $%.6f at batch prices (gembatch_publisher_cost_usd_total)\n",
 		int64(sum(d, "gembatch_publisher_tokens_total")), sum(d, "gembatch_publisher_cost_usd_total"))
+	fmt.Fprintf(w, "  saved      $%.6f against interactive prices (gembatch_publisher_cost_saved_usd_total)\n",
+		sum(d, "gembatch_publisher_cost_saved_usd_total"))
 	if unexpected > 0 {
 		return fmt.Errorf("%d replies were not what the demo expected", unexpected)
 	}
-	fmt.Fprintln(w, "\nEvery request got exactly one reply. Next: README.md, \"Run it for real\".")
 	return nil
 }
 

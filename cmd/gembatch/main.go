@@ -54,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cancelJob(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout, stderr)
+	case benchDaemonCommand:
+		return benchDaemon(ctx, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

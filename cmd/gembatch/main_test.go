@@ -2,6 +2,11 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"image/png"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -9,11 +14,13 @@ import (
 // TestDemo runs the newcomer's command end to end: every request answered, both batch modes used.
 func TestDemo(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"demo", "--job-delay", "200ms", "--requests", "120"}, &out, &errb); code != 0 {
+	images := t.TempDir()
+	if code := run([]string{"demo", "--job-delay", "200ms", "--requests", "120", "--images-dir", images}, &out, &errb); code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	for _, want := range []string{
-		"201 sent, 200 answered ok, 1 answered with an error",
+		"205 sent, 204 answered ok, 1 answered with an error",
+		"images     4 written to " + images + " (4 answers over the NATS max payload",
 		"by JSONL file",
 		"Every request got exactly one reply",
 		"malformed-1  error",
@@ -23,10 +30,23 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
 	}
+	if !regexp.MustCompile(`saved\s+\$0\.0*[1-9]\d* against interactive prices`).MatchString(out.String()) {
+		t.Errorf("the summary does not say what batching saved:\n%s", out.String())
+	}
 	if strings.Contains(out.String(), "0 by JSONL file") {
 		t.Errorf("no batch went by file:\n%s", out.String())
 	}
-	if !strings.Contains(errb.String(), "answered 201/201") {
+	for i := range 4 {
+		f, err := os.Open(filepath.Join(images, fmt.Sprintf("image-%02d.png", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(f); err != nil {
+			t.Errorf("image %d: %v", i, err)
+		}
+		f.Close()
+	}
+	if !strings.Contains(errb.String(), "answered 205/205") {
 		t.Errorf("no final progress line:\n%s", errb.String())
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/client"
+	"github.com/gembatch/gembatch/pricing"
 )
 
 const submitUsage = `Usage: gembatch submit [flags] REQUESTS.jsonl -o RESULTS.jsonl
@@ -29,8 +30,9 @@ answer to RESULTS.jsonl in the Gemini batch result format, one line per request,
 the answers come. The input has one {"key":"...","request":{...}} object a line (a line with no
 key gets its line number as key); REQUESTS.jsonl may be - for standard input.
 
-Run it again with the same output to resume: keys already answered there are skipped and new
-answers are appended. Exit status: 0 when every request succeeded, 1 when some answers are
+Run it again with the same output to resume: keys already answered there are skipped, keys
+sent by an earlier run are not sent again (their answers are read from a JetStream stream that
+kept them, RESULTS.jsonl.sent lists them), and new answers are appended. Exit status: 0 when every request succeeded, 1 when some answers are
 errors (they are the lines with "error" in the output) or the run was interrupted, 2 on a
 usage error.
 
@@ -126,12 +128,14 @@ type submitStats struct {
 	sent, answered, errors, skipped, batches atomic.Int64
 	// awaited counts the keys sent by an earlier run whose answers have not come yet.
 	awaited atomic.Int64
+	// firstSent and lastAnswer are Unix nanoseconds, 0 before the first.
+	firstSent, lastAnswer atomic.Int64
 }
 
-func (s *submitStats) line(started time.Time) string {
-	return fmt.Sprintf("sent %d · answered %d · errors %d · batches %d · skipped %d · %s",
-		s.sent.Load(), s.answered.Load(), s.errors.Load(), s.batches.Load(), s.skipped.Load(),
-		time.Since(started).Round(time.Second))
+func (s *submitStats) line(started, now time.Time) string {
+	return fmt.Sprintf("sent %d · answered %d · errors %d · %s · skipped %d · %s",
+		s.sent.Load(), s.answered.Load(), s.errors.Load(), plural(s.batches.Load(), "batch", "batches"), s.skipped.Load(),
+		now.Sub(started).Round(time.Second))
 }
 
 // runSubmit does the work of submit and returns the exit status.
@@ -181,7 +185,7 @@ func publishOnly(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Read
 	}
 	defer c.Close()
 	var st submitStats
-	stopProgress := progress(&st, time.Now(), isTerminal(stderr), o.progressEvery, stderr)
+	stopProgress := progress(&st, time.Now(), isTerminal(stderr), o.progressEvery, stderr, nil)
 	_, err = readRequests(ctx, in, o.input, func(string) bool { return false }, func(line int, req client.Request, problem string) error {
 		if problem != "" {
 			fmt.Fprintf(stderr, "%s:%d: not sent: %s\n", o.input, line, problem)
@@ -229,6 +233,8 @@ type waitRun struct {
 	outstanding sync.WaitGroup
 	writeErr    error
 	stderr      io.Writer
+	// cost sums what the answers cost and what batching saved; read once write is done.
+	cost *costTally
 }
 
 // submitAndWait sends the requests not yet sent, waits for every answer (this run's and those
@@ -245,16 +251,8 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 	}
 	complete := false
 	defer func() { _ = sent.close(complete) }()
-	for k := range done {
-		delete(awaited, k)
-	}
-	if o.resend {
-		for k := range awaited {
-			if err := sent.mark(k, false); err != nil {
-				return 1, err
-			}
-		}
-		clear(awaited)
+	if err := sent.unanswered(awaited, done, o.resend); err != nil {
+		return 1, err
 	}
 	out, err := os.OpenFile(o.output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -278,7 +276,7 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 	}
 	defer c.Close()
 
-	r := &waitRun{o: o, c: c, out: out, sent: sent, stderr: stderr,
+	r := &waitRun{o: o, c: c, out: out, sent: sent, stderr: stderr, cost: newCostTally(pricing.Default(), o.model),
 		slots: make(chan struct{}, o.maxInFlight), replies: make(chan delivery, o.maxInFlight)}
 	writerDone := make(chan struct{})
 	go r.write(ctx, writerDone)
@@ -294,7 +292,13 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 		<-writerDone
 		return 1, err
 	}
-	stopProgress := progress(&r.st, started, isTerminal(stderr), o.progressEvery, stderr)
+	// The records are read as often as the progress line is printed, from every 200 ms to every 2 s.
+	jw := watchJobs(ctx, nc, sent.Started.Add(-time.Second), min(max(o.progressEvery, 200*time.Millisecond), 2*time.Second))
+	defer jw.stop()
+	maxWait := batchMaxWait()
+	stopProgress := progress(&r.st, started, isTerminal(stderr), o.progressEvery, stderr, func(now time.Time) string {
+		return waitingOn(r.waitInput(now, started, jw.jobs(), maxWait))
+	})
 	n, err := readRequests(ctx, in, o.input, func(key string) bool {
 		if _, ok := done[key]; ok {
 			r.st.skipped.Add(1)
@@ -333,8 +337,8 @@ func submitAndWait(ctx context.Context, o submitOptions, nc *nats.Conn, in io.Re
 			fmt.Fprintf(stderr, "cannot delete the stream of captured answers: %v\n", err)
 		}
 	}
-	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %s, %s; results in %s\n",
-		answered, r.st.skipped.Load(), plural(r.st.batches.Load(), "batch", "batches"), time.Since(started).Round(100*time.Millisecond), o.output)
+	fmt.Fprintf(stdout, "%d requests answered (%d skipped as already answered) in %s, %s; results in %s; %s\n",
+		answered, r.st.skipped.Load(), plural(r.st.batches.Load(), "batch", "batches"), time.Since(started).Round(100*time.Millisecond), o.output, r.cost)
 	if n := errs + int64(oldErrors); n > 0 {
 		fmt.Fprintf(stdout, "%d answers are errors: they are the lines with \"error\" in %s\n", n, o.output)
 		return 1, nil
@@ -361,6 +365,19 @@ func plural(n int64, one, many string) string {
 	return strconv.FormatInt(n, 10) + " " + many
 }
 
+// waitInput is what the progress line says the run waits on, now.
+func (r *waitRun) waitInput(now, started time.Time, jobs jobView, maxWait time.Duration) waitInput {
+	first := started
+	if ns := r.st.firstSent.Load(); ns != 0 {
+		first = time.Unix(0, ns)
+	}
+	return waitInput{
+		jobs: jobs, outstanding: int64(r.c.InFlight()) + r.st.awaited.Load(), answered: r.st.answered.Load(),
+		sinceFirstSend: now.Sub(first), maxWait: maxWait,
+		answeredRecently: now.Sub(time.Unix(0, r.st.lastAnswer.Load())) < 3*time.Second,
+	}
+}
+
 // send sends one request of this run, or answers it here when it cannot be sent. The key is
 // recorded as sent before it is published.
 func (r *waitRun) send(ctx context.Context, line int, req client.Request, problem string) error {
@@ -382,6 +399,7 @@ func (r *waitRun) send(ctx context.Context, line int, req client.Request, proble
 	_, err := r.c.SubmitFunc(ctx, req, r.deliver)
 	if err == nil {
 		r.st.sent.Add(1)
+		r.st.firstSent.CompareAndSwap(0, time.Now().UnixNano())
 		return nil
 	}
 	if errors.Is(err, client.ErrDuplicateKey) { // in flight from this run: it stays sent
@@ -441,6 +459,8 @@ func (r *waitRun) write(ctx context.Context, done chan<- struct{}) {
 			r.writeErr = err
 			if written {
 				r.st.answered.Add(1)
+				r.cost.add(d.r.Response)
+				r.st.lastAnswer.Store(time.Now().UnixNano())
 				if d.r.Err != nil {
 					r.st.errors.Add(1)
 				}
@@ -518,11 +538,22 @@ func (l *lastByteWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// progress prints the counters: a line redrawn in place on a terminal, plain lines every
-// interval otherwise. The returned function prints the last line and stops.
-func progress(st *submitStats, started time.Time, tty bool, every time.Duration, w io.Writer) func() {
+// progress prints the counters, and what the run waits on when status is not nil: a line
+// redrawn in place on a terminal, plain lines every interval otherwise. The returned function
+// prints the last line and stops.
+func progress(st *submitStats, started time.Time, tty bool, every time.Duration, w io.Writer, status func(now time.Time) string) func() {
 	if tty {
 		every = 200 * time.Millisecond
+	}
+	line := func() string {
+		now := time.Now()
+		l := st.line(started, now)
+		if status != nil {
+			if s := status(now); s != "" {
+				l += " · " + s
+			}
+		}
+		return l
 	}
 	stop, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -533,16 +564,16 @@ func progress(st *submitStats, started time.Time, tty bool, every time.Duration,
 			select {
 			case <-stop:
 				if tty {
-					fmt.Fprintf(w, "\r%s   \n", st.line(started))
+					fmt.Fprintf(w, "\r\x1b[K%s\n", line())
 				} else {
-					fmt.Fprintln(w, st.line(started))
+					fmt.Fprintln(w, line())
 				}
 				return
 			case <-t.C:
 				if tty {
-					fmt.Fprintf(w, "\r%s   ", st.line(started))
+					fmt.Fprintf(w, "\r\x1b[K%s", line())
 				} else {
-					fmt.Fprintln(w, st.line(started))
+					fmt.Fprintln(w, line())
 				}
 			}
 		}

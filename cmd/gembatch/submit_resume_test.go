@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,10 +19,11 @@ import (
 // billed is what the emulator was asked to do: requests over every batch created, and the
 // most times one displayName was created.
 func billed(s *testStack) (requests int64, maxCreates int) {
-	for _, op := range s.emu.Batches() {
-		requests += int64(op.Metadata.BatchStats.RequestCount)
+	l := s.emu.Ledger() // the emulator's own account, across jobs since deleted
+	for _, e := range l.Entries {
+		requests += int64(e.Billed)
 	}
-	for _, n := range s.emu.CreateCounts() {
+	for _, n := range l.Creates {
 		maxCreates = max(maxCreates, n)
 	}
 	return requests, maxCreates
@@ -172,4 +174,42 @@ func TestSubmitResumeBillsOnce(t *testing.T) {
 			t.Logf("first run answered %d; resume:\n%s%s", answeredFirst, stdout, stderr)
 		})
 	}
+}
+
+// TestSubmitResumeAfterKill kills a submit process with SIGKILL mid-run (no chance to flush or
+// close anything) and resumes it: every request billed once, every key answered once.
+func TestSubmitResumeAfterKill(t *testing.T) {
+	const n = 300
+	s := startStack(t, 500*time.Millisecond, func(c *daemon.Config) { c.BatchMaxRequests = 100 })
+	o := observe(t, s.natsURL)
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	writeInput(t, in, n, 0)
+	args := []string{"submit", in, "-o", out, "--nats", s.natsURL, "--max-in-flight", "100"}
+
+	child := exec.CommandContext(t.Context(), os.Args[0], args...)
+	child.Env = append(os.Environ(), "GEMBATCH_TEST_RUN=1")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second hundred sent", func() bool { r, _ := o.counts(); return r >= 200 })
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	killedAt := len(readResults(t, out))
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	code, stdout, stderr := cmd(ctx, args...)
+	if code != 0 {
+		t.Errorf("resumed run: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	res := readResults(t, out)
+	requests, creates := billed(s)
+	if len(res) != n || requests != n || creates != 1 {
+		t.Errorf("after the resume: %d keys answered; the emulator was sent %d requests, created one batch up to %d times; want %d, %d, 1",
+			len(res), requests, creates, n, n)
+	}
+	t.Logf("killed with %d answers written; resume:\n%s%s", killedAt, stdout, stderr)
 }

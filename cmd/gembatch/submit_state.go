@@ -27,14 +27,16 @@ import (
 // its answers come to and every key it has sent, so that a resume sends no key twice and
 // collects the answers that came while it was not running.
 //
-// The first line is {"id":...,"replyPrefix":...}; then one line a key: +"key" once the key is
+// The first line is {"id":...,"replyPrefix":...,"started":...}; then one line a key: +"key" once the key is
 // about to be published (written before the publish, so a key on the wire is always recorded),
 // -"key" when the publish failed after all.
 type sentFile struct {
-	f       *os.File
-	ID      string `json:"id"`
-	Prefix  string `json:"replyPrefix"`
-	written []byte // scratch for one line
+	f      *os.File
+	ID     string `json:"id"`
+	Prefix string `json:"replyPrefix"`
+	// Started is when the first run began: batches sealed since may hold its requests.
+	Started time.Time `json:"started"`
+	written []byte    // scratch for one line
 }
 
 // sentPath is the state file of a results file.
@@ -110,6 +112,7 @@ func (s *sentFile) start(output, replyPrefix string) error {
 		return err
 	}
 	s.ID = rand.Text()
+	s.Started = time.Now()
 	s.Prefix = replyPrefix
 	if s.Prefix == "" {
 		s.Prefix = "_INBOX.gembatch-submit." + s.hash(output)
@@ -148,6 +151,24 @@ func (s *sentFile) mark(key string, sent bool) error {
 	return err
 }
 
+// unanswered leaves in sent the keys sent by an earlier run and not answered in done. With
+// resend it empties it: those keys are recorded as not sent, to be sent again.
+func (s *sentFile) unanswered(sent, done map[string]struct{}, resend bool) error {
+	for k := range done {
+		delete(sent, k)
+	}
+	if !resend {
+		return nil
+	}
+	for k := range sent {
+		if err := s.mark(k, false); err != nil {
+			return err
+		}
+	}
+	clear(sent)
+	return nil
+}
+
 // close closes the file; remove also deletes it, once every key sent has its answer written.
 func (s *sentFile) close(remove bool) error {
 	err := s.f.Close()
@@ -167,7 +188,7 @@ func captureStream(s *sentFile) jetstream.StreamConfig {
 		Subjects:    []string{s.Prefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		MaxAge:      7 * 24 * time.Hour,
-		Duplicates:  10 * time.Minute, // gembatchd repeats an answer after a crash with the same Nats-Msg-Id
+		Duplicates:  time.Second, // submit keeps the first answer of a key: the server need not remember ids
 	}
 }
 
@@ -181,7 +202,9 @@ func ensureCapture(ctx context.Context, nc *nats.Conn, s *sentFile) (jetstream.S
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	stream, err := js.CreateOrUpdateStream(ctx, captureStream(s))
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders) { // a server without JetStream answers nothing on its API
+
 		return nil, nil
 	}
 	if err != nil {
@@ -247,13 +270,6 @@ func (e *earlier) take(m *nats.Msg) {
 	if len(e.keys) == 0 {
 		close(e.empty)
 	}
-}
-
-// waiting returns how many answers are still awaited.
-func (e *earlier) waiting() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.keys)
 }
 
 // close stops collecting; after it deliver is not called again.

@@ -154,7 +154,7 @@ this is not JSON
 	if !strings.Contains(stdout, "8 requests answered") || !strings.Contains(stdout, `answers are errors: they are the lines with "error" in `+out) {
 		t.Errorf("stdout: %s", stdout)
 	}
-	if !strings.Contains(stderr, "sent ") || !strings.Contains(stderr, "batches 1") {
+	if !strings.Contains(stderr, "sent ") || !strings.Contains(stderr, " · 1 batch · ") {
 		t.Errorf("no progress line: %s", stderr)
 	}
 	res := readResults(t, out)

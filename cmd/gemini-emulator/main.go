@@ -67,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info().Str("addr", ln.Addr().String()).Str("url", "http://"+ln.Addr().String()).
-		Dur("job_delay", cfg.opts.JobDelay).Bool("api_key_required", cfg.opts.APIKey != "").
+		Float64("job_delay_seconds", cfg.opts.JobDelay.Seconds()).Bool("api_key_required", cfg.opts.APIKey != "").
 		Msg("gemini emulator listening")
 
 	select {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -28,10 +29,15 @@ type Options struct {
 	// Full sends the 1 GiB batch of the peak-RSS measure (default 128 MiB) and reads a 1 GiB
 	// result file (default 64 MiB).
 	Full bool
+	// PollWindow is how long the polling measure counts API calls and CPU (default a minute).
+	PollWindow time.Duration
 	// Only lists the measure groups to run (see Groups); empty runs them all.
 	Only []string
 	// Progress receives one line per round; nil is silent.
 	Progress io.Writer
+	// Gembatchd returns a command that runs gembatchd configured by its environment (GEMBATCH_*
+	// variables are added), for the measure that needs the daemon alone in its process (peak RSS).
+	Gembatchd func() *exec.Cmd
 }
 
 // Groups are the names --only takes, in the order they run.

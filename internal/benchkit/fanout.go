@@ -3,13 +3,10 @@ package benchkit
 import (
 	"context"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	"github.com/gembatch/gembatch/gemini"
 )
 
 // collector subscribes to a subject and keeps every message with the time of the first and the
@@ -68,7 +65,7 @@ func (c *collector) wait(ctx context.Context, within time.Duration) error {
 // timed the same way. Both are timed at the receiver: when the first reply was published is not
 // visible from outside the daemon, and timing both alike keeps the ratio fair.
 func fanOut(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(10000, 1000)
+	n := e.size(10000, 500)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
@@ -124,81 +121,5 @@ func fanOut(ctx context.Context, e *env) ([]Row, error) {
 		r.add(base, got)
 		e.progress("fan-out round %d/%d: raw %.0f replies/s, gembatchd %.0f replies/s", round+1, e.opts.Rounds, base, got)
 	}
-	return []Row{r.row(fmt.Sprintf("reply fan-out of one %d-request batch (durable), first reply received to last", n), "replies/s", "higher", "raw publish of the same replies")}, nil
-}
-
-// resultFile: a file batch of embeddings (3072 values each); gembatchd's MB/s and replies/s
-// from the first reply to the last, against a raw HTTP read of the same result file.
-func resultFile(ctx context.Context, e *env) ([]Row, error) {
-	size := e.size(64<<20, 4<<20)
-	if e.opts.Full {
-		size = 1 << 30
-	}
-	const lineBytes = 62 << 10 // about one embedding line of 3072 values; the figure uses the real size
-	n := max(1, size/lineBytes)
-	a, err := startAPI(0)
-	if err != nil {
-		return nil, err
-	}
-	defer a.close()
-	a.keepFiles.Store(true)
-	cfg := e.config(false, a.url)
-	cfg.BatchMaxRequests, cfg.BatchMaxWait, cfg.InlineMaxBytes = n, time.Minute, 0
-	d, err := e.startDaemon(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer d.close()
-	f, err := e.fleet()
-	if err != nil {
-		return nil, err
-	}
-	defer f.close()
-	client := gemini.New("bench", gemini.WithBaseURL(a.url))
-	body := []byte(`{"content":{"parts":[{"text":"a passage to embed"}]},"taskType":"RETRIEVAL_DOCUMENT","outputDimensionality":3072}`)
-	var mbs, lines rounds
-	var fileBytes int64
-	for round := range e.opts.Rounds {
-		replies, err := e.collect(replySubject(cfg, "emb"), n)
-		if err != nil {
-			return nil, err
-		}
-		if err := f.publish(requests(cfg.SubjectEmbed, replySubject(cfg, "emb"), fmt.Sprintf("e%d", round), body, n, false)); err != nil {
-			return nil, err
-		}
-		if err := replies.wait(ctx, 10*time.Minute); err != nil {
-			return nil, fmt.Errorf("gembatchd replies: %w", err)
-		}
-		took := replies.last.Sub(replies.first)
-		if err := d.drained(ctx); err != nil {
-			return nil, err
-		}
-		ops := a.emu.Batches()
-		out := ops[len(ops)-1].Output()
-		if out == nil || out.ResponsesFile == "" {
-			return nil, fmt.Errorf("the batch has no result file")
-		}
-		t0 := time.Now()
-		rc, err := client.Download(ctx, out.ResponsesFile)
-		if err != nil {
-			return nil, err
-		}
-		fileBytes, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return nil, err
-		}
-		rawTook := time.Since(t0)
-		a.deleteFile(out.ResponsesFile)
-		mb := float64(fileBytes) / 1e6
-		mbs.add(mb/rawTook.Seconds(), mb/took.Seconds())
-		lines.add(rate(n, rawTook), rate(n, took))
-		e.progress("result file round %d/%d (%.0f MB): raw read %.0f MB/s, gembatchd %.1f MB/s, %.0f replies/s",
-			round+1, e.opts.Rounds, mb, mb/rawTook.Seconds(), mb/took.Seconds(), rate(n, took))
-	}
-	what := fmt.Sprintf("reading a result file (%.0f MB, %d embeddings)", float64(fileBytes)/1e6, n)
-	return []Row{
-		mbs.row(what, "MB/s", "higher", "raw HTTP read of the same file"),
-		lines.row(what+", replies", "replies/s", "higher", "raw HTTP read, lines/s"),
-	}, nil
+	return []Row{r.row(fmt.Sprintf("reply fan-out of one %s-request batch (durable), first reply received to last", num(float64(n))), "replies/s", "higher", "raw publish of the same replies")}, nil
 }

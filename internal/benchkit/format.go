@@ -68,12 +68,15 @@ func ratioText(s *Stats) string {
 	return fmt.Sprintf("%s (%s–%s)", f(s.Median), f(s.Min), f(s.Max))
 }
 
-// num rounds to three significant figures and groups thousands: 211,700; 52.3; 0.412.
+// num rounds to three significant figures and groups thousands: 211,700; 52.3; 0.412; 49.
 func num(v float64) string {
 	if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
 	digits := 2 - int(math.Floor(math.Log10(math.Abs(v))))
+	if digits > 0 && v == math.Trunc(v) {
+		digits = 0 // a count: 49, not 49.0
+	}
 	if digits > 0 {
 		return strconv.FormatFloat(v, 'f', digits, 64)
 	}

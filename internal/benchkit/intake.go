@@ -184,7 +184,7 @@ func (d *gembatchd) unacked(ctx context.Context) int {
 
 // coreIntake: 8 producers publish 1 KiB requests; raw publish→subscribe against core gembatchd.
 func coreIntake(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(20000, 2000)
+	n := e.size(20000, 1000)
 	a, err := startAPI(time.Second) // jobs end after the round, not during it
 	if err != nil {
 		return nil, err
@@ -277,7 +277,7 @@ func (e *env) rawJetStream(ctx context.Context, f *fleet, stream jetstream.Strea
 // durableIntake: the JetStream baseline against durable gembatchd, for plain producers (whose
 // requests gembatchd forwards into its stream) and for producers publishing to the stream.
 func durableIntake(ctx context.Context, e *env) ([]Row, error) {
-	n := e.size(20000, 2000)
+	n := e.size(20000, 1000)
 	a, err := startAPI(time.Second)
 	if err != nil {
 		return nil, err

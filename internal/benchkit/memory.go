@@ -1,22 +1,14 @@
 package benchkit
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/gembatch/gembatch/client"
 )
 
 // heapAfterGC is the live heap once garbage is collected.
@@ -28,9 +20,32 @@ func heapAfterGC() uint64 {
 	return ms.HeapAlloc
 }
 
-// procStatus reads a kB field of /proc/self/status (VmRSS, VmHWM) in bytes.
-func procStatus(field string) (int64, error) {
-	b, err := os.ReadFile("/proc/self/status")
+// settledHeap is the live heap once goroutines stop ending and the heap stops shrinking: what
+// earlier rounds leave winding down (a stopped daemon's connection draining) is not counted
+// against this one.
+func settledHeap() uint64 {
+	for range 50 {
+		n := runtime.NumGoroutine()
+		time.Sleep(100 * time.Millisecond)
+		if runtime.NumGoroutine() >= n {
+			break
+		}
+	}
+	h := heapAfterGC()
+	for range 20 {
+		time.Sleep(50 * time.Millisecond)
+		next := heapAfterGC()
+		if next+next/100 >= h {
+			return next
+		}
+		h = next
+	}
+	return h
+}
+
+// procStatus reads a kB field (VmRSS, VmHWM) of /proc/<pid>/status in bytes.
+func procStatus(pid, field string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0, fmt.Errorf("read memory figures (Linux only): %w", err)
 	}
@@ -40,17 +55,7 @@ func procStatus(field string) (int64, error) {
 			return kb << 10, err
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/self/status", field)
-}
-
-// resetPeak returns freed memory to the system and resets the peak RSS (VmHWM) to the current
-// RSS, which it returns.
-func resetPeak() (int64, error) {
-	debug.FreeOSMemory()
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		return 0, fmt.Errorf("reset peak RSS (Linux only): %w", err)
-	}
-	return procStatus("VmRSS")
+	return 0, fmt.Errorf("no %s in /proc/%s/status", field, pid)
 }
 
 // cpuTime is the process's user and system CPU time so far.
@@ -62,192 +67,70 @@ func cpuTime() (time.Duration, error) {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
-// heapPerPending: core gembatchd holds n 1 KiB requests in one open batch (the API is never
-// called); the heap it grew by, less the request bodies, per request. Each round is a fresh daemon.
+// heapPerPending: core gembatchd holds n 1 KiB requests in one open batch; the heap it grew by,
+// less the request bodies, per request. One more request then closes the batch, which is
+// submitted as a job that outlasts the run: with MAX_ATTEMPTS 1 the daemon drops the bodies on
+// submit and keeps only each request's bookkeeping, which stays put while later rounds are
+// measured (answering 100,000 requests between rounds would take minutes).
 func heapPerPending(ctx context.Context, e *env) ([]Row, error) {
 	n := e.size(100000, 5000)
-	body := generateBody(1024)
-	var heap, rss []float64
-	for round := range e.opts.Rounds {
-		h, r, err := e.pendingRound(ctx, n, body, round)
-		if err != nil {
-			return nil, err
-		}
-		heap, rss = append(heap, h), append(rss, r)
-		e.progress("pending round %d/%d: %.0f B heap, %.0f B RSS per request above its %d B body", round+1, e.opts.Rounds, h, r, len(body))
-	}
-	what := fmt.Sprintf("per pending request above its %d B body (%d pending, core mode)", len(body), n)
-	return []Row{
-		{Measure: "heap " + what, Unit: "B", Better: "lower", Gembatchd: summarize(heap)},
-		{Measure: "RSS " + what, Unit: "B", Better: "lower", Gembatchd: summarize(rss),
-			Note: "in-process: includes what the NATS server keeps for the connections"},
-	}, nil
-}
-
-func (e *env) pendingRound(ctx context.Context, n int, body []byte, round int) (heap, rss float64, err error) {
-	cfg := e.config(false, deadAPI)
-	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n+1, 2<<30-1, time.Hour
-	cfg.MaxPending, cfg.ShutdownGrace = int64(n+1), time.Second
-	d, err := e.startDaemon(cfg)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer func() {
-		// the open batch cannot be submitted to the dead API: shutdown gives up after its grace
-		_ = d.close()
-	}()
-	f, err := e.fleet()
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.close()
-	msgs := requests(cfg.SubjectGenerate, replySubject(cfg, "void"), fmt.Sprintf("p%d", round), body, n, false)
-	heap0 := heapAfterGC()
-	rss0, err := resetPeak()
-	if err != nil {
-		return 0, 0, err
-	}
-	if _, err := d.accepted(ctx, n, func() error { return f.publish(msgs) }); err != nil {
-		return 0, 0, err
-	}
-	heap1 := heapAfterGC()
-	runtime.KeepAlive(msgs) // counted in both figures
-	rss1, err := procStatus("VmRSS")
-	if err != nil {
-		return 0, 0, err
-	}
-	per := func(grew float64) float64 { return grew/float64(n) - float64(len(body)) }
-	return per(float64(heap1) - float64(heap0)), per(float64(rss1 - rss0)), nil
-}
-
-// peakRSS: a batch of 5 MB requests, each larger than a NATS message, sent by the client
-// package (which puts each body in the bodies bucket and publishes a reference) to durable
-// gembatchd, which writes them into the batch's input chunks as they arrive and uploads the
-// chunks as a JSONL file; the growth of the process's peak RSS until the batch is submitted,
-// against the same bodies put into and read back from an object store bucket.
-func peakRSS(ctx context.Context, e *env) ([]Row, error) {
-	size := e.size(128<<20, 16<<20)
-	if e.opts.Full {
-		size = 1e9
-	}
-	const reqBytes = 5e6
-	n := max(1, size/reqBytes)
-	a, err := startAPI(0)
+	a, err := startAPI(time.Hour)
 	if err != nil {
 		return nil, err
 	}
 	defer a.close()
-	cfg := e.config(true, a.url)
-	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n, 2<<30-1, 5*time.Minute
-	cfg.MaxPendingBytes = 2 << 30
-	cfg.InlineMaxBytes = 1 << 20 // by file at every size, --quick's too
+	cfg := e.config(false, a.url)
+	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n+1, 2<<30-1, time.Hour
+	cfg.MaxPending, cfg.MaxAttempts = int64(n+1), 1
 	d, err := e.startDaemon(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer d.close()
-	nc, err := e.connect()
+	f, err := e.fleet()
 	if err != nil {
 		return nil, err
 	}
-	defer nc.Close()
-	c, err := client.New(nc, client.WithSubjects(cfg.SubjectGenerate, cfg.SubjectEmbed),
-		client.WithReplyPrefix(replySubject(cfg, "void")), client.WithBodiesBucket(cfg.BodiesBucket))
-	if err != nil {
+	defer f.close()
+	body := generateBody(1024)
+	// A first round, not counted, warms the daemon up (its maps and pools reach their working
+	// size) and lets what earlier measures left behind be freed before anything is counted.
+	if _, err := e.pendingRound(ctx, d, f, n, body, -1); err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	rawName := e.name() + "-raw"
-	raw, err := e.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: rawName})
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = e.js.DeleteObjectStore(context.Background(), rawName) }()
-	body := generateBody(reqBytes)
-	var r rounds
+	var heap []float64
 	for round := range e.opts.Rounds {
-		var base, got float64
-		err := interleave(round,
-			func() error {
-				rss0, err := resetPeak()
-				if err != nil {
-					return err
-				}
-				if err := putAndGet(ctx, raw, body, n, round); err != nil {
-					return err
-				}
-				base, err = peakGrowth(rss0)
-				return err
-			},
-			func() error {
-				submitted := d.metric("gembatch_submitter_batches_total", "outcome", "submitted")
-				rss0, err := resetPeak()
-				if err != nil {
-					return err
-				}
-				for i := range n {
-					if _, err := c.Publish(ctx, client.Request{Key: fmt.Sprintf("b%d-%d", round, i), Body: body}); err != nil {
-						return err
-					}
-				}
-				if err := waitFor(ctx, 10*time.Minute, "submit the batch", func() bool {
-					return d.metric("gembatch_submitter_batches_total", "outcome", "submitted") > submitted
-				}); err != nil {
-					return err
-				}
-				if got, err = peakGrowth(rss0); err != nil {
-					return err
-				}
-				if d.metric("gembatch_submitter_batches_total", "mode", "file", "outcome", "submitted") == 0 {
-					return errors.New("the batch was not sent by file")
-				}
-				return d.drained(ctx)
-			})
+		h, err := e.pendingRound(ctx, d, f, n, body, round)
 		if err != nil {
 			return nil, err
 		}
-		r.add(base, got)
-		e.progress("peak RSS round %d/%d (%d requests of 5 MB): object store put+get +%.0f MiB, gembatchd +%.0f MiB", round+1, e.opts.Rounds, n, base, got)
+		heap = append(heap, h)
+		e.progress("pending round %d/%d: %.0f B of heap per request above its %d B body", round+1, e.opts.Rounds, h, len(body))
 	}
-	row := r.row(fmt.Sprintf("peak RSS growth sending %d requests of 5 MB (%d MB) by file (durable)", n, n*reqBytes/1e6), "MiB", "lower",
-		"object-store put + get of the same bodies")
-	if !e.opts.Full {
-		row.Note = "--full sends 200 (1 GB)"
-	}
-	where := "in-process: includes the NATS server, the producer and the emulator"
-	if e.ns == nil {
-		where = "the NATS server is yours, not counted; includes the producer and the emulator"
-	}
-	row.Note = strings.TrimPrefix(row.Note+"; "+where, "; ")
-	return []Row{row}, nil
+	return []Row{{Measure: fmt.Sprintf("heap per pending request above its %d B body (%s pending, core mode)", len(body), num(float64(n))),
+		Unit: "B", Better: "lower", Gembatchd: summarize(heap)}}, nil
 }
 
-// putAndGet puts n copies of body in an object store bucket, reads each back, and deletes it:
-// what the bodies of big requests cost the server and a client that streams them.
-func putAndGet(ctx context.Context, obj jetstream.ObjectStore, body []byte, n, round int) error {
-	for i := range n {
-		name := fmt.Sprintf("r%d-%d", round, i)
-		if _, err := obj.Put(ctx, jetstream.ObjectMeta{Name: name}, bytes.NewReader(body)); err != nil {
-			return err
-		}
-		rd, err := obj.Get(ctx, name)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(io.Discard, rd)
-		_ = rd.Close()
-		if err != nil {
-			return err
-		}
-		if err := obj.Delete(ctx, name); err != nil {
-			return err
-		}
+// pendingRound sends n requests, measures, then closes the batch with one more and waits until
+// it is submitted; it returns the heap per request above its body.
+func (e *env) pendingRound(ctx context.Context, d *gembatchd, f *fleet, n int, body []byte, round int) (float64, error) {
+	submitted := d.metric("gembatch_submitter_batches_total", "outcome", "submitted")
+	msgs := requests(d.cfg.SubjectGenerate, replySubject(d.cfg, "void"), fmt.Sprintf("p%d", round), body, n+1, false)
+	last := msgs[n%producers][len(msgs[n%producers])-1]
+	msgs[n%producers] = msgs[n%producers][:len(msgs[n%producers])-1]
+	heap0 := settledHeap()
+	if _, err := d.accepted(ctx, n, func() error { return f.publish(msgs) }); err != nil {
+		return 0, err
 	}
-	return nil
-}
-
-// peakGrowth is the peak RSS since rss0 was taken, above it, in MiB.
-func peakGrowth(rss0 int64) (float64, error) {
-	hwm, err := procStatus("VmHWM")
-	return float64(hwm-rss0) / (1 << 20), err
+	heap1 := heapAfterGC()
+	runtime.KeepAlive(msgs) // counted in both figures
+	if err := f.conns[0].PublishMsg(last); err != nil {
+		return 0, err
+	}
+	if err := waitFor(ctx, 5*time.Minute, "submit the batch", func() bool {
+		return d.metric("gembatch_submitter_batches_total", "outcome", "submitted") > submitted
+	}); err != nil {
+		return 0, err
+	}
+	return (float64(heap1)-float64(heap0))/float64(n) - float64(len(body)), nil
 }

@@ -22,11 +22,15 @@ const activeJobs = 100
 // polling: durable gembatchd at its default poll and lease settings, watching 100 active jobs
 // (the emulator keeps them running for an hour) with 10,000 finished records in the store; the
 // API calls per minute as the emulator counts them, and the process's CPU from getrusage, over
-// a window that starts when the 100th job is created. The baseline is the same process in a
-// window of a third the length before gembatchd starts: NATS holding the records, the emulator idle.
+// a window (a minute, or Options.PollWindow) that starts when the 100th job is created. The
+// baseline is the same process in a window of a third the length before gembatchd starts: NATS
+// holding the records, the emulator idle.
 func polling(ctx context.Context, e *env) ([]Row, error) {
-	records := e.size(10000, 1000)
-	window := time.Duration(e.size(60, 4)) * time.Second
+	records := e.size(10000, 500)
+	window := time.Duration(e.size(60, 3)) * time.Second
+	if e.opts.PollWindow > 0 {
+		window = e.opts.PollWindow
+	}
 	a, err := startAPI(time.Hour)
 	if err != nil {
 		return nil, err
@@ -69,8 +73,8 @@ func polling(ctx context.Context, e *env) ([]Row, error) {
 		return nil, err
 	}
 	calls := float64(a.calls.Load()-calls0) / window.Minutes()
-	what := fmt.Sprintf("polling %d active jobs, %d records in the store (POLL_INTERVAL %s growing to %s, LEASE_TTL %s), first %s",
-		activeJobs, records, cfg.PollInterval, cfg.PollMaxInterval, cfg.LeaseTTL, window)
+	what := fmt.Sprintf("polling %d active jobs, %s records in the store (POLL_INTERVAL %s growing to %s, LEASE_TTL %s), first %s",
+		activeJobs, num(float64(records)), cfg.PollInterval, cfg.PollMaxInterval, cfg.LeaseTTL, window)
 	one := func(v float64) *Stats { return &Stats{Median: v, Min: v, Max: v} }
 	return []Row{
 		{Measure: what + ": API calls", Unit: "calls/min", Better: "lower", Gembatchd: one(calls),

@@ -149,10 +149,6 @@ func (a *api) close() {
 	a.emu.Close()
 }
 
-// deadAPI is a Gemini base URL where nothing listens: creates fail at once, for measures that
-// must hold requests without sending them.
-const deadAPI = "http://127.0.0.1:1"
-
 // gembatchd is one in-process daemon.
 type gembatchd struct {
 	main *daemon.Main
@@ -176,7 +172,7 @@ func (e *env) config(durable bool, apiURL string) daemon.Config {
 	c.StreamSubject = n + ".stream"
 	c.Queue, c.Consumer = n, n
 	c.Stream = strings.ToUpper(n)
-	c.RecordsBucket, c.RequestsBucket, c.BodiesBucket = n+"-records", n+"-requests", n+"-bodies"
+	c.RecordsBucket, c.RequestsBucket, c.BodiesBucket, c.ResultsBucket = n+"-records", n+"-requests", n+"-bodies", n+"-results"
 	c.ReplyAllow = []string{n + ".reply.>"}
 	c.Durable = "false"
 	if durable {

@@ -31,11 +31,15 @@ const (
 	MidReply = "mid-reply"
 	// AfterReplyBeforeReplied: every reply is published, the record is not yet marked replied.
 	AfterReplyBeforeReplied = "after-reply-before-replied-record"
+	// AfterResultObjectBeforeReply: an answer too large for a NATS message is written to the
+	// results bucket, the reply naming it not yet published. Only big answers pass it, so it
+	// is not in Steps.
+	AfterResultObjectBeforeReply = "after-result-object-before-reply"
 	// BeforeClean: the record is marked replied, its input file and record not yet removed.
 	BeforeClean = "before-clean"
 )
 
-// Steps lists every step boundary, in the order a batch passes them.
+// Steps lists the step boundaries every batch passes, in that order.
 var Steps = []string{
 	AfterSealBeforeAck, MidUpload, BeforeCreate, AfterCreateBeforeRec,
 	WhilePolling, MidReply, AfterReplyBeforeReplied, BeforeClean,

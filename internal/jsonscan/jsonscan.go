@@ -6,7 +6,9 @@ package jsonscan
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"strconv"
 )
 
@@ -44,6 +46,12 @@ func (s *Scanner) Err() error {
 	}
 	return s.err
 }
+
+// Offset is the position reached in the input: after Peek, where the next value starts.
+func (s *Scanner) Offset() int { return s.pos }
+
+// Bytes is the input.
+func (s *Scanner) Bytes() []byte { return s.data }
 
 // Peek returns the first byte of the next value, or 0 at the end or after an error.
 func (s *Scanner) Peek() byte {
@@ -267,7 +275,11 @@ func (s *Scanner) array() {
 	}
 	for s.err == nil {
 		s.space()
-		s.value()
+		if s.pos < len(s.data) && (s.data[s.pos] == '-' || (s.data[s.pos] >= '0' && s.data[s.pos] <= '9')) {
+			s.number() // arrays of numbers (embeddings) are most of a result file
+		} else {
+			s.value()
+		}
 		s.space()
 		if s.err != nil {
 			return
@@ -300,8 +312,7 @@ var plain = func() (t [256]bool) {
 func (s *Scanner) str() {
 	d, i := s.data, s.pos+1
 	for {
-		for i+8 <= len(d) && plain[d[i]] && plain[d[i+1]] && plain[d[i+2]] && plain[d[i+3]] &&
-			plain[d[i+4]] && plain[d[i+5]] && plain[d[i+6]] && plain[d[i+7]] {
+		for i+8 <= len(d) && !special8(binary.LittleEndian.Uint64(d[i:])) {
 			i += 8
 		}
 		for i < len(d) && plain[d[i]] {
@@ -346,6 +357,14 @@ func (s *Scanner) str() {
 			return
 		}
 	}
+}
+
+// special8 reports whether any of eight string bytes is a quote, a backslash or a control,
+// eight at a time: (v-lo)&^v&hi is nonzero exactly when a byte of v is zero.
+func special8(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	q, b := x^(lo*'"'), x^(lo*'\\')
+	return ((x-lo*0x20)&^x|(q-lo)&^q|(b-lo)&^b)&hi != 0
 }
 
 func isHex(c byte) bool {
@@ -400,7 +419,19 @@ func (s *Scanner) fracOrExp(i int, context string) {
 	s.expected(context)
 }
 
+// digits returns the end of the run of digits at i, eight bytes at a time where it can.
 func digits(d []byte, i int) int {
+	for i+8 <= len(d) {
+		x := binary.LittleEndian.Uint64(d[i:])
+		// A digit is 0x30-0x39: its high nibble is 3 before and after adding 6. A carry out of a
+		// byte that is no digit only reaches the bytes after it, past the end of the run.
+		const nibbles, threes = 0xF0F0F0F0F0F0F0F0, 0x3030303030303030
+		m := (x&nibbles ^ threes) | ((x+0x0606060606060606)&nibbles ^ threes)
+		if m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+		i += 8
+	}
 	for i < len(d) && d[i] >= '0' && d[i] <= '9' {
 		i++
 	}
@@ -417,8 +448,16 @@ func (s *Scanner) literal(word string) {
 	}
 }
 
-// space skips whitespace, counting it.
+// space skips whitespace, counting it. Most values follow no whitespace at all: that case is
+// inlined at the caller.
 func (s *Scanner) space() {
+	if s.pos < len(s.data) && s.data[s.pos] > ' ' {
+		return
+	}
+	s.spaces()
+}
+
+func (s *Scanner) spaces() {
 	d, i := s.data, s.pos
 	for i < len(d) {
 		switch d[i] {

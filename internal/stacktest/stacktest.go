@@ -58,6 +58,7 @@ type Stack struct {
 	done     chan error
 	stopOnce sync.Once
 	runErr   error
+	checked  bool // the test read Run's error through Stop
 }
 
 // Start runs the stack until the end of the test. cfg gets the NATS URL, and the emulator's URL
@@ -65,13 +66,15 @@ type Stack struct {
 // written to the test log. emu.JobDelay defaults to 100ms.
 func Start(t testing.TB, cfg daemon.Config, emu emulator.Options) *Stack {
 	t.Helper()
-	return StartWith(t, &server.Options{}, cfg, emu)
+	return StartWith(t, cfg, emu, server.Options{})
 }
 
-// StartWith is Start on a NATS server with options of the test's (a small max_payload).
-func StartWith(t testing.TB, natsOpts *server.Options, cfg daemon.Config, emu emulator.Options) *Stack {
+// StartWith is Start on a NATS server with the given options (a small MaxPayload, say); its
+// JetStream store, host and port are the test's own.
+func StartWith(t testing.TB, cfg daemon.Config, emu emulator.Options, natsOpts server.Options) *Stack {
 	t.Helper()
-	ns, err := embedded.NATSWith(natsOpts, t.TempDir())
+	natsOpts.Host, natsOpts.Port = "", 0
+	ns, err := embedded.NATSWith(&natsOpts, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +84,7 @@ func StartWith(t testing.TB, natsOpts *server.Options, cfg daemon.Config, emu em
 	s := &Stack{NATS: ns, Emulator: emulator.New(emu), t: t, done: make(chan error, 1)}
 	s.API = httptest.NewServer(s.Emulator)
 	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
+		if err := s.stopDaemon(); err != nil && !s.checked {
 			t.Errorf("gembatchd: %v", err)
 		}
 		s.API.Close()
@@ -131,8 +134,14 @@ func (s *Stack) run(cfg daemon.Config) {
 	}
 }
 
-// Stop stops the daemon as SIGTERM would and returns Run's error; later calls return the same.
+// Stop stops the daemon as SIGTERM would and returns Run's error, for the test to judge; later
+// calls return the same.
 func (s *Stack) Stop() error {
+	s.checked = true
+	return s.stopDaemon()
+}
+
+func (s *Stack) stopDaemon() error {
 	s.stopOnce.Do(func() {
 		s.stop()
 		select {

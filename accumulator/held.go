@@ -1,0 +1,158 @@
+package accumulator
+
+import (
+	"hash/maphash"
+	"strings"
+	"time"
+
+	"github.com/gembatch/gembatch/record"
+)
+
+// chunkLen is how many requests one chunk of an open batch holds: chunks, not one growing
+// slice, so that the batch never holds a half-empty array from its last doubling.
+const chunkLen = 1024
+
+// Bodies are copied back to back into slabs that start at minSlab bytes and double up to
+// maxSlab; a body longer than maxSlabBody gets an allocation of its own. One allocation per
+// body would round each up to its size class (up to 12.5% of it); a slab wastes only its tail.
+const (
+	minSlab     = 4 << 10
+	maxSlab     = 256 << 10
+	maxSlabBody = 32 << 10
+)
+
+// held is an open batch's requests, in the compact form they wait in. In core mode these are
+// the only copy of a request, so their bytes per request are the daemon's memory.
+type held struct {
+	chunks [][]pending
+	n      int
+	slab   []byte // where the next bodies are copied to
+
+	// The keys' index, for duplicates: by a 64-bit hash of the key (a 16-byte map slot where a
+	// string key takes 24), and by the key itself for the rare key whose hash another has.
+	hash    func(string) uint64
+	byHash  map[uint64]int32
+	clashes map[string]int32
+}
+
+// pending is a record.Request as it waits: times as Unix nanoseconds (0 for none) instead of
+// 24-byte time.Times, its attempt in 32 bits: 120 bytes instead of 152.
+type pending struct {
+	id, key, reply     string
+	body               []byte
+	received, deadline int64
+	size               int64
+	seq                uint64
+	msg                record.Held
+	attempt            int32
+}
+
+// find returns the index of the request with this key.
+func (h *held) find(key string) (int, bool) {
+	if h.byHash == nil {
+		return 0, false
+	}
+	if i, ok := h.byHash[h.hash(key)]; ok && h.at(int(i)).key == key {
+		return int(i), true
+	}
+	i, ok := h.clashes[key]
+	return int(i), ok
+}
+
+// index adds the key of request i, which find does not know yet.
+func (h *held) index(key string, i int32) {
+	if h.byHash == nil {
+		if h.hash == nil {
+			seed := maphash.MakeSeed()
+			h.hash = func(s string) uint64 { return maphash.String(seed, s) }
+		}
+		h.byHash = make(map[uint64]int32)
+	}
+	sum := h.hash(key)
+	if _, taken := h.byHash[sum]; !taken {
+		h.byHash[sum] = i
+		return
+	}
+	if h.clashes == nil {
+		h.clashes = make(map[string]int32)
+	}
+	h.clashes[key] = i
+}
+
+func (h *held) at(i int) *pending { return &h.chunks[i/chunkLen][i%chunkLen] }
+
+// add keeps a request whose key is not held yet. Its body and key are copied out of the message they came in: the body
+// shares an allocation with the message's header block, rounded up to a size class, and the
+// key is a substring of that header block, so keeping either would keep all of it.
+func (h *held) add(r record.Request) {
+	if h.n%chunkLen == 0 {
+		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
+	}
+	p := pending{id: r.ID, key: r.Key, reply: r.Reply, body: h.copyBody(r.Body), size: r.Size,
+		seq: r.Seq, msg: r.Msg, attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
+	if r.Key != r.ID { // a generated key is the id itself
+		p.key = strings.Clone(r.Key)
+	}
+	last := &h.chunks[len(h.chunks)-1]
+	*last = append(*last, p)
+	h.index(p.key, int32(h.n)) // the held copy of the key
+	h.n++
+}
+
+// copyBody copies a body into the slab. The copy's capacity ends with it, so that an append to
+// one body can never write over the next.
+func (h *held) copyBody(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	if len(b) > maxSlabBody {
+		return append(make([]byte, 0, len(b)), b...)
+	}
+	if cap(h.slab)-len(h.slab) < len(b) {
+		h.slab = make([]byte, 0, min(max(2*cap(h.slab), minSlab), maxSlab))
+	}
+	start := len(h.slab)
+	h.slab = append(h.slab, b...)
+	return h.slab[start:len(h.slab):len(h.slab)]
+}
+
+// requests returns the batch as the record carries it.
+func (h *held) requests() []record.Request {
+	if h.n == 0 {
+		return nil
+	}
+	reqs := make([]record.Request, 0, h.n)
+	for _, c := range h.chunks {
+		for i := range c {
+			p := &c[i]
+			reqs = append(reqs, record.Request{ID: p.id, Key: p.key, Reply: p.reply, Body: p.body, Size: p.size,
+				Seq: p.seq, Msg: p.msg, Attempt: int(p.attempt), Received: fromNanos(p.received), Deadline: fromNanos(p.deadline)})
+		}
+	}
+	return reqs
+}
+
+// inProgress tells the stream that the batch's messages are still being worked on.
+func (h *held) inProgress() {
+	for _, c := range h.chunks {
+		for i := range c {
+			if m := c[i].msg; m != nil {
+				_ = m.InProgress() // a lost one is covered by the next beat, well inside AckWait
+			}
+		}
+	}
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package accumulator_test
+
+const raceEnabled = false

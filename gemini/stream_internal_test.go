@@ -1,0 +1,116 @@
+package gemini
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// opReader produces an operation of n inline answers of size bytes each, in metadata.output and
+// again in the response mirror, a piece at a time: the whole never exists in memory.
+type opReader struct {
+	n, size int
+	part    int // 0: head, 1..n: metadata items, then the middle, then mirror items, then the tail
+	buf     bytes.Reader
+}
+
+func (o *opReader) Read(p []byte) (int, error) {
+	for o.buf.Len() == 0 {
+		var s string
+		switch k := o.part; {
+		case k == 0:
+			s = `{"name":"batches/big","metadata":{"state":"BATCH_STATE_SUCCEEDED","output":{"inlinedResponses":{"inlinedResponses":[`
+		case k <= o.n || (k > o.n+1 && k <= 2*o.n+1):
+			i := (k - 1) % (o.n + 1)
+			s = fmt.Sprintf(`{"response":{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png","data":"%s"}}]}}]},"metadata":{"key":"k%d"}}`,
+				strings.Repeat("A", o.size), i)
+			if k != o.n && k != 2*o.n+1 {
+				s += ","
+			}
+		case k == o.n+1:
+			s = `]}}},"done":true,"response":{"@type":"x","inlinedResponses":{"inlinedResponses":[`
+		case k == 2*o.n+2:
+			s = `]}}}`
+		default:
+			return 0, io.EOF
+		}
+		o.part++
+		o.buf.Reset([]byte(s))
+	}
+	return o.buf.Read(p)
+}
+
+// TestInlineAnswersOneAtATime: an operation of 12 answers of 1 MB, twice over (the response
+// mirror), is read holding about one answer: the live heap stays far below the 24 MB read and
+// below a quarter of what decoding it whole holds.
+func TestInlineAnswersOneAtATime(t *testing.T) {
+	const n, size = 12, 1 << 20
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base, peak := ms.HeapAlloc, uint64(0)
+	count := 0
+	op, err := decodeOperation(&opReader{n: n, size: size}, func(r Result) error {
+		count++
+		if len(r.Response) < size {
+			t.Fatalf("answer %s of %d bytes", r.Key, len(r.Response))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		peak = max(peak, ms.HeapAlloc-min(base, ms.HeapAlloc))
+		return nil
+	})
+	if err != nil || count != n || op.State() != StateSucceeded || op.Response == nil || op.Response.InlinedResponses == nil {
+		t.Fatalf("%d answers, op %+v, err %v", count, op, err)
+	}
+	// The whole decode GetBatch does, for comparison in the same run.
+	base = heapNow()
+	var op2 Operation
+	if err := json.NewDecoder(&opReader{n: n, size: size}).Decode(&op2); err != nil {
+		t.Fatal(err)
+	}
+	whole := heapNow() - min(base, heapNow())
+	runtime.KeepAlive(&op2)
+	t.Logf("live heap above the start: streamed at most %.1f MB, decoded whole %.1f MB (ratio %.3f), reading %d MB",
+		float64(peak)/(1<<20), float64(whole)/(1<<20), float64(peak)/float64(whole), 2*n*size>>20)
+	if peak > 16<<20 || peak > whole/4 {
+		t.Fatalf("live heap grew by %d MB (whole decode: %d MB): answers are held together", peak>>20, whole>>20)
+	}
+}
+
+// heapNow is the live heap once garbage is collected.
+func heapNow() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// FuzzStreamOperation: any input is read without panicking; what a whole decode accepts, the
+// streaming one accepts too, with every answer handed over keeping the Result contract.
+func FuzzStreamOperation(f *testing.F) {
+	f.Add([]byte(`{"name":"batches/x","metadata":{"state":"BATCH_STATE_SUCCEEDED","output":{"inlinedResponses":{"inlinedResponses":[{"response":{"a":1},"metadata":{"key":"a"}},{"error":{"code":3},"metadata":{"key":"b"}}]}}},"done":true}`))
+	f.Add([]byte(`{"response":{"@type":"t","inlinedResponses":{"inlinedResponses":[{"metadata":{"key":"c"}}]}},"metadata":{"inputConfig":{"requests":{}},"output":null}}`))
+	f.Add([]byte(`{"metadata":{"output":{"responsesFile":"files/r","inlinedResponses":null}}} `))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		op, err := decodeOperation(bytes.NewReader(data), func(r Result) error {
+			if (r.Error == nil) == (r.Response == nil) || (r.Response != nil && !json.Valid(r.Response)) {
+				t.Errorf("result breaks the contract: %+v", r)
+			}
+			return nil
+		})
+		var whole Operation
+		if json.Unmarshal(data, &whole) == nil && err != nil {
+			t.Fatalf("a whole decode accepts %q, the stream says %v", data, err)
+		}
+		if err == nil {
+			_ = op.State()
+			_ = op.Output()
+		}
+	})
+}
