@@ -98,7 +98,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 		// Checked before every try: a freeze during a slow write must not let a later try
 		// record messages that were meanwhile delivered to another replica.
 		if !d.lease.HeldSince(oldest(rec), d.margin) {
-			d.handBack(rec)
+			d.giveUp(rec, attempt)
 			return
 		}
 		inProgress(rec) // the AckWait runs from here while the batch is written
@@ -116,6 +116,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
 			d.log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
 				Msg("could not record a sealed batch; its requests will be delivered again")
+			d.giveUp(rec, attempt+1)
 			return
 		}
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("record sealed batch; retrying")
@@ -183,6 +184,16 @@ func (d *durableSealer) landed(rec *record.Record) bool {
 	}
 	rec.Revision = got.Revision
 	return true
+}
+
+// giveUp hands a batch back that could not be recorded in time. A try whose answer was lost may
+// have recorded it all the same: that record is abandoned, so that no replica sends it later.
+func (d *durableSealer) giveUp(rec *record.Record, tries int) {
+	if tries > 0 && d.landed(rec) {
+		d.abandon(rec)
+		return
+	}
+	d.handBack(rec)
 }
 
 // inProgress tells the stream that a batch's messages are still being worked on.
