@@ -36,15 +36,23 @@ type held struct {
 }
 
 // pending is a record.Request as it waits: times as Unix nanoseconds (0 for none) instead of
-// 24-byte time.Times, its attempt in 32 bits: 120 bytes instead of 152.
+// 24-byte time.Times, its attempt in 32 bits, what came from the stream behind a pointer: 120
+// bytes where a record.Request takes 176.
 type pending struct {
 	id, key, reply     string
 	body               []byte
 	received, deadline int64
 	size               int64
 	seq                uint64
-	msg                record.Held
+	stream             *fromStream // durable mode only: nil in core mode, where memory is the bound
 	attempt            int32
+}
+
+// fromStream is what a request held in durable mode carries beyond its fields: its stream
+// message, and the object holding its body when it came by reference.
+type fromStream struct {
+	msg        record.Held
+	bodyObject string
 }
 
 // find returns the index of the request with this key.
@@ -89,7 +97,7 @@ func (h *held) add(r record.Request) {
 		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
 	}
 	p := pending{id: r.ID, key: r.Key, reply: r.Reply, body: h.copyBody(r.Body), size: r.Size,
-		seq: r.Seq, msg: r.Msg, attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
+		seq: r.Seq, stream: streamOf(r), attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
 	if r.Key != r.ID { // a generated key is the id itself
 		p.key = strings.Clone(r.Key)
 	}
@@ -125,8 +133,12 @@ func (h *held) requests() []record.Request {
 	for _, c := range h.chunks {
 		for i := range c {
 			p := &c[i]
-			reqs = append(reqs, record.Request{ID: p.id, Key: p.key, Reply: p.reply, Body: p.body, Size: p.size,
-				Seq: p.seq, Msg: p.msg, Attempt: int(p.attempt), Received: fromNanos(p.received), Deadline: fromNanos(p.deadline)})
+			q := record.Request{ID: p.id, Key: p.key, Reply: p.reply, Body: p.body, Size: p.size,
+				Seq: p.seq, Attempt: int(p.attempt), Received: fromNanos(p.received), Deadline: fromNanos(p.deadline)}
+			if p.stream != nil {
+				q.Msg, q.BodyObject = p.stream.msg, p.stream.bodyObject
+			}
+			reqs = append(reqs, q)
 		}
 	}
 	return reqs
@@ -136,11 +148,19 @@ func (h *held) requests() []record.Request {
 func (h *held) inProgress() {
 	for _, c := range h.chunks {
 		for i := range c {
-			if m := c[i].msg; m != nil {
-				_ = m.InProgress() // a lost one is covered by the next beat, well inside AckWait
+			if st := c[i].stream; st != nil && st.msg != nil {
+				_ = st.msg.InProgress() // a lost one is covered by the next beat, well inside AckWait
 			}
 		}
 	}
+}
+
+// streamOf is what a request carries from the stream, if anything.
+func streamOf(r record.Request) *fromStream {
+	if r.Msg == nil && r.BodyObject == "" {
+		return nil
+	}
+	return &fromStream{msg: r.Msg, bodyObject: r.BodyObject}
 }
 
 func nanos(t time.Time) int64 {

@@ -11,8 +11,11 @@ import (
 	"strings"
 )
 
-// readElsewhere are GEMBATCH_* variables gembatchd reads outside Config.
-var readElsewhere = []string{"GEMBATCH_FAILPOINT", "GEMBATCH_TEST_CLOCK_OFFSET"} // internal/failpoint and internal/clock, for the fault tests
+// readElsewhere are GEMBATCH_* variables gembatchd reads outside Config (internal/failpoint and
+// internal/clock, for the fault tests), or that the project's test runs set around it and it
+// must let pass: gembatchd runs in those tests' environment.
+var readElsewhere = []string{"GEMBATCH_FAILPOINT", "GEMBATCH_TEST_CLOCK_OFFSET",
+	"GEMBATCH_FAULT_REPORT", "GEMBATCH_FAULT_SEED", "GEMBATCH_FAULT_TRIALS", "GEMBATCH_FAULT_LOGS", "GEMBATCH_TEST_RUN"}
 
 // serviceLink matches the variables Kubernetes sets in every pod for a Service named gembatch
 // (GEMBATCH_SERVICE_HOST, GEMBATCH_PORT_9090_TCP_ADDR...): not the user's mistakes.

@@ -25,6 +25,7 @@ func resultFile(ctx context.Context, e *env) ([]Row, error) {
 	defer a.close()
 	a.keepFiles.Store(true)
 	cfg := e.config(false, a.url)
+	cfg.KeepJobs = true // the job's result file is read afterwards
 	cfg.BatchMaxRequests, cfg.BatchMaxWait, cfg.InlineMaxBytes = n, time.Minute, 0
 	d, err := e.startDaemon(cfg)
 	if err != nil {
