@@ -111,7 +111,7 @@ func TestBenchOnYourServer(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("bench exit %d\nstderr:\n%s", code, errb.String())
 	}
-	for _, want := range []string{"| measure | baseline | gembatchd | ratio |", "durable intake", "answers of 2 MB", "n/a"} {
+	for _, want := range []string{"| measure | baseline | gembatchd | ratio |", "durable intake", "answers of 2.1 MB delivered"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
