@@ -173,6 +173,7 @@ func (e *env) config(durable bool, apiURL string) daemon.Config {
 	c.Queue, c.Consumer = n, n
 	c.Stream = strings.ToUpper(n)
 	c.RecordsBucket, c.RequestsBucket, c.BodiesBucket, c.ResultsBucket = n+"-records", n+"-requests", n+"-bodies", n+"-results"
+	c.LeasesBucket = n + "-leases"
 	c.ReplyAllow = []string{n + ".reply.>"}
 	c.Durable = "false"
 	if durable {
