@@ -151,13 +151,6 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 	if in.stream, err = EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
 		return err
 	}
-	go in.confirm()
-	// Every replica forwards every core request, each with the same Nats-Msg-Id: the stream
-	// keeps one, and a request received by a replica that dies before forwarding it is still
-	// stored by the others.
-	if err := in.subscribe("", in.forward); err != nil {
-		return err
-	}
 	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
 		Durable:        in.scfg.Consumer,
 		Description:    "gembatchd replicas batching requests",
@@ -169,6 +162,18 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("consumer %s on stream %s: %w", in.scfg.Consumer, in.scfg.Stream, err)
+	}
+	go in.confirm()
+	// Every replica forwards every core request, each with the same Nats-Msg-Id: the stream
+	// keeps one, and a request received by a replica that dies before forwarding it is still
+	// stored by the others.
+	if err := in.subscribe("", in.forward); err != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if in.Intake.Drain(dctx) == nil { // no forwarder can run any more
+			close(in.futures)
+		}
+		return err
 	}
 	go in.pull(cons)
 	return in.nc.Flush()
@@ -281,11 +286,23 @@ func ForwardID(kind gemini.Kind, msg *nats.Msg) string {
 // confirm answers forwarded messages the stream refused.
 func (in *StreamIntake) confirm() {
 	defer close(in.fwdDone)
-	for fw := range in.futures {
+	for {
+		var fw forwarded
+		select {
+		case f, ok := <-in.futures:
+			if !ok {
+				return
+			}
+			fw = f
+		case <-in.stop: // shutting down without NATS: an acknowledgement may never come
+			return
+		}
 		select {
 		case <-fw.f.Ok():
 		case err := <-fw.f.Err():
 			in.Reject(fw.kind, fw.reply, reject(ReasonUnstored, fw.key, gemini.CodeUnavailable, "could not store the request: %v; retry later", err))
+		case <-in.stop:
+			return
 		}
 	}
 }
