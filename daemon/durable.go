@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -262,20 +263,13 @@ func confirmAcks(rec *record.Record) error {
 			defer cancel()
 			if err := q.Msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 				mu.Lock()
-				first = cmpErr(first, err)
+				first = cmp.Or(first, err)
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	return first
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // takeOver readies a record this replica just took over and hands it to its stage. A record

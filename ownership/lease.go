@@ -37,7 +37,6 @@ type Leaser struct {
 	renewSent time.Time // when the last renewal that landed was sent
 	unbroken  time.Time // since when the lease has been held without a lapse
 	sightings map[string]Sighting
-	lapses    int
 }
 
 // LeaseKey is the leases-bucket key of an instance name: characters a key may not hold become '_'.
@@ -138,7 +137,6 @@ func (l *Leaser) renew(ctx context.Context) error {
 		// The lease lapsed (a freeze, a NATS outage): others may have taken its records, and
 		// messages it held may have been delivered elsewhere. Work begun before now is not ours.
 		l.unbroken = sent
-		l.lapses++
 		l.log.Warn().Str("since_last_renewal", sent.Sub(l.renewSent).String()).Msg("lease lapsed and is renewed; work begun before is given up")
 	}
 	l.rev, l.renewSent = rev, sent
