@@ -223,27 +223,7 @@ func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
 	}
 	pending := publishBodies(t, c, bodies)
 	js, _ := jetstream.New(h.nc)
-	kv, err := js.KeyValue(context.Background(), "gembatch-records")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec record.Record
-	deadline := time.Now().Add(30 * time.Second)
-	for rec.State != record.Submitting || rec.Count != len(bodies) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no record of the whole batch in submitting: %+v", rec)
-		}
-		time.Sleep(50 * time.Millisecond)
-		keys, _ := kv.ListKeys(context.Background())
-		if keys == nil {
-			continue
-		}
-		for k := range keys.Keys() {
-			if e, err := kv.Get(context.Background(), k); err == nil {
-				_ = json.Unmarshal(e.Value(), &rec)
-			}
-		}
-	}
+	rec := waitRecord(t, js, func(r record.Record) bool { return r.State == record.Submitting && r.Count == len(bodies) })
 	if rec.Chunks < 1 {
 		t.Fatalf("record %+v names no input chunks", rec)
 	}
@@ -262,4 +242,75 @@ func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
 	if got := h.metricOf(s.Main, "gembatch_submitter_uploaded_bytes_total"); got != float64(want) {
 		t.Fatalf("the second replica uploaded %v bytes, want the batch's %d", got, want)
 	}
+}
+
+// A takeover that cannot read the record's requests (a NATS hiccup, a slow object store) tries
+// again until it can: the record it claimed has no other owner while this replica lives, so
+// giving up after one try would leave its requests unanswered for good.
+func TestTakeoverRetriesWhatItCouldNotRead(t *testing.T) {
+	cfg := bigConfig()
+	cfg.Instance = "first"
+	cfg.GeminiBaseURL = "http://127.0.0.1:1" // nothing listens: the batch cannot be submitted
+	cfg.ShutdownGrace = time.Second
+	cfg.BatchMaxRequests = 3
+	s := stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload})
+	h := harnessOn(t, s)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bodies := map[string][]byte{}
+	for i := range 3 {
+		bodies[fmt.Sprintf("q%d", i)] = bigBody(fmt.Sprintf("q %d", i), 10, false)
+	}
+	pending := publishBodies(t, c, bodies)
+	js, _ := jetstream.New(h.nc)
+	rec := waitRecord(t, js, func(r record.Record) bool { return r.State == record.Submitting && r.Count == len(bodies) })
+	// The record's request lines vanish for a while, as if the object store did not answer.
+	obj, err := js.ObjectStore(context.Background(), cfg.RequestsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := obj.GetBytes(context.Background(), rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := obj.Delete(context.Background(), rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	next := cfg
+	next.Instance = "second"
+	next.GeminiBaseURL = daemon.Defaults().GeminiBaseURL // the emulator
+	s.Restart(next)
+	time.Sleep(2 * time.Second) // the takeover's first tries fail
+	if _, err := obj.PutBytes(context.Background(), rec.ID, lines); err != nil {
+		t.Fatal(err)
+	}
+	checkAnswers(t, pending, bodies, time.Minute)
+}
+
+// waitRecord polls the records bucket until one record satisfies ok, and returns it.
+func waitRecord(t *testing.T, js jetstream.JetStream, ok func(record.Record) bool) record.Record {
+	t.Helper()
+	kv, err := js.KeyValue(context.Background(), "gembatch-records")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		keys, err := kv.ListKeys(context.Background())
+		if err != nil {
+			continue
+		}
+		for k := range keys.Keys() {
+			var rec record.Record
+			if e, err := kv.Get(context.Background(), k); err == nil && json.Unmarshal(e.Value(), &rec) == nil && ok(rec) {
+				return rec
+			}
+		}
+	}
+	t.Fatal("no record in the state waited for")
+	return record.Record{}
 }

@@ -3,7 +3,6 @@ package daemon
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -272,36 +271,59 @@ func confirmAcks(rec *record.Record) error {
 	return first
 }
 
-// takeOver readies a record this replica just took over and hands it to its stage. A record
-// still to be submitted needs its requests (its upload streams its input chunks; a record
-// written before chunks needs its bodies in hand), and the messages of a record whose acks were
-// never confirmed are removed from the stream first, so that none is delivered again.
+// takeOver readies a record this replica just took over and hands it to its stage, trying
+// again with backoff until it can: the record has no other owner while this replica lives, so
+// a read or removal given up on would leave its requests unanswered for good.
 func (m *Main) takeOver(ctx context.Context, st *jsstore.Store, in *intake.StreamIntake, rec *record.Record, route func(*record.Record)) {
-	if rec.State == record.Sealed || rec.State == record.Submitting {
-		full, err := st.Get(ctx, rec.ID)
-		if err == nil && rec.Chunks == 0 {
-			var bodies map[string]json.RawMessage
-			bodies, err = st.Bodies(ctx, rec.ID)
-			for i := range full.Requests {
-				full.Requests[i].Body = bodies[full.Requests[i].Key]
-			}
-		}
-		if err != nil {
-			m.Log.Error().Err(err).Str("record", rec.ID).Msg("read the requests of a record taken over; leaving it for another try")
+	retry := backoff.Policy{Initial: 500 * time.Millisecond, Max: 30 * time.Second}
+	for attempt := 0; ; attempt++ {
+		err := m.ready(ctx, st, in, rec)
+		if err == nil {
+			route(rec)
 			return
 		}
-		rec.Requests = full.Requests
-		if !rec.Acked {
-			if err := in.Remove(ctx, rec.Requests); err != nil {
-				m.Log.Warn().Err(err).Str("record", rec.ID).Msg("remove the messages of a record taken over")
-				return
-			}
-			if err := st.Confirmed(ctx, rec); err != nil {
-				return
-			}
+		if errors.Is(err, record.ErrConflict) || errors.Is(err, record.ErrNotFound) {
+			m.Log.Warn().Err(err).Str("record", rec.ID).Msg("a record taken over changed hands or ended meanwhile; left to its new owner")
+			return
+		}
+		wait := retry.Delay(attempt)
+		m.Log.Error().Err(err).Str("record", rec.ID).Int("attempt", attempt+1).Float64("retry_in_seconds", wait.Seconds()).
+			Msg("ready a record taken over")
+		if !backoff.Sleep(ctx, wait) {
+			return
 		}
 	}
-	route(rec)
+}
+
+// ready fills in what a taken-over record needs before its stage can go on. A record still to
+// be submitted needs its requests (its upload streams its input chunks; a record written before
+// chunks needs its bodies in hand), and the messages of a record whose acks were never confirmed
+// are removed from the stream first, so that none is delivered again.
+func (m *Main) ready(ctx context.Context, st *jsstore.Store, in *intake.StreamIntake, rec *record.Record) error {
+	if rec.State != record.Sealed && rec.State != record.Submitting {
+		return nil
+	}
+	full, err := st.Get(ctx, rec.ID)
+	if err != nil {
+		return fmt.Errorf("read its requests: %w", err)
+	}
+	if rec.Chunks == 0 {
+		bodies, err := st.Bodies(ctx, rec.ID)
+		if err != nil {
+			return fmt.Errorf("read its bodies: %w", err)
+		}
+		for i := range full.Requests {
+			full.Requests[i].Body = bodies[full.Requests[i].Key]
+		}
+	}
+	rec.Requests = full.Requests
+	if rec.Acked {
+		return nil
+	}
+	if err := in.Remove(ctx, rec.Requests); err != nil {
+		return fmt.Errorf("remove its messages from the stream: %w", err)
+	}
+	return st.Confirmed(ctx, rec)
 }
 
 // shareQuota tells the submitter what jobs the other replicas hold, from the coordinator's

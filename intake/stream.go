@@ -353,8 +353,15 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 func (in *StreamIntake) removed(seq uint64) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := in.stream.GetMsg(ctx, seq)
-	return errors.Is(err, jetstream.ErrMsgNotFound) || isGone(err)
+	return gone(ctx, in.stream, seq)
+}
+
+// gone reports a message the stream no longer holds. A failed delete is checked this way: the
+// server words "already deleted" differently by version and storage (10043 "sequence N not
+// found", 10057 "no message found"), and another replica may have removed it meanwhile.
+func gone(ctx context.Context, s jetstream.Stream, seq uint64) bool {
+	_, err := s.GetMsg(ctx, seq)
+	return errors.Is(err, jetstream.ErrMsgNotFound)
 }
 
 // Remove deletes the requests' messages from the stream, so that none is delivered again: for a
@@ -368,17 +375,11 @@ func (in *StreamIntake) Remove(ctx context.Context, reqs []record.Request) error
 		if q.Seq == 0 {
 			continue
 		}
-		if err := s.DeleteMsg(ctx, q.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !isGone(err) {
+		if err := s.DeleteMsg(ctx, q.Seq); err != nil && !gone(ctx, s, q.Seq) {
 			return fmt.Errorf("remove message %d of stream %s: %w", q.Seq, in.scfg.Stream, err)
 		}
 	}
 	return nil
-}
-
-// isGone reports a delete of a message the stream no longer holds.
-func isGone(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound || apiErr.Code == 404)
 }
 
 // Drain stops forwarding and consuming and returns once what was delivered is handled.

@@ -2,6 +2,8 @@ package intake_test
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -10,8 +12,10 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/intake"
 	"github.com/gembatch/gembatch/internal/stacktest"
+	"github.com/gembatch/gembatch/record"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, stacktest.LeakOptions()...) }
@@ -71,5 +75,38 @@ func TestEnsureStreamLeavesForeignStreams(t *testing.T) {
 	s, err = intake.EnsureStream(ctx, js, cfg, zerolog.Nop())
 	if err != nil || !strings.Contains(strings.Join(s.CachedInfo().Config.Subjects, ","), "gb.stream.generate") {
 		t.Fatalf("with Update: %v, subjects %v", err, s.CachedInfo().Config.Subjects)
+	}
+}
+
+// TestRemoveSkipsMessagesAlreadyGone: a takeover removes the messages of a record whose earlier
+// owner may have removed some of them already (it was killed mid-way); a message the stream no
+// longer holds is not an error, and every other one is removed.
+func TestRemoveSkipsMessagesAlreadyGone(t *testing.T) {
+	js := jetStream(t)
+	ctx := context.Background()
+	cfg := streamConfig()
+	s, err := intake.EnsureStream(ctx, js, cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs []record.Request
+	for i := range 4 {
+		ack, err := js.Publish(ctx, cfg.StreamSubject(gemini.KindGenerate), []byte(`{"contents":[]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs = append(reqs, record.Request{Key: strconv.Itoa(i), Seq: ack.Sequence})
+	}
+	if err := s.DeleteMsg(ctx, reqs[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	in := intake.NewStream(*cfg, nil, js, nil, nil, zerolog.Nop(), nil)
+	if err := in.Remove(ctx, reqs); err != nil {
+		t.Fatalf("remove with one message gone already: %v", err)
+	}
+	for _, q := range reqs {
+		if _, err := s.GetMsg(ctx, q.Seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+			t.Errorf("message %d still in the stream: %v", q.Seq, err)
+		}
 	}
 }
