@@ -9,7 +9,8 @@
 //
 // GEMBATCH_FAULT_TRIALS sets the campaign's number of trials (default 36: every step boundary
 // with both kinds of fault twice, plus a kill while accumulating and a skewed pair); 200 is the
-// long mode (go test -timeout 30m). GEMBATCH_FAULT_SEED replays a campaign; GEMBATCH_FAULT_LOGS=1
+// long mode (go test -timeout 30m). GEMBATCH_FAULT_SEED replays a campaign; GEMBATCH_FAULT_ONLY
+// (step:action[,...], e.g. mid-reply:kill) runs only those faults; GEMBATCH_FAULT_LOGS=1
 // prints the daemons' logs of a breached trial (=all: of every trial); GEMBATCH_FAULT_REPORT
 // names a file each test appends its figures to.
 package faulttest

@@ -53,6 +53,10 @@ type Store struct {
 	// taking over a submitted job must read no bodies.
 	metaReads, bodyReads atomic.Int64
 
+	// lost holds, by record id, the value of the last write whose answer was lost and whose
+	// outcome is unknown.
+	lost sync.Map
+
 	mu      sync.Mutex
 	seqs    map[uint64]string   // stream sequence → record whose acks are not yet confirmed
 	unacked map[string][]uint64 // record → its sequences in seqs
@@ -238,21 +242,68 @@ func encodeRequests(reqs []record.Request) (*bytes.Buffer, error) {
 }
 
 // Update writes r by a compare-and-set on r.Revision, the revision its writer read or wrote
-// last: record.ErrConflict if anyone wrote the record since.
+// last: record.ErrConflict if anyone wrote the record since. A write whose answer was lost (a
+// timeout, a reconnect, a leader change) may have landed all the same: it is read back at once,
+// and if that fails too, remembered, so that the writer's next try is not taken for another
+// writer's and its record left unowned.
 func (s *Store) Update(ctx context.Context, r *record.Record) error {
 	b, err := s.encode(r)
 	if err != nil {
 		return err
 	}
 	rev, err := s.kv.Update(ctx, r.ID, b, r.Revision)
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("record %s at revision %d: %w", r.ID, r.Revision, record.ErrConflict)
+	switch {
+	case isConflict(err):
+		rev, err = s.overOwnLostWrite(ctx, r.ID, b)
+		if err != nil {
+			return fmt.Errorf("record %s at revision %d: %w", r.ID, r.Revision, err)
+		}
+	case err != nil:
+		if rev, err = s.landed(ctx, r.ID, b, err); err != nil {
+			return fmt.Errorf("write record %s: %w", r.ID, err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("write record %s: %w", r.ID, err)
-	}
+	s.lost.Delete(r.ID)
 	r.Revision = rev
 	return nil
+}
+
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound)
+}
+
+// landed reads a record back after a write whose answer was lost: the write is done if the
+// record holds what it wrote. Otherwise the value is remembered for overOwnLostWrite.
+func (s *Store) landed(ctx context.Context, id string, value []byte, cause error) (uint64, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if e, err := s.kv.Get(rctx, id); err == nil && bytes.Equal(e.Value(), value) {
+		return e.Revision(), nil
+	}
+	s.lost.Store(id, value)
+	return 0, cause
+}
+
+// overOwnLostWrite settles a conflict: if the record holds exactly what an earlier write of this
+// store whose answer was lost wrote, nobody wrote since, and value goes on top of it; anything
+// else is a real conflict.
+func (s *Store) overOwnLostWrite(ctx context.Context, id string, value []byte) (uint64, error) {
+	prev, ok := s.lost.Load(id)
+	if !ok {
+		return 0, record.ErrConflict
+	}
+	e, err := s.kv.Get(ctx, id)
+	if err != nil || !bytes.Equal(e.Value(), prev.([]byte)) {
+		return 0, record.ErrConflict
+	}
+	rev, err := s.kv.Update(ctx, id, value, e.Revision())
+	switch {
+	case isConflict(err):
+		return 0, record.ErrConflict
+	case err != nil:
+		return s.landed(ctx, id, value, err)
+	}
+	return rev, nil
 }
 
 // Get reads a record with its requests, without their bodies.
@@ -392,6 +443,7 @@ func (s *Store) each(ctx context.Context, f func(*record.Record) error) error {
 // gap, so they are deleted until one is not found); the record itself, Cleaned, stays in the
 // bucket until the retention period expires it.
 func (s *Store) Delete(ctx context.Context, id string) error {
+	s.lost.Delete(id)
 	for _, name := range []string{id, bodiesObject(id)} {
 		if err := s.obj.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			return fmt.Errorf("delete %s: %w", name, err)

@@ -215,3 +215,77 @@ func TestRequestObjectsExpire(t *testing.T) {
 		t.Fatalf("request objects live %s, want the 72h retention", st.TTL())
 	}
 }
+
+// lossyKV is the records bucket as a cluster losing answers shows it (a leader change, a
+// reconnect, a timeout): the next writes land, but their callers get an error; the next reads
+// fail too.
+type lossyKV struct {
+	jetstream.KeyValue
+	loseWrites, failReads int
+}
+
+func (k *lossyKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	n, err := k.KeyValue.Update(ctx, key, value, rev)
+	if err == nil && k.loseWrites > 0 {
+		k.loseWrites--
+		return 0, context.DeadlineExceeded
+	}
+	return n, err
+}
+
+func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if k.failReads > 0 {
+		k.failReads--
+		return nil, context.DeadlineExceeded
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// A write whose answer was lost but which landed is the writer's own: seen as done when the
+// record can be read back at once, and not taken for another writer's when it cannot (the
+// next write of the same copy goes on top of it). Seen in TestNATSClusterNodeLoss: both
+// replicas left a record each for good after "context deadline exceeded" then a conflict.
+func TestLostAnswerOfALandedWriteIsNoConflict(t *testing.T) {
+	s, ctx := open(t), context.Background()
+	kv := &lossyKV{}
+	s.WrapKV(func(real jetstream.KeyValue) jetstream.KeyValue { kv.KeyValue = real; return kv })
+	r := sealed("r1", 1, 2)
+	if err := s.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	kv.loseWrites = 1
+	r.State = record.Submitting
+	if err := s.Update(ctx, r); err != nil {
+		t.Fatalf("landed write, answer lost, record readable: %v", err)
+	}
+	if got, err := s.Head(ctx, r.ID); err != nil || got.Revision != r.Revision || got.State != record.Submitting {
+		t.Fatalf("after the lost answer: stored %+v (%v), writer at revision %d", got, err, r.Revision)
+	}
+	kv.loseWrites, kv.failReads = 1, 1
+	r.RemoteName = "batches/x"
+	if err := s.Update(ctx, r); err == nil {
+		t.Fatal("a write of unknown outcome reported done")
+	}
+	r.State = record.Submitted // the writer tries again from the same copy, further on
+	if err := s.Update(ctx, r); err != nil {
+		t.Fatalf("next write on top of its own landed one: %v", err)
+	}
+	if got, _ := s.Head(ctx, r.ID); got.State != record.Submitted || got.RemoteName != "batches/x" || got.Revision != r.Revision {
+		t.Fatalf("stored %+v, writer at revision %d", got, r.Revision)
+	}
+	// Another writer in between is still a conflict, lost answer or not.
+	kv.loseWrites, kv.failReads = 1, 1
+	r.State = record.Finished
+	if err := s.Update(ctx, r); err == nil {
+		t.Fatal("a write of unknown outcome reported done")
+	}
+	other, _ := s.Head(ctx, r.ID)
+	other.Owner, other.Epoch = "b", 2
+	if err := s.Update(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	r.State = record.Replied
+	if err := s.Update(ctx, r); !errors.Is(err, record.ErrConflict) {
+		t.Fatalf("write over another owner's: %v, want ErrConflict", err)
+	}
+}

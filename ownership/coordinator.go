@@ -35,7 +35,10 @@ type Coordinator struct {
 	mu    sync.Mutex
 	index map[string]*record.Record // live records (not cleaned), without requests
 	mine  map[string]bool           // records handed to a stage by this process
-	kick  chan struct{}
+	// claiming holds the claims written but not yet settled: by their answer, or, when that
+	// was lost, by the watch showing the record in this replica's name.
+	claiming map[string]pendingClaim
+	kick     chan struct{}
 }
 
 // NewCoordinator returns a Coordinator for the lease's replica.
@@ -43,7 +46,8 @@ func NewCoordinator(lease *Leaser, store Records, log zerolog.Logger, m *Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Coordinator{lease: lease, store: store, log: log, m: m, index: map[string]*record.Record{}, mine: map[string]bool{}, kick: make(chan struct{}, 1)}
+	return &Coordinator{lease: lease, store: store, log: log, m: m, index: map[string]*record.Record{}, mine: map[string]bool{},
+		claiming: map[string]pendingClaim{}, kick: make(chan struct{}, 1)}
 }
 
 // Run watches the records and takes over what it may, until ctx ends. ready is closed once the
@@ -89,7 +93,8 @@ func (c *Coordinator) Done(id string) {
 	c.mu.Unlock()
 }
 
-// observe keeps the index current and notices records taken from this process.
+// observe keeps the index current, notices records taken from this process, and settles a
+// claim whose answer was lost.
 func (c *Coordinator) observe(r *record.Record) {
 	self := c.lease.Self()
 	c.mu.Lock()
@@ -103,12 +108,16 @@ func (c *Coordinator) observe(r *record.Record) {
 	if lost {
 		delete(c.mine, r.ID)
 	}
+	claimed := c.settle(r.ID, r.Revision, (Owner{r.Owner, r.Epoch}) == self)
 	c.m.live.Set(float64(len(c.index)))
 	c.mu.Unlock()
 	if lost {
 		c.m.lost.Inc()
 		c.log.Warn().Str("record", r.ID).Str("to", r.Owner).Msg("a record this replica worked on was taken over")
 		c.Lost(r.ID)
+	}
+	if claimed != nil {
+		c.route(claimed)
 	}
 	if r.State != record.Cleaned && (Owner{r.Owner, r.Epoch}) != self {
 		select {
@@ -146,14 +155,18 @@ func (c *Coordinator) takeOver(ctx context.Context) {
 	}
 }
 
-// candidates are the live records neither this replica's nor handed to a stage here.
+// candidates are the live records neither this replica's, nor handed to a stage here, nor
+// being claimed (a claim whose answer was lost waits for the watch to settle it).
 func (c *Coordinator) candidates() []*record.Record {
 	self := c.lease.Self()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []*record.Record
 	for id, r := range c.index {
-		if !c.mine[id] && (Owner{r.Owner, r.Epoch}) != self {
+		if p, ok := c.claiming[id]; ok && c.lease.now().Sub(p.sent) > c.lease.TTL() {
+			delete(c.claiming, id) // the watch never showed it: claim again, on what it shows
+		}
+		if _, claiming := c.claiming[id]; !claiming && !c.mine[id] && (Owner{r.Owner, r.Epoch}) != self {
 			out = append(out, r)
 		}
 	}
@@ -161,25 +174,58 @@ func (c *Coordinator) candidates() []*record.Record {
 }
 
 // claim takes a record over by a compare-and-set on the revision this replica read, and hands
-// it to its stage. A claim that loses the race leaves the record to the winner.
+// it to its stage. A claim that loses the race leaves the record to the winner; one whose
+// answer was lost is settled by the watch.
 func (c *Coordinator) claim(ctx context.Context, seen *record.Record) {
 	r := *seen
-	from := r.Owner
 	r.Owner, r.Epoch = c.lease.Self().Instance, c.lease.Self().Epoch
 	if r.State == record.Submitting && !r.CreateAttempted.IsZero() {
 		r.IntentSeen = c.lease.now() // the grace runs from this replica's own sighting
 	}
-	if err := c.store.Update(ctx, &r); err != nil {
-		if !errors.Is(err, record.ErrConflict) {
-			c.log.Warn().Err(err).Str("record", r.ID).Msg("take over a record")
-		}
+	c.mu.Lock()
+	c.claiming[r.ID] = pendingClaim{rec: &r, sent: c.lease.now()}
+	c.mu.Unlock()
+	err := c.store.Update(ctx, &r)
+	if err != nil && !errors.Is(err, record.ErrConflict) {
+		c.log.Warn().Err(err).Str("record", r.ID).Msg("take over a record; its answer was lost, the watch will tell")
 		return
 	}
 	c.mu.Lock()
-	c.mine[r.ID] = true
-	c.index[r.ID] = &r
+	claimed := c.settle(r.ID, r.Revision, err == nil)
 	c.mu.Unlock()
+	if claimed != nil {
+		c.route(claimed)
+	}
+}
+
+// settle ends a pending claim of a record now at revision, which it won or not, and returns the
+// record to hand to its stage if won. The claim's answer and the watch may both settle it: the
+// first does, once. c.mu is held.
+func (c *Coordinator) settle(id string, revision uint64, won bool) *record.Record {
+	p, ok := c.claiming[id]
+	if !ok {
+		return nil
+	}
+	delete(c.claiming, id)
+	r := p.rec
+	if !won {
+		return nil
+	}
+	r.Revision = revision
+	c.mine[id] = true
+	c.index[id] = r
+	return r
+}
+
+// pendingClaim is a claim written and not yet settled.
+type pendingClaim struct {
+	rec  *record.Record
+	sent time.Time
+}
+
+// route counts and hands a record this replica took over to its stage.
+func (c *Coordinator) route(r *record.Record) {
 	c.m.claimed.WithLabelValues(string(r.State)).Inc()
-	c.log.Info().Str("record", r.ID).Str("from", from).Str("state", string(r.State)).Msg("took over a record")
-	c.Route(&r)
+	c.log.Info().Str("record", r.ID).Str("state", string(r.State)).Msg("took over a record")
+	c.Route(r)
 }

@@ -1,0 +1,94 @@
+package ownership
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/gembatch/gembatch/record"
+)
+
+// lossyRecords is a record store whose watch runs on its own goroutine, as a KV watch does, and
+// whose next writes land but answer with an error, as over a cluster losing a leader.
+type lossyRecords struct {
+	mu         sync.Mutex
+	recs       map[string]record.Record
+	rev        uint64
+	loseWrites int
+	events     chan record.Record
+}
+
+func (s *lossyRecords) Watch(ctx context.Context, ready chan<- struct{}, f func(*record.Record)) error {
+	s.mu.Lock()
+	for _, r := range s.recs {
+		f(&r)
+	}
+	s.mu.Unlock()
+	close(ready)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-s.events:
+			f(&r)
+		}
+	}
+}
+
+func (s *lossyRecords) Update(_ context.Context, r *record.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recs[r.ID].Revision != r.Revision {
+		return record.ErrConflict
+	}
+	s.rev++
+	w := *r
+	w.Revision = s.rev
+	s.recs[r.ID] = w
+	s.events <- w
+	if s.loseWrites > 0 {
+		s.loseWrites--
+		return errors.New("nats: timeout")
+	}
+	r.Revision = s.rev
+	return nil
+}
+
+// A claim whose write landed but whose answer was lost is the claimer's all the same: the
+// watch shows the record in its name, and it is handed to its stage then, once. Before, the
+// record was its in the index, so never a candidate again, and handled by nobody.
+func TestClaimWithLostAnswerIsRoutedOnce(t *testing.T) {
+	kv, c := leases(t), &clock{t: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, err := StartLease(ctx, kv, "b", 400*time.Millisecond, c.now, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &lossyRecords{recs: map[string]record.Record{}, events: make(chan record.Record, 16), loseWrites: 1}
+	store.rev = 1
+	store.recs["r1"] = record.Record{ID: "r1", State: record.Submitted, Revision: 1} // nobody's: claimed at once
+	coord := NewCoordinator(l, store, zerolog.Nop(), nil)
+	routed := make(chan *record.Record, 4)
+	coord.Route = func(r *record.Record) { routed <- r }
+	coord.Lost = func(string) {}
+	ready := make(chan struct{})
+	go func() { _ = coord.Run(ctx, ready) }()
+	select {
+	case r := <-routed:
+		if r.Owner != "b" || r.Revision != 2 {
+			t.Fatalf("routed %+v, want it in b's name at revision 2", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the claimed record was never handed to a stage")
+	}
+	select {
+	case r := <-routed:
+		t.Fatalf("routed twice: %+v", r)
+	case <-time.After(time.Second):
+	}
+}
