@@ -30,6 +30,7 @@ func (m *Main) openStore(ctx context.Context, js jetstream.JetStream) (*jsstore.
 		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
 		BodiesBucket: cfg.BodiesBucket, BodiesTTL: cfg.StreamMaxAge, // a body lives as long as its message may
 		Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
+		RedeliveryWindow: 2 * cfg.EffectiveAckWait(),
 	}, m.Log.With().Str("component", "store").Logger())
 	if err != nil {
 		return nil, nil, err
@@ -94,6 +95,9 @@ type durableSealer struct {
 func (d *durableSealer) seal(rec *record.Record) {
 	d.own(rec)
 	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	// From the first try: the InProgress of a later try may be lost with a NATS node, and then
+	// the AckWait runs from the first one.
+	began := d.now()
 	for attempt := 0; ; attempt++ {
 		// Checked before every try: a freeze during a slow write must not let a later try
 		// record messages that were meanwhile delivered to another replica.
@@ -102,12 +106,11 @@ func (d *durableSealer) seal(rec *record.Record) {
 			return
 		}
 		inProgress(rec) // the AckWait runs from here while the batch is written
-		began := d.now()
 		err := d.store.Create(context.Background(), rec)
-		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landed(rec)) {
+		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landedNow(rec)) {
 			// The write itself may have outlasted the lease (a freeze mid-write) or the
 			// AckWait: then another replica may have batched these messages meanwhile.
-			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(began) > d.ackWait*3/4 {
+			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(began) > d.ackWait*3/4 || d.heldElsewhere(rec) {
 				d.abandon(rec)
 				return
 			}
@@ -176,24 +179,62 @@ func (m *Main) sweep(ctx context.Context, st *jsstore.Store) {
 }
 
 // landed reports whether an earlier try of Create, whose answer was lost, recorded rec after
-// all (the record is there, ours), and takes its revision.
-func (d *durableSealer) landed(rec *record.Record) bool {
+// all (the record is there, ours), and takes its revision. An error means it cannot tell.
+func (d *durableSealer) landed(rec *record.Record) (bool, error) {
 	got, err := d.store.Head(context.Background(), rec.ID)
-	if err != nil || got.Owner != rec.Owner || got.Epoch != rec.Epoch {
-		return false
+	switch {
+	case errors.Is(err, record.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	case got.Owner != rec.Owner || got.Epoch != rec.Epoch:
+		return false, nil
 	}
 	rec.Revision = got.Revision
-	return true
+	return true, nil
+}
+
+// heldElsewhere reports whether a message of rec is in a record written before it (a consumer
+// leader change delivered it to two replicas at once), or whether that cannot be told: either
+// way, rec yields.
+func (d *durableSealer) heldElsewhere(rec *record.Record) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.store.CaughtUp(ctx); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("cannot tell whether another replica recorded these messages too; yielding")
+		return true
+	}
+	if d.store.HeldElsewhere(rec) {
+		d.log.Warn().Str("record", rec.ID).Msg("another replica recorded some of these messages first; yielding")
+		return true
+	}
+	return false
+}
+
+// landedNow is landed, with "cannot tell" taken as no.
+func (d *durableSealer) landedNow(rec *record.Record) bool {
+	ok, err := d.landed(rec)
+	return ok && err == nil
 }
 
 // giveUp hands a batch back that could not be recorded in time. A try whose answer was lost may
-// have recorded it all the same: that record is abandoned, so that no replica sends it later.
+// have recorded it all the same: that record is abandoned, so that no replica sends it later;
+// when NATS cannot say yet, the messages go back at once and the record is settled later.
 func (d *durableSealer) giveUp(rec *record.Record, tries int) {
-	if tries > 0 && d.landed(rec) {
-		d.abandon(rec)
+	if tries == 0 {
+		d.handBack(rec)
 		return
 	}
-	d.handBack(rec)
+	ok, err := d.landed(rec)
+	switch {
+	case err != nil:
+		d.handBack(rec)
+		go d.cleanLate(rec)
+	case ok:
+		d.abandon(rec)
+	default:
+		d.handBack(rec)
+	}
 }
 
 // inProgress tells the stream that a batch's messages are still being worked on.
@@ -207,27 +248,55 @@ func inProgress(rec *record.Record) {
 // meanwhile: the record is cleaned before anything is sent for it, and the messages handed back
 // (those another replica batched are acknowledged already, and the rest are delivered again).
 func (d *durableSealer) abandon(rec *record.Record) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rec.State = record.Cleaned
-	if err := d.store.Update(ctx, rec); err != nil {
-		d.log.Warn().Err(err).Str("record", rec.ID).Msg("abandon a batch recorded after the lease lapsed")
-		return
-	}
-	if err := d.store.Delete(ctx, rec.ID); err != nil {
-		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the objects of an abandoned batch; they expire")
+	if err := d.clean(rec); err != nil {
+		go d.cleanLate(rec)
 	}
 	d.handBack(rec)
 }
 
-// handBack gives a batch's messages back to the stream instead of recording them: the lease
-// lapsed since they were pulled, so they may have been delivered to another replica.
+// clean marks an abandoned record cleaned, so that no replica ever submits it.
+func (d *durableSealer) clean(rec *record.Record) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec.State = record.Cleaned
+	if err := d.store.Update(ctx, rec); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("abandon a batch recorded after the lease lapsed; trying again")
+		return err
+	}
+	if err := d.store.Delete(ctx, rec.ID); err != nil {
+		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the objects of an abandoned batch; they expire")
+	}
+	return nil
+}
+
+// cleanLate settles, once NATS answers, a record whose messages were handed back but which may
+// have been written (or could not be marked cleaned): it is cleaned if it is there and still
+// ours, and left alone otherwise (gone, or taken over: its new owner finds its messages
+// batched elsewhere and abandons it).
+func (d *durableSealer) cleanLate(rec *record.Record) {
+	retry := backoff.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second}
+	for attempt := 0; attempt < 60; attempt++ {
+		time.Sleep(retry.Delay(attempt))
+		ok, err := d.landed(rec)
+		if err == nil && !ok {
+			return
+		}
+		if err == nil && d.clean(rec) == nil {
+			return
+		}
+	}
+	d.log.Error().Str("record", rec.ID).Msg("could not settle an abandoned batch's record; its next owner abandons it")
+}
+
+// handBack leaves a batch's messages to the stream instead of recording them: the lease lapsed
+// since they were pulled, so they may have been delivered to another replica. They are not
+// nak'ed: a nak of a delivery the stream has since made again elsewhere (the AckWait passed)
+// delivers the message once more, while the other replica still holds it in an open batch, and
+// both would batch it (TestNATSClusterNodeLoss found this). Unacknowledged, each comes back
+// after the AckWait, to whichever replica does not hold it already.
 func (d *durableSealer) handBack(rec *record.Record) {
 	d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
-		Msg("lease lapsed while the batch was open; handing its messages back to the stream")
-	for _, q := range rec.Requests {
-		_ = q.Msg.Nak()
-	}
+		Msg("lease lapsed while the batch was open; its messages are left to the stream, delivered again after ACK_WAIT")
 	if err := d.store.Delete(context.Background(), rec.ID); err != nil { // its input: never sent
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the input of a batch handed back; the sweep removes it")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 )
@@ -36,6 +37,9 @@ func TestNATSClusterNodeLoss(t *testing.T) {
 			sum.add(f)
 			if br := f.breaches(true); len(br) > 0 {
 				t.Errorf("node %d shut down (seed %d): %v", node, seed, br)
+				if os.Getenv("GEMBATCH_FAULT_LOGS") != "" {
+					t.Logf("requests the stream holds twice: %v; consumer: %s\n%s", w.streamCopies(), w.consumerState(), w.logs())
+				}
 			}
 		})
 	}

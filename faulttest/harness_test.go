@@ -2,6 +2,7 @@ package faulttest_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http/httptest"
@@ -320,4 +321,48 @@ func report(t *testing.T, line string) {
 	if _, err := fmt.Fprintln(f, line); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// streamCopies lists the requests the request stream holds more than once (a forward stored
+// twice), key → sequences, to tell such a breach from a request batched twice.
+func (w *world) streamCopies() map[string][]uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := w.js.Stream(ctx, "GEMBATCH")
+	if err != nil {
+		return map[string][]uint64{"(stream unreadable: " + err.Error() + ")": nil}
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return map[string][]uint64{"(stream unreadable: " + err.Error() + ")": nil}
+	}
+	seqs := map[string][]uint64{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		if m, err := s.GetMsg(ctx, seq); err == nil {
+			k := m.Header.Get("Gembatch-Key")
+			seqs[k] = append(seqs[k], seq)
+		}
+	}
+	for k, v := range seqs {
+		if len(v) < 2 {
+			delete(seqs, k)
+		}
+	}
+	return seqs
+}
+
+// consumerState describes the daemons' consumer: what it delivered, what waits for an ack.
+func (w *world) consumerState() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := w.js.Consumer(ctx, "GEMBATCH", "gembatch")
+	if err != nil {
+		return err.Error()
+	}
+	i, err := c.Info(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("delivered %d, ack floor %d, ack pending %d, pending %d, redelivered %d, cluster %+v",
+		i.Delivered.Stream, i.AckFloor.Stream, i.NumAckPending, i.NumPending, i.NumRedelivered, i.Cluster)
 }

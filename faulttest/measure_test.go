@@ -68,7 +68,7 @@ func (w *world) answered(within time.Duration) bool {
 func (w *world) waitAnswered(within time.Duration) {
 	w.t.Helper()
 	if !w.answered(within) {
-		w.t.Fatalf("%d of %d requests unanswered after %s\n%s", w.replies.unanswered(w.sent), len(w.sent), within, w.logs())
+		w.t.Fatalf("%d of %d requests unanswered after %s; consumer: %s\n%s", w.replies.unanswered(w.sent), len(w.sent), within, w.consumerState(), w.logs())
 	}
 }
 

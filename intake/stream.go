@@ -23,7 +23,14 @@ const HeaderReply = "Gembatch-Reply"
 
 // Sealed reports whether a stream sequence already belongs to a recorded batch.
 type Sealed interface {
-	Sealed(seq uint64) bool
+	// Recorded reports whether seq is in a recorded batch, and whether that batch is settled
+	// (its acks confirmed): a message of an unsettled one waits, since its owner may yet give
+	// the batch up.
+	Recorded(seq uint64) (recorded, settled bool)
+	// CaughtUp returns once the index holds every record written before the call: the index
+	// follows a watch, which lags (most after a reconnect), and a message delivered again may
+	// belong to a record written a moment ago.
+	CaughtUp(ctx context.Context) error
 }
 
 // StreamConfig sets up durable intake.
@@ -219,9 +226,10 @@ func (in *StreamIntake) pull(cons jetstream.Consumer) {
 			}
 			continue
 		}
+		caughtUp := false // one catch-up covers the messages of one pull
 		for m := range batch.Messages() {
 			in.avgSize = (7*in.avgSize + len(m.Data())) / 8
-			in.consume(m, pulled)
+			in.consume(m, pulled, &caughtUp)
 		}
 	}
 }
@@ -308,7 +316,7 @@ func (in *StreamIntake) confirm() {
 }
 
 // consume checks one stored request and hands it to the accumulator with its acknowledgement.
-func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
+func (in *StreamIntake) consume(m jetstream.Msg, received time.Time, caughtUp *bool) {
 	meta, err := m.Metadata()
 	if err != nil {
 		in.log.Error().Err(err).Str("subject", m.Subject()).Msg("stream message without metadata")
@@ -316,8 +324,29 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 		return
 	}
 	seq := meta.Sequence.Stream
-	if in.sealed.Sealed(seq) || (meta.NumDelivered > 1 && in.removed(seq)) {
+	// Once a pull for first deliveries (a consumer leader change can lose deliveries as well as
+	// acks, and a message batched elsewhere then comes back counted as a first delivery), and
+	// for every redelivery, whose batch may have been recorded since the pull began.
+	if !*caughtUp || meta.NumDelivered > 1 {
+		if err := in.catchUp(); err != nil {
+			in.log.Warn().Err(err).Uint64("seq", seq).Msg("cannot tell whether a message is recorded already; it is handed back")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		*caughtUp = true
+	}
+	recorded, settled := in.sealed.Recorded(seq)
+	if recorded && !settled {
+		// Its batch is recorded and its owner has not confirmed the acks: it may yet give the
+		// batch up (a lapse, a write that outlasted the AckWait), and then this message is to
+		// be batched. Asked again shortly; acknowledged by the owner otherwise.
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if recorded || (meta.NumDelivered > 1 && in.removed(seq)) {
 		in.m.redelivered.Inc()
+		in.log.Info().Uint64("seq", seq).Uint64("deliveries", meta.NumDelivered).Bool("recorded", recorded).
+			Msg("a message already in a recorded batch was delivered again; acknowledged, not batched twice")
 		_ = m.Ack()
 		return
 	}
@@ -344,6 +373,13 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time) {
 	}
 	in.Reject(kind, msg.Reply, rej)
 	_ = m.Ack()
+}
+
+// catchUp waits, a few seconds at most, until the redelivery index holds every record written.
+func (in *StreamIntake) catchUp() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return in.sealed.CaughtUp(ctx)
 }
 
 // removed reports whether a message delivered again is no longer in the stream: a replica that

@@ -10,6 +10,7 @@ package jsstore
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,9 @@ type Config struct {
 	// Retention is how long a record is kept after its last write, and how long request objects
 	// live at most, so that what a crash failed to delete expires all the same.
 	Retention time.Duration
+	// RedeliveryWindow is how long after a record is cleaned its messages may still be delivered
+	// again (twice the consumer's AckWait); default 10 minutes.
+	RedeliveryWindow time.Duration
 }
 
 // Store is a record.Store on JetStream KV and object store.
@@ -53,13 +57,20 @@ type Store struct {
 	// taking over a submitted job must read no bodies.
 	metaReads, bodyReads atomic.Int64
 
+	// watched is the records bucket's stream sequence the watch has indexed up to.
+	watched atomic.Uint64
+
 	// lost holds, by record id, the value of the last write whose answer was lost and whose
 	// outcome is unknown.
 	lost sync.Map
 
 	mu      sync.Mutex
-	seqs    map[uint64]string   // stream sequence → record whose acks are not yet confirmed
-	unacked map[string][]uint64 // record → its sequences in seqs
+	seqs    map[uint64]string   // stream sequence → the live (or lately cleaned) record holding it
+	recSeqs map[string][]uint64 // record → its sequences in seqs
+	settled map[string]bool     // records in seqs whose messages are done with: see Recorded
+	// cleaned holds when each record still indexed was cleaned, to drop it once the stream
+	// cannot deliver its messages again (RedeliveryWindow).
+	cleaned map[string]time.Time
 }
 
 var _ record.Store = (*Store)(nil)
@@ -97,7 +108,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.L
 		return nil, fmt.Errorf("bodies bucket %s: %w", cfg.BodiesBucket, err)
 	}
 	return &Store{cfg: cfg, kv: kv, obj: obj, bodies: bodies, chunk: chunkSize(js.Conn().MaxPayload()), log: log,
-		seqs: map[uint64]string{}, unacked: map[string][]uint64{}}, nil
+		seqs: map[uint64]string{}, recSeqs: map[string][]uint64{}, settled: map[string]bool{}, cleaned: map[string]time.Time{}}, nil
 }
 
 // chunkSize is the object store's default chunk size, 128 KiB, or half the connection's max
@@ -140,25 +151,24 @@ type stored struct {
 	Seqs []byte `json:"seqs,omitempty"` // delta-varint stream sequences, for redelivery checks
 }
 
-// encode is the KV value of r. A record whose acks are not confirmed keeps its sequences, even
-// when written without its requests (a takeover writes the record as the watch gave it).
+// encode is the KV value of r. A record keeps its sequences for its whole life, even when
+// written without its requests (a takeover writes the record as the watch gave it): confirmed
+// acks can still be lost to a consumer leader change, and the message delivered again.
 func (s *Store) encode(r *record.Record) ([]byte, error) {
 	st := stored{Record: bare(r)}
-	if !r.Acked {
-		st.Seqs = encodeSeqs(r.Requests)
-		if st.Seqs == nil {
-			st.Seqs = s.knownSeqs(r.ID)
-		}
+	st.Seqs = encodeSeqs(r.Requests)
+	if st.Seqs == nil {
+		st.Seqs = s.knownSeqs(r.ID)
 	}
 	return json.Marshal(st)
 }
 
-// knownSeqs are the unconfirmed sequences this store knows of a record, encoded.
+// knownSeqs are the sequences this store knows of a record, encoded.
 func (s *Store) knownSeqs(id string) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	reqs := make([]record.Request, len(s.unacked[id]))
-	for i, q := range s.unacked[id] {
+	reqs := make([]record.Request, len(s.recSeqs[id]))
+	for i, q := range s.recSeqs[id] {
 		reqs[i].Seq = q
 	}
 	return encodeSeqs(reqs)
@@ -207,9 +217,9 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 		return fmt.Errorf("store record %s: %w", r.ID, err)
 	}
 	r.Revision = rev
-	if !r.Acked {
-		s.index(r.ID, encodeSeqs(r.Requests), true)
-	}
+	s.mu.Lock() // known for a bare write before the watch brings it; indexed by the watch, in order
+	s.recSeqs[r.ID] = decodeSeqs(encodeSeqs(r.Requests))
+	s.mu.Unlock()
 	return nil
 }
 
@@ -461,19 +471,23 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 }
 
 // Watch calls f with every record as it is written, from the records that exist at the start
-// on, and keeps the sequences of records whose acks are unconfirmed, so that a redelivered
-// message whose batch is recorded is recognised. It closes ready once the records that exist at
-// the start are read, and returns when ctx ends.
+// on, and keeps the sequences of live records (and of those cleaned within the redelivery
+// window), so that a redelivered message whose batch is recorded is recognised. It closes
+// ready once the records that exist at the start are read, and returns when ctx ends.
 func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record.Record)) error {
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch records: %w", err)
 	}
 	defer w.Stop()
+	prune := time.NewTicker(s.window() / 4)
+	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-prune.C:
+			s.pruneCleaned(time.Now())
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil
@@ -486,57 +500,142 @@ func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
+				s.watched.Store(e.Revision())
 				continue
 			}
 			r, seqs, err := decode(e)
 			if err != nil {
+				s.watched.Store(e.Revision())
 				continue
 			}
-			s.index(r.ID, seqs, !r.Acked && r.State != record.Cleaned)
+			switch {
+			case r.State != record.Cleaned:
+				s.index(r.ID, seqs, r.Acked || (r.State != record.Sealed && r.State != record.Submitting), time.Time{})
+			case r.Replied > 0 && time.Since(e.Created()) < s.window():
+				s.index(r.ID, seqs, true, e.Created()) // answered: its messages are done with
+			default: // abandoned before it was sent: its messages are to be batched again
+				s.mu.Lock()
+				s.unindex(r.ID)
+				s.mu.Unlock()
+			}
+			s.watched.Store(e.Revision()) // indexed: Sealed answers for it
 			f(r)
 		}
 	}
 }
 
-// index adds a record's unconfirmed sequences to the redelivery index, or drops them.
-func (s *Store) index(id string, seqs []byte, add bool) {
+// window is how long the messages of a cleaned record may still be delivered again.
+func (s *Store) window() time.Duration { return cmp.Or(s.cfg.RedeliveryWindow, 10*time.Minute) }
+
+// index puts a record's sequences in the redelivery index in place of those it had there;
+// settled says its messages are done with (see Recorded); cleaned, if set, is when it was
+// cleaned, after which it leaves within the window.
+func (s *Store) index(id string, seqs []byte, settled bool, cleaned time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, q := range s.unacked[id] {
+	s.unindex(id)
+	list := decodeSeqs(seqs)
+	for _, q := range list {
+		if _, held := s.seqs[q]; !held { // the first record written holds it: see HeldElsewhere
+			s.seqs[q] = id
+		}
+	}
+	if len(list) > 0 {
+		s.recSeqs[id] = list
+	}
+	if settled {
+		s.settled[id] = true
+	}
+	if !cleaned.IsZero() {
+		s.cleaned[id] = cleaned
+	}
+}
+
+// unindex drops a record from the redelivery index. s.mu is held.
+func (s *Store) unindex(id string) {
+	for _, q := range s.recSeqs[id] {
 		if s.seqs[q] == id {
 			delete(s.seqs, q)
 		}
 	}
-	delete(s.unacked, id)
-	if !add {
-		return
-	}
-	list := decodeSeqs(seqs)
-	for _, q := range list {
-		s.seqs[q] = id
-	}
-	if len(list) > 0 {
-		s.unacked[id] = list
-	}
+	delete(s.recSeqs, id)
+	delete(s.settled, id)
+	delete(s.cleaned, id)
 }
 
-// Sealed reports whether a stream sequence belongs to a recorded batch whose acks are not
-// confirmed: once they are, the stream never delivers the message again.
-func (s *Store) Sealed(seq uint64) bool {
+// pruneCleaned drops the records cleaned longer than the window ago.
+func (s *Store) pruneCleaned(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.seqs[seq]
-	return ok
+	for id, t := range s.cleaned {
+		if now.Sub(t) >= s.window() {
+			s.unindex(id)
+		}
+	}
 }
 
-// Confirmed marks a record's acks confirmed: its sequences leave the index and the record.
+// CaughtUp returns once the watch has passed every record written before the call, so that
+// Sealed answers for all of them.
+func (s *Store) CaughtUp(ctx context.Context) error {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("records bucket %s: %w", s.cfg.RecordsBucket, err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return fmt.Errorf("records bucket %s: no stream state", s.cfg.RecordsBucket)
+	}
+	state := bs.StreamInfo().State
+	if state.Msgs == 0 { // none, or all expired: the newest record expires last
+		return nil
+	}
+	last := state.LastSeq
+	for s.watched.Load() < last {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("records watch at %d, bucket at %d: %w", s.watched.Load(), last, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// HeldElsewhere reports whether a message of r belongs to a record written before it. A
+// consumer leader change can lose deliveries, and one message then sits in two replicas' open
+// batches at once; each writes its record, waits until its watch has passed its own write
+// (CaughtUp), and asks: the record written second sees the first and yields, whatever the
+// timing, since every replica's watch sees the writes in one order.
+func (s *Store) HeldElsewhere(r *record.Record) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range r.Requests {
+		if id, ok := s.seqs[q.Seq]; ok && id != r.ID && q.Seq != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Recorded reports whether a stream sequence belongs to a recorded batch (a live one, or one
+// answered within the redelivery window), and whether that batch is settled: its acks
+// confirmed, or past submitting. A message of an unsettled batch is neither batched again nor
+// acknowledged: its owner may still give the batch up, and the message must then be batched.
+func (s *Store) Recorded(seq uint64) (recorded, settled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.seqs[seq]
+	return ok, ok && s.settled[id]
+}
+
+// Confirmed marks a record's acks confirmed, so that whoever takes it over need not remove its
+// messages from the stream. Its sequences stay indexed: a consumer leader change can lose
+// confirmed acks.
 func (s *Store) Confirmed(ctx context.Context, r *record.Record) error {
 	r.Acked = true
 	if err := s.Update(ctx, r); err != nil {
 		r.Acked = false
 		return err
 	}
-	s.index(r.ID, nil, false)
 	return nil
 }
 

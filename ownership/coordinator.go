@@ -183,7 +183,8 @@ func (c *Coordinator) claim(ctx context.Context, seen *record.Record) {
 		r.IntentSeen = c.lease.now() // the grace runs from this replica's own sighting
 	}
 	c.mu.Lock()
-	c.claiming[r.ID] = pendingClaim{rec: &r, sent: c.lease.now()}
+	pending := r // settled by this goroutine or the watch's: neither shares r with the write
+	c.claiming[r.ID] = pendingClaim{rec: &pending, sent: c.lease.now()}
 	c.mu.Unlock()
 	err := c.store.Update(ctx, &r)
 	if err != nil && !errors.Is(err, record.ErrConflict) {
@@ -207,14 +208,14 @@ func (c *Coordinator) settle(id string, revision uint64, won bool) *record.Recor
 		return nil
 	}
 	delete(c.claiming, id)
-	r := p.rec
 	if !won {
 		return nil
 	}
+	r := *p.rec
 	r.Revision = revision
 	c.mine[id] = true
-	c.index[id] = r
-	return r
+	c.index[id] = &r
+	return &r
 }
 
 // pendingClaim is a claim written and not yet settled.
