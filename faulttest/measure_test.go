@@ -246,3 +246,37 @@ func sample(exposition, name string) float64 {
 	}
 	return sum
 }
+
+// settled waits until no record is live (every one cleaned) and returns those still live after
+// within, as id → state.
+func (w *world) settled(within time.Duration) map[string]string {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within+10*time.Second)
+	defer cancel()
+	kv, err := w.js.KeyValue(ctx, "gembatch-records")
+	if err != nil {
+		return nil // no record was ever written
+	}
+	for deadline := time.Now().Add(within); ; time.Sleep(100 * time.Millisecond) {
+		live := map[string]string{}
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			w.t.Fatalf("list records: %v", err)
+		}
+		for k := range keys.Keys() {
+			e, err := kv.Get(ctx, k)
+			if err != nil {
+				continue
+			}
+			var rec struct {
+				State string `json:"state"`
+			}
+			if json.Unmarshal(e.Value(), &rec) == nil && rec.State != "cleaned" {
+				live[k] = rec.State
+			}
+		}
+		if len(live) == 0 || time.Now().After(deadline) {
+			return live
+		}
+	}
+}
