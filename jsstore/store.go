@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,8 @@ type Store struct {
 	mu      sync.Mutex
 	seqs    map[uint64]string   // stream sequence → the live (or lately cleaned) record holding it
 	recSeqs map[string][]uint64 // record → its sequences in seqs
+	later   map[uint64][]string // sequence → records written after its holder that hold it too
+	written map[string][]uint64 // records this store created that the watch has not brought yet
 	settled map[string]bool     // records in seqs whose messages are done with: see Recorded
 	// cleaned holds when each record still indexed was cleaned, to drop it once the stream
 	// cannot deliver its messages again (RedeliveryWindow).
@@ -108,7 +111,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.L
 		return nil, fmt.Errorf("bodies bucket %s: %w", cfg.BodiesBucket, err)
 	}
 	return &Store{cfg: cfg, kv: kv, obj: obj, bodies: bodies, chunk: chunkSize(js.Conn().MaxPayload()), log: log,
-		seqs: map[uint64]string{}, recSeqs: map[string][]uint64{}, settled: map[string]bool{}, cleaned: map[string]time.Time{}}, nil
+		seqs: map[uint64]string{}, recSeqs: map[string][]uint64{}, later: map[uint64][]string{}, written: map[string][]uint64{}, settled: map[string]bool{}, cleaned: map[string]time.Time{}}, nil
 }
 
 // chunkSize is the object store's default chunk size, 128 KiB, or half the connection's max
@@ -167,8 +170,12 @@ func (s *Store) encode(r *record.Record) ([]byte, error) {
 func (s *Store) knownSeqs(id string) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	reqs := make([]record.Request, len(s.recSeqs[id]))
-	for i, q := range s.recSeqs[id] {
+	known, ok := s.recSeqs[id]
+	if !ok {
+		known = s.written[id]
+	}
+	reqs := make([]record.Request, len(known))
+	for i, q := range known {
 		reqs[i].Seq = q
 	}
 	return encodeSeqs(reqs)
@@ -218,7 +225,7 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	}
 	r.Revision = rev
 	s.mu.Lock() // known for a bare write before the watch brings it; indexed by the watch, in order
-	s.recSeqs[r.ID] = decodeSeqs(encodeSeqs(r.Requests))
+	s.written[r.ID] = decodeSeqs(encodeSeqs(r.Requests))
 	s.mu.Unlock()
 	return nil
 }
@@ -513,7 +520,7 @@ func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record
 				s.index(r.ID, seqs, r.Acked || (r.State != record.Sealed && r.State != record.Submitting), time.Time{})
 			case r.Replied > 0 && time.Since(e.Created()) < s.window():
 				s.index(r.ID, seqs, true, e.Created()) // answered: its messages are done with
-			default: // abandoned before it was sent: its messages are to be batched again
+			default: // abandoned before it was sent (its messages are to be batched again), or long done
 				s.mu.Lock()
 				s.unindex(r.ID)
 				s.mu.Unlock()
@@ -533,15 +540,18 @@ func (s *Store) window() time.Duration { return cmp.Or(s.cfg.RedeliveryWindow, 1
 func (s *Store) index(id string, seqs []byte, settled bool, cleaned time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unindex(id)
-	list := decodeSeqs(seqs)
-	for _, q := range list {
-		if _, held := s.seqs[q]; !held { // the first record written holds it: see HeldElsewhere
-			s.seqs[q] = id
+	if _, indexed := s.recSeqs[id]; !indexed { // a record's sequences never change
+		list := decodeSeqs(seqs)
+		for _, q := range list {
+			switch holder, held := s.seqs[q]; {
+			case !held: // the first record written holds it: see HeldElsewhere
+				s.seqs[q] = id
+			case holder != id: // a later one (a resubmission, a duplicate) waits its turn
+				s.later[q] = append(s.later[q], id)
+			}
 		}
-	}
-	if len(list) > 0 {
 		s.recSeqs[id] = list
+		delete(s.written, id)
 	}
 	if settled {
 		s.settled[id] = true
@@ -554,11 +564,21 @@ func (s *Store) index(id string, seqs []byte, settled bool, cleaned time.Time) {
 // unindex drops a record from the redelivery index. s.mu is held.
 func (s *Store) unindex(id string) {
 	for _, q := range s.recSeqs[id] {
-		if s.seqs[q] == id {
+		next := slices.DeleteFunc(s.later[q], func(l string) bool { return l == id })
+		switch {
+		case s.seqs[q] != id:
+			s.later[q] = next
+		case len(next) > 0: // the next record holding it takes it over
+			s.seqs[q], s.later[q] = next[0], next[1:]
+		default:
 			delete(s.seqs, q)
+		}
+		if len(s.later[q]) == 0 {
+			delete(s.later, q)
 		}
 	}
 	delete(s.recSeqs, id)
+	delete(s.written, id)
 	delete(s.settled, id)
 	delete(s.cleaned, id)
 }

@@ -416,6 +416,22 @@ func TestHeldElsewhereNamesTheSecondRecord(t *testing.T) {
 			t.Errorf("replica %s: first held elsewhere %v, second %v; want false, true", name, s.HeldElsewhere(first), s.HeldElsewhere(second))
 		}
 	}
+	// The first record's later writes keep it first; once it is gone (given up), the second
+	// holds the message (a resubmission or split holds its requests' sequences the same way).
+	if err := a.Confirmed(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CaughtUp(ctx); err != nil || a.HeldElsewhere(first) || !a.HeldElsewhere(second) {
+		t.Fatalf("after the first record's update: %v, first held elsewhere %v", err, a.HeldElsewhere(first))
+	}
+	first.State = record.Cleaned
+	if err := a.Update(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CaughtUp(ctx); err != nil || a.HeldElsewhere(second) || !sealedIn(a, 6) || !sealedIn(a, 7) || sealedIn(a, 5) {
+		t.Fatalf("after the first record was given up: %v, second held elsewhere %v, 5/6/7 recorded %v %v %v",
+			err, a.HeldElsewhere(second), sealedIn(a, 5), sealedIn(a, 6), sealedIn(a, 7))
+	}
 }
 
 // sealedIn reports whether s indexes seq as recorded.
