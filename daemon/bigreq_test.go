@@ -205,18 +205,7 @@ func TestBodyObjectRefusals(t *testing.T) {
 // uploaded from its input chunks: the body objects are gone by then, and nothing else holds
 // the bodies.
 func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
-	cfg := bigConfig()
-	cfg.Instance = "first"
-	cfg.GeminiBaseURL = "http://127.0.0.1:1" // nothing listens: the upload cannot be made
-	cfg.ShutdownGrace = time.Second
-	cfg.BatchMaxRequests = 4
-	s := stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload})
-	h := harnessOn(t, s)
-	c, err := client.New(h.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	cfg, s, h, c := unsubmittable(t, 4)
 	bodies := map[string][]byte{"small": bigBody("small", 10, false)}
 	for i := range 3 {
 		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
@@ -248,18 +237,7 @@ func TestTakenOverBatchUploadsFromItsChunks(t *testing.T) {
 // again until it can: the record it claimed has no other owner while this replica lives, so
 // giving up after one try would leave its requests unanswered for good.
 func TestTakeoverRetriesWhatItCouldNotRead(t *testing.T) {
-	cfg := bigConfig()
-	cfg.Instance = "first"
-	cfg.GeminiBaseURL = "http://127.0.0.1:1" // nothing listens: the batch cannot be submitted
-	cfg.ShutdownGrace = time.Second
-	cfg.BatchMaxRequests = 3
-	s := stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload})
-	h := harnessOn(t, s)
-	c, err := client.New(h.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	cfg, s, h, c := unsubmittable(t, 3)
 	bodies := map[string][]byte{}
 	for i := range 3 {
 		bodies[fmt.Sprintf("q%d", i)] = bigBody(fmt.Sprintf("q %d", i), 10, false)
@@ -288,6 +266,26 @@ func TestTakeoverRetriesWhatItCouldNotRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkAnswers(t, pending, bodies, time.Minute)
+}
+
+// unsubmittable starts replica "first", whose batches of batchMax requests are recorded but
+// cannot be submitted (nothing listens at its API address), and a client of its NATS server
+// (closed with the test), for takeover tests that restart it as "second" with the emulator.
+func unsubmittable(t *testing.T, batchMax int) (daemon.Config, *stacktest.Stack, *harness, *client.Client) {
+	t.Helper()
+	cfg := bigConfig()
+	cfg.Instance = "first"
+	cfg.GeminiBaseURL = "http://127.0.0.1:1"
+	cfg.ShutdownGrace = time.Second
+	cfg.BatchMaxRequests = batchMax
+	s := stacktest.StartWith(t, cfg, emulator.Options{}, server.Options{MaxPayload: smallPayload})
+	h := harnessOn(t, s)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return cfg, s, h, c
 }
 
 // waitRecord polls the records bucket until one record satisfies ok, and returns it.

@@ -3,6 +3,7 @@ package faulttest_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/gemini"
 )
@@ -155,9 +157,34 @@ func (w *world) measure() figures {
 // counts them (every type), over the records bucket.
 func (w *world) recordedTokens() int64 {
 	w.t.Helper()
+	var n int64
+	w.eachRecord(func(k string, value []byte) {
+		var rec struct {
+			Usage *struct {
+				gemini.UsageMetadata
+				EstimatedPrompt int64 `json:"estimatedPrompt"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(value, &rec); err != nil {
+			w.t.Fatalf("decode record %s: %v", k, err)
+		}
+		if u := rec.Usage; u != nil {
+			n += u.PromptTokenCount + u.CandidatesTokenCount + u.CachedContentTokenCount + u.ThoughtsTokenCount + u.EstimatedPrompt
+		}
+	})
+	return n
+}
+
+// eachRecord calls f with every record in the records bucket, as stored; none if the bucket
+// was never made.
+func (w *world) eachRecord(f func(key string, value []byte)) {
+	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	kv, err := w.js.KeyValue(ctx, "gembatch-records")
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return
+	}
 	if err != nil {
 		w.t.Fatalf("records bucket: %v", err)
 	}
@@ -165,26 +192,16 @@ func (w *world) recordedTokens() int64 {
 	if err != nil {
 		w.t.Fatalf("list records: %v", err)
 	}
-	var n int64
 	for k := range keys.Keys() {
 		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired or purged between the list and the read
+		}
 		if err != nil {
 			w.t.Fatalf("read record %s: %v", k, err)
 		}
-		var rec struct {
-			Usage *struct {
-				gemini.UsageMetadata
-				EstimatedPrompt int64 `json:"estimatedPrompt"`
-			} `json:"usage"`
-		}
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			w.t.Fatalf("decode record %s: %v", k, err)
-		}
-		if u := rec.Usage; u != nil {
-			n += u.PromptTokenCount + u.CandidatesTokenCount + u.CachedContentTokenCount + u.ThoughtsTokenCount + u.EstimatedPrompt
-		}
+		f(k, e.Value())
 	}
-	return n
 }
 
 // settleJobs waits until every job the emulator holds has ended.
@@ -251,30 +268,16 @@ func sample(exposition, name string) float64 {
 // within, as id → state.
 func (w *world) settled(within time.Duration) map[string]string {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within+10*time.Second)
-	defer cancel()
-	kv, err := w.js.KeyValue(ctx, "gembatch-records")
-	if err != nil {
-		return nil // no record was ever written
-	}
 	for deadline := time.Now().Add(within); ; time.Sleep(100 * time.Millisecond) {
 		live := map[string]string{}
-		keys, err := kv.ListKeys(ctx)
-		if err != nil {
-			w.t.Fatalf("list records: %v", err)
-		}
-		for k := range keys.Keys() {
-			e, err := kv.Get(ctx, k)
-			if err != nil {
-				continue
-			}
+		w.eachRecord(func(k string, value []byte) {
 			var rec struct {
 				State string `json:"state"`
 			}
-			if json.Unmarshal(e.Value(), &rec) == nil && rec.State != "cleaned" {
+			if json.Unmarshal(value, &rec) == nil && rec.State != "cleaned" {
 				live[k] = rec.State
 			}
-		}
+		})
 		if len(live) == 0 || time.Now().After(deadline) {
 			return live
 		}
