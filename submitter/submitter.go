@@ -326,7 +326,11 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		op, err := s.create(ctx, rec)
 		if err == nil {
 			failpoint.Hit(failpoint.AfterCreateBeforeRec)
-			return s.adopt(ctx, rec, op, start)
+			err = s.adopt(ctx, rec, op, start)
+			if errors.Is(err, record.ErrConflict) || errors.Is(err, record.ErrNotFound) {
+				s.disown(ctx, rec.ID, op.Name)
+			}
+			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -381,14 +385,15 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 // may take. A freeze between this check and the send that outlasts
 // the lease less the margin is the one window no fence closes; find cancels what it lets through.
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
+	b, err := s.batch(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	// Checked once the body is built, as reading it from the store can outlast the lease.
 	// Held since the intent was written: a replica that froze after writing it (and whose
 	// renewal, on waking, finds the lease lapsed) must not send it, though it holds the lease again.
 	if s.cfg.Lease != nil && !s.cfg.Lease.HeldSince(rec.CreateAttempted, s.cfg.CreateTimeout+s.cfg.CreateTimeout/5) {
 		return nil, errLeaseLapsed
-	}
-	b, err := s.batch(ctx, rec)
-	if err != nil {
-		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CreateTimeout)
 	defer cancel()
@@ -415,6 +420,42 @@ func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Op
 		d := min(s.cfg.Backoff.Delay(attempt), max(time.Second, s.cfg.CreateGrace/4))
 		if !backoff.Sleep(ctx, d) {
 			return nil, ctx.Err()
+		}
+	}
+}
+
+// disown settles a job this replica created for a record it could no longer write: a create
+// let through past the fence, the record taken over meanwhile. The record is the arbiter: the
+// job it names is the batch's, so once it names another one (or is gone, its batch answered),
+// this job is cancelled before it runs. While it names none, its new owner is still looking for
+// a job, and may adopt this one; a record that names none within twice the create grace is left
+// to its owner's find, which cancels every later job of the same name.
+func (s *Submitter) disown(ctx context.Context, id, job string) {
+	deadline := s.cfg.Now().Add(2*s.cfg.CreateGrace + time.Second)
+	for attempt := 0; ; attempt++ {
+		r, err := s.store.Get(ctx, id)
+		switch {
+		case err == nil && r.RemoteName == job:
+			s.log.Info().Str("record", id).Str("batch", job).Msg("the record's new owner adopted the job created here")
+			return
+		case errors.Is(err, record.ErrNotFound) || err == nil && r.RemoteName != "":
+			kept := "" // the record is gone: its batch was answered
+			if r != nil {
+				kept = r.RemoteName
+			}
+			s.m.duplicates.Inc()
+			s.log.Error().Str("record", id).Str("batch", job).Str("kept", kept).
+				Msg("a job created here after the record was taken over; cancelling it before it runs")
+			if err := s.api.CancelBatch(ctx, job); err != nil {
+				s.log.Warn().Err(err).Str("batch", job).Msg("cancel duplicate job")
+			}
+			return
+		case err != nil:
+			s.log.Warn().Err(err).Str("record", id).Msg("read the record to settle a job created after its takeover")
+		}
+		if s.cfg.Now().After(deadline) || !backoff.Sleep(ctx, min(s.cfg.Backoff.Delay(attempt), time.Second)) {
+			s.log.Warn().Str("record", id).Str("batch", job).Msg("the record names no job yet; leaving the job created here to its owner's find")
+			return
 		}
 	}
 }

@@ -34,6 +34,13 @@ type env struct {
 
 func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 	t.Helper()
+	return setupWrapped(t, opts, cfg, func(api submitter.API) submitter.API { return api })
+}
+
+// setupWrapped is setup with the submitter's API client wrapped, for tests that act between
+// its calls.
+func setupWrapped(t *testing.T, opts emulator.Options, cfg submitter.Config, wrap func(submitter.API) submitter.API) *env {
+	t.Helper()
 	e := &env{emu: emulator.New(opts), store: record.NewMemStore()}
 	srv := httptest.NewServer(e.emu)
 	e.url = srv.URL
@@ -42,7 +49,7 @@ func setup(t *testing.T, opts emulator.Options, cfg submitter.Config) *env {
 	if cfg.Backoff.Initial == 0 {
 		cfg.Backoff = backoff.Policy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
-	e.sub = submitter.New(cfg, api, e.store, zerolog.New(zerolog.NewTestWriter(t)), nil,
+	e.sub = submitter.New(cfg, wrap(api), e.store, zerolog.New(zerolog.NewTestWriter(t)), nil,
 		func(r *record.Record) { e.mu.Lock(); e.failed = append(e.failed, r); e.mu.Unlock() })
 	e.sub.OnSubmitted(func(r *record.Record) { e.mu.Lock(); e.submitted = append(e.submitted, r); e.mu.Unlock() })
 	return e

@@ -1,0 +1,144 @@
+package submitter_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/record"
+	"github.com/gembatch/gembatch/submitter"
+)
+
+// lease is a lease that holds until lapse is called.
+type lease struct{ lapsed atomic.Bool }
+
+func (l *lease) HeldSince(time.Time, time.Duration) bool { return !l.lapsed.Load() }
+
+// takeOver writes rec as another replica that takes it over would, so that this one's next
+// write of it conflicts; with job set, the record names that job.
+func takeOver(t *testing.T, store record.Store, id, job string) {
+	t.Helper()
+	r, err := store.Get(context.Background(), id)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	r.Owner = "successor"
+	if job != "" {
+		r.State, r.RemoteName = record.Submitted, job
+	}
+	if err := store.Update(context.Background(), r); err != nil {
+		t.Error(err)
+	}
+}
+
+// slowInput is a batch's stored input whose reading outlasts the lease: a freeze, or a slow
+// store, while the create body is built. The record is taken over meanwhile.
+type slowInput struct {
+	t     *testing.T
+	lease *lease
+	store record.Store
+	lines map[string]json.RawMessage
+}
+
+func (in *slowInput) Input(context.Context, *record.Record) (io.ReadCloser, error) {
+	panic("inline batches are not uploaded")
+}
+
+func (in *slowInput) EachInput(_ context.Context, rec *record.Record, f func(string, json.RawMessage) error) error {
+	in.lease.lapsed.Store(true)
+	takeOver(in.t, in.store, rec.ID, "")
+	for _, q := range rec.Requests {
+		if err := f(q.Key, in.lines[q.Key]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The create fence is checked once the create body is built, not before: reading an inline
+// batch's input from the store can outlast the lease (a freeze there let a create through after
+// a successor had taken the record over, and both jobs ran: 37 requests billed twice in CI).
+func TestCreateFenceIsCheckedAfterTheBodyIsBuilt(t *testing.T) {
+	l := &lease{}
+	rec := sealed(3, 1)
+	in := &slowInput{t: t, lease: l, lines: map[string]json.RawMessage{}}
+	for i, q := range rec.Requests {
+		in.lines[q.Key] = q.Body
+		rec.Requests[i].Body = nil // in the store's input chunks, as in durable mode
+	}
+	rec.Chunks = 1
+	e := setup(t, emulator.Options{}, submitter.Config{InlineMaxBytes: 1 << 20, Lease: l, CreateTimeout: time.Second, Input: in})
+	in.store = e.store
+	e.run(t, rec)
+	if n := e.emu.Creates(rec.DisplayName()); n != 0 {
+		t.Fatalf("%d creates sent after the lease lapsed while the body was read; want none", n)
+	}
+}
+
+// lateAPI stands for a create that reaches the service after the record was taken over: the
+// job is made, and the successor has meanwhile recorded job (or, when empty, ours).
+type lateAPI struct {
+	submitter.API
+	t     *testing.T
+	store record.Store
+	job   func(ours string) string
+	once  sync.Once
+}
+
+func (a *lateAPI) CreateBatch(ctx context.Context, kind gemini.Kind, model string, b gemini.Batch) (*gemini.Operation, error) {
+	op, err := a.API.CreateBatch(ctx, kind, model, b)
+	if err == nil {
+		a.once.Do(func() { takeOver(a.t, a.store, b.DisplayName[len("gembatch-"):], a.job(op.Name)) })
+	}
+	return op, err
+}
+
+// A create let through past the fence whose record was meanwhile taken over: the job the record
+// names is the batch's, and the late one is cancelled before it runs; when the record names the
+// late job itself (the successor found it), it is left alone.
+func TestLateCreateIsCancelledUnlessTheRecordNamesIt(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		successorJobs int // made by the successor before the late create lands
+		adopted       bool
+	}{
+		{name: "successor created its own", successorJobs: 1},
+		{name: "successor adopted the late job", adopted: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := sealed(2, 1)
+			api := &lateAPI{t: t}
+			e := setupWrapped(t, emulator.Options{JobDelay: 5 * time.Second}, submitter.Config{InlineMaxBytes: 1 << 20, CreateGrace: 50 * time.Millisecond},
+				func(inner submitter.API) submitter.API { api.API = inner; return api })
+			api.store = e.store
+			theirs := ""
+			if !tc.adopted {
+				createJobs(t, e, 1, func(int) string { return rec.DisplayName() })
+				theirs = e.emu.Batches()[0].Name
+			}
+			api.job = func(ours string) string { return cmp.Or(theirs, ours) }
+			e.run(t, rec)
+			stored, err := e.store.Get(context.Background(), rec.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, op := range e.emu.Batches() {
+				cancelled := op.State() == gemini.StateCancelled
+				if kept := op.Name == stored.RemoteName; kept == cancelled {
+					t.Errorf("job %s is %s; the record names %s, and only the other job is cancelled", op.Name, op.State(), stored.RemoteName)
+				}
+			}
+			if n := len(e.emu.Batches()); n != 1+tc.successorJobs {
+				t.Fatalf("%d jobs; want %d", n, 1+tc.successorJobs)
+			}
+		})
+	}
+}
