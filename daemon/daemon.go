@@ -108,7 +108,6 @@ func (m *Main) build(ctx context.Context, nc *nats.Conn) (*stages, error) {
 	} else if m.Store == nil {
 		m.Store = record.NewMemStore()
 	}
-	m.Registry.MustRegister(metrics.NewStoreCollector(m.Store, time.Now))
 	s.api = gemini.New(string(m.Config.GeminiAPIKey),
 		gemini.WithBaseURL(m.Config.GeminiBaseURL),
 		gemini.WithMetrics(gemini.NewMetrics(m.Registry)),
@@ -119,6 +118,11 @@ func (m *Main) build(ctx context.Context, nc *nats.Conn) (*stages, error) {
 	}
 	m.buildSubmitting(s, durable)
 	m.buildIntake(s, js, pub)
+	var records metrics.Lister = m.Store
+	if s.coord != nil { // durable: a scrape reads the coordinator's index, not the whole bucket
+		records = s.coord
+	}
+	m.Registry.MustRegister(metrics.NewStoreCollector(records, time.Now))
 	if s.srv, err = metrics.Listen(m.Config.MetricsAddr, m.Registry, readiness(nc, s.api, s.store)); err != nil {
 		return nil, err
 	}

@@ -13,9 +13,15 @@ import (
 // storeListTimeout bounds the store listing a scrape waits for.
 const storeListTimeout = 2 * time.Second
 
+// Lister lists the live batch records: the record store itself (core mode), or in durable mode
+// the ownership coordinator's index of it, which a scrape reads without listing the bucket.
+type Lister interface {
+	List(ctx context.Context) ([]*record.Record, error)
+}
+
 // storeCollector exports the batch record store's contents at scrape time.
 type storeCollector struct {
-	store record.Store
+	store Lister
 	now   func() time.Time
 
 	batches  *prometheus.Desc
@@ -38,7 +44,7 @@ type storeCollector struct {
 //     a scrape whose listing failed.
 //
 // now is the clock for the age (time.Now in production).
-func NewStoreCollector(store record.Store, now func() time.Time) prometheus.Collector {
+func NewStoreCollector(store Lister, now func() time.Time) prometheus.Collector {
 	return &storeCollector{
 		store: store,
 		now:   now,

@@ -141,6 +141,19 @@ func (c *Coordinator) Others() []*record.Record {
 	return out
 }
 
+// List returns the live records (without their requests) as the watch last showed them: what
+// a metrics scrape needs, read from memory rather than by listing the bucket. It never fails.
+func (c *Coordinator) List(context.Context) ([]*record.Record, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*record.Record, 0, len(c.index))
+	for _, r := range c.index {
+		cp := *r
+		out = append(out, &cp)
+	}
+	return out, nil
+}
+
 // takeOver claims every live record whose owner is dead.
 func (c *Coordinator) takeOver(ctx context.Context) {
 	for _, r := range c.candidates() {
@@ -214,7 +227,8 @@ func (c *Coordinator) settle(id string, revision uint64, won bool) *record.Recor
 	r := *p.rec
 	r.Revision = revision
 	c.mine[id] = true
-	c.index[id] = &r
+	indexed := r // the stage changes the record it is handed; the index keeps its own
+	c.index[id] = &indexed
 	return &r
 }
 

@@ -92,3 +92,38 @@ func TestClaimWithLostAnswerIsRoutedOnce(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 }
+
+// List, which metrics scrapes read, gives the live records from the index, and copies: a stage
+// changing the record it was handed (the claimed one here) changes neither the index nor what
+// List gave before.
+func TestListGivesTheLiveIndex(t *testing.T) {
+	kv, c := leases(t), &clock{t: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, err := StartLease(ctx, kv, "b", 400*time.Millisecond, c.now, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &lossyRecords{recs: map[string]record.Record{}, events: make(chan record.Record, 16), rev: 2}
+	store.recs["r1"] = record.Record{ID: "r1", State: record.Submitted, Revision: 1} // nobody's: claimed at once
+	store.recs["r2"] = record.Record{ID: "r2", State: record.Cleaned, Revision: 2}
+	coord := NewCoordinator(l, store, zerolog.Nop(), nil)
+	routed := make(chan *record.Record, 1)
+	coord.Route = func(r *record.Record) { routed <- r }
+	coord.Lost = func(string) {}
+	go func() { _ = coord.Run(ctx, make(chan struct{})) }()
+	var handed *record.Record
+	select {
+	case handed = <-routed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the record was never claimed")
+	}
+	before, _ := coord.List(ctx)
+	handed.State = record.Finished
+	after, _ := coord.List(ctx)
+	for _, got := range [][]*record.Record{before, after} {
+		if len(got) != 1 || got[0].ID != "r1" || got[0].State != record.Submitted || got[0].Owner != "b" {
+			t.Fatalf("List gave %+v; want r1 alone, submitted, in b's name", got)
+		}
+	}
+}
