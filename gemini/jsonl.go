@@ -114,8 +114,17 @@ func (r *ResultReader) parse(line []byte, cut bool) (Result, bool) {
 // response reads a response value, noting its usage metadata on the way, and returns it as
 // written.
 func (r *ResultReader) response(s *jsonscan.Scanner) []byte {
+	var response []byte
+	response, r.hasUsage = responseWithUsage(s, &r.usage)
+	return response
+}
+
+// responseWithUsage reads a response value and returns it as written, with its usage metadata
+// read into u on the way; has says whether it had any.
+func responseWithUsage(s *jsonscan.Scanner, u *UsageMetadata) (response []byte, has bool) {
+	*u = UsageMetadata{}
 	if s.Peek() != '{' {
-		return s.Skip()
+		return s.Skip(), false
 	}
 	start := s.Offset()
 	for s.Open(); s.More(); {
@@ -125,19 +134,19 @@ func (r *ResultReader) response(s *jsonscan.Scanner) []byte {
 		}
 		switch s.Peek() {
 		case '{':
-			readUsage(s, &r.usage)
-			r.hasUsage = true
+			readUsage(s, u)
+			has = true
 		case 'n': // null clears an earlier usageMetadata, as with encoding/json
 			s.Skip()
-			r.usage, r.hasUsage = UsageMetadata{}, false
+			*u, has = UsageMetadata{}, false
 		default:
 			s.Skip()
 		}
 	}
 	if s.Err() != nil {
-		return nil
+		return nil, false
 	}
-	return s.Bytes()[start:s.Offset()]
+	return s.Bytes()[start:s.Offset()], has
 }
 
 // readUsage reads a usageMetadata object into u. A count that is not an integer is left as it
@@ -275,13 +284,14 @@ func InlineResults(out *Output) []Result {
 	irs := out.InlinedResponses.InlinedResponses
 	rs := make([]Result, 0, len(irs))
 	for i, ir := range irs {
-		rs = append(rs, inlineResult(i+1, ir))
+		rs = append(rs, inlineResult(i+1, ir, ResponseUsage(ir.Response)))
 	}
 	return rs
 }
 
-// inlineResult is the keyed result of the n-th inline response (from 1).
-func inlineResult(n int, ir InlinedResponse) Result {
+// inlineResult is the keyed result of the n-th inline response (from 1), whose response has
+// usage.
+func inlineResult(n int, ir InlinedResponse, usage *UsageMetadata) Result {
 	var key string
 	if ir.Metadata != nil {
 		key = ir.Metadata.Key
@@ -290,7 +300,7 @@ func inlineResult(n int, ir InlinedResponse) Result {
 	if !ok {
 		res.Error = NewStatus(CodeInternal, "inline response %d has neither response nor error", n)
 	} else if res.Error == nil {
-		res.Usage = ResponseUsage(res.Response)
+		res.Usage = usage
 	}
 	return res
 }

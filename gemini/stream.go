@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/gembatch/gembatch/internal/jsonscan"
 )
 
 // errHandedOver marks a failure after StreamBatch handed answers over: not retried, since a
@@ -113,11 +116,11 @@ func (g *getStream) Close() error {
 	return err
 }
 
-// opDecoder reads an Operation token by token. The first inline answers array it meets
+// opDecoder reads an Operation a value at a time. The first inline answers array it meets
 // (metadata.output or the response mirror, whichever comes first) is handed over item by item;
-// any other is skipped a token at a time.
+// any other is skipped without being held.
 type opDecoder struct {
-	dec    *json.Decoder
+	js     *jsonStream
 	each   func(Result) error
 	seen   bool // an inline answers array was handed over
 	handed int
@@ -125,7 +128,7 @@ type opDecoder struct {
 
 // decodeOperation reads an Operation from r, handing each inline answer to each.
 func decodeOperation(r io.Reader, each func(Result) error) (*Operation, error) {
-	d := &opDecoder{dec: json.NewDecoder(r), each: each}
+	d := &opDecoder{js: newJSONStream(r), each: each}
 	var o Operation
 	var md BatchMetadata
 	var resp OperationResponse
@@ -134,7 +137,7 @@ func decodeOperation(r io.Reader, each func(Result) error) (*Operation, error) {
 			present, err := d.object(&md, map[string]func() error{
 				"output": func() (err error) { md.Output, err = d.output(); return err },
 				// The inline requests, up to 20 MB, which nothing here reads.
-				"inputConfig": d.skip,
+				"inputConfig": d.js.skip,
 			})
 			if present {
 				o.Metadata = &md
@@ -151,11 +154,11 @@ func decodeOperation(r io.Reader, each func(Result) error) (*Operation, error) {
 			return err
 		},
 	})
+	if err == nil {
+		err = d.js.end()
+	}
 	if err != nil {
 		return nil, err
-	}
-	if _, err := d.dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("data after the operation")
 	}
 	return &o, nil
 }
@@ -164,29 +167,30 @@ func decodeOperation(r io.Reader, each func(Result) error) (*Operation, error) {
 // function, the others (small) gathered and decoded into v at the end. present is false for a
 // null, which leaves v as it is.
 func (d *opDecoder) object(v any, special map[string]func() error) (present bool, err error) {
-	if open, err := d.open('{'); err != nil || !open {
+	if open, err := d.js.enter('{'); err != nil || !open {
 		return false, err
 	}
 	rest := map[string]json.RawMessage{}
-	for d.dec.More() {
-		t, err := d.dec.Token()
+	for {
+		more, err := d.js.more('}')
+		if err != nil || !more {
+			if err != nil {
+				return true, err
+			}
+			break
+		}
+		key, err := d.js.key()
 		if err != nil {
 			return true, err
 		}
-		key, _ := t.(string)
-		if f, ok := special[key]; ok {
+		if f := memberOf(special, key); f != nil {
 			err = f()
 		} else {
-			var raw json.RawMessage
-			err = d.dec.Decode(&raw)
-			rest[key] = raw
+			rest[key], err = d.js.value()
 		}
 		if err != nil {
 			return true, err
 		}
-	}
-	if _, err := d.dec.Token(); err != nil { // the closing brace
-		return true, err
 	}
 	b, err := json.Marshal(rest)
 	if err != nil {
@@ -195,18 +199,18 @@ func (d *opDecoder) object(v any, special map[string]func() error) (present bool
 	return true, json.Unmarshal(b, v)
 }
 
-// open reads the opening delimiter of the value that comes next; false for a null.
-func (d *opDecoder) open(delim json.Delim) (bool, error) {
-	t, err := d.dec.Token()
-	switch {
-	case err != nil:
-		return false, err
-	case t == nil:
-		return false, nil
-	case t != delim:
-		return false, fmt.Errorf("got %v where %v should open", t, delim)
+// memberOf returns the function special has for a member's name, matched as encoding/json
+// matches names to fields: exactly, or else without regard to case.
+func memberOf(special map[string]func() error, name string) func() error {
+	if f, ok := special[name]; ok {
+		return f
 	}
-	return true, nil
+	for k, f := range special {
+		if strings.EqualFold(k, name) {
+			return f
+		}
+	}
+	return nil
 }
 
 // output reads an Output; nil for a null.
@@ -224,66 +228,98 @@ func (d *opDecoder) output() (*Output, error) {
 // inlined reads the inlinedResponses wrapper, handing its items over (the first time) or
 // skipping them; what it returns is set and empty.
 func (d *opDecoder) inlined() (*InlinedResponses, error) {
-	if open, err := d.open('{'); err != nil || !open {
+	if open, err := d.js.enter('{'); err != nil || !open {
 		return nil, err
 	}
-	for d.dec.More() {
-		t, err := d.dec.Token()
+	for {
+		more, err := d.js.more('}')
 		if err != nil {
 			return nil, err
 		}
-		if t == "inlinedResponses" && !d.seen {
+		if !more {
+			return &InlinedResponses{}, nil
+		}
+		key, err := d.js.key()
+		if err != nil {
+			return nil, err
+		}
+		if strings.EqualFold(key, "inlinedResponses") && !d.seen {
 			d.seen = true
 			err = d.items()
 		} else {
-			err = d.skip()
+			err = d.js.skip()
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
-	if _, err := d.dec.Token(); err != nil {
-		return nil, err
-	}
-	return &InlinedResponses{}, nil
 }
 
 // items hands over each item of the array that comes next.
 func (d *opDecoder) items() error {
-	if open, err := d.open('['); err != nil || !open {
+	if open, err := d.js.enter('['); err != nil || !open {
 		return err
 	}
-	for d.dec.More() {
-		var ir InlinedResponse
-		if err := d.dec.Decode(&ir); err != nil {
-			return err
-		}
-		d.handed++
-		if err := d.each(inlineResult(d.handed, ir)); err != nil {
-			return err
-		}
-	}
-	_, err := d.dec.Token()
-	return err
-}
-
-// skip reads past the value that comes next a token at a time: however large, it holds one
-// token in memory.
-func (d *opDecoder) skip() error {
-	depth := 0
 	for {
-		t, err := d.dec.Token()
+		more, err := d.js.more(']')
+		if err != nil || !more {
+			return err
+		}
+		item, err := d.js.value()
 		if err != nil {
 			return err
 		}
-		switch t {
-		case json.Delim('{'), json.Delim('['):
-			depth++
-		case json.Delim('}'), json.Delim(']'):
-			depth--
+		d.handed++
+		r, err := inlineItem(d.handed, item)
+		if err != nil {
+			return err
 		}
-		if depth == 0 {
-			return nil
+		if err := d.each(r); err != nil {
+			return err
 		}
 	}
+}
+
+// inlineItem is the keyed result of the n-th inline answer (from 1), read in one pass: its
+// response as written, with its usage; its error; its metadata's key.
+func inlineItem(n int, item []byte) (Result, error) {
+	var response, errValue, metadata []byte
+	usage, hasUsage := new(UsageMetadata), false
+	s := jsonscan.New(item)
+	for s.Open(); s.More(); {
+		k := s.Key()
+		switch {
+		case jsonscan.KeyIs(k, "response"):
+			response, hasUsage = responseWithUsage(&s, usage)
+		case jsonscan.KeyIs(k, "error"):
+			errValue = s.Skip()
+		case jsonscan.KeyIs(k, "metadata"):
+			metadata = s.Skip()
+		default:
+			s.Skip()
+		}
+	}
+	if err := s.End(); err != nil {
+		return Result{}, fmt.Errorf("inline response %d: %w", n, err)
+	}
+	var ir InlinedResponse
+	if err := unmarshalSet(errValue, &ir.Error); err != nil {
+		return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
+	}
+	if err := unmarshalSet(metadata, &ir.Metadata); err != nil {
+		return Result{}, fmt.Errorf("inline response %d: metadata: %w", n, err)
+	}
+	ir.Response = response
+	if !hasUsage {
+		usage = nil
+	}
+	return inlineResult(n, ir, usage), nil
+}
+
+// unmarshalSet decodes v into *dst when v was present.
+func unmarshalSet[T any](v []byte, dst **T) error {
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(v, dst)
 }

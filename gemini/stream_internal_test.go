@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -98,15 +99,25 @@ func FuzzStreamOperation(f *testing.F) {
 	f.Add([]byte(`{"metadata":{"output":{"responsesFile":"files/r","inlinedResponses":null}}} `))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var handed []Result
 		op, err := decodeOperation(bytes.NewReader(data), func(r Result) error {
 			if (r.Error == nil) == (r.Response == nil) || (r.Response != nil && !json.Valid(r.Response)) {
 				t.Errorf("result breaks the contract: %+v", r)
 			}
+			handed = append(handed, r)
 			return nil
 		})
 		var whole Operation
-		if json.Unmarshal(data, &whole) == nil && err != nil {
+		wholeErr := json.Unmarshal(data, &whole)
+		if wholeErr == nil && err != nil {
 			t.Fatalf("a whole decode accepts %q, the stream says %v", data, err)
+		}
+		// With the mirror absent, the answers are those of the whole decode's output, each
+		// with the same key, response, error and usage.
+		if wholeErr == nil && (whole.Response == nil || whole.Response.InlinedResponses == nil) {
+			if want := InlineResults(whole.Output()); !reflect.DeepEqual(fmt.Sprint(handed), fmt.Sprint(want)) && len(want)+len(handed) > 0 {
+				t.Fatalf("%q: streamed %+v, whole decode %+v", data, handed, want)
+			}
 		}
 		if err == nil {
 			_ = op.State()
