@@ -118,8 +118,13 @@ func (m *Main) build(ctx context.Context, nc *nats.Conn) (*stages, error) {
 	}
 	m.buildSubmitting(s, durable)
 	m.buildIntake(s, js, pub)
+	// A scrape reads what costs least: the coordinator's index, not the whole bucket (durable);
+	// the records without the requests they hold (core).
 	var records metrics.Lister = m.Store
-	if s.coord != nil { // durable: a scrape reads the coordinator's index, not the whole bucket
+	if mem, ok := m.Store.(*record.MemStore); ok {
+		records = metrics.ListerFunc(mem.Heads)
+	}
+	if s.coord != nil {
 		records = s.coord
 	}
 	m.Registry.MustRegister(metrics.NewStoreCollector(records, time.Now))

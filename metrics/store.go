@@ -19,6 +19,12 @@ type Lister interface {
 	List(ctx context.Context) ([]*record.Record, error)
 }
 
+// ListerFunc is a function that lists records, as a Lister.
+type ListerFunc func(ctx context.Context) ([]*record.Record, error)
+
+// List calls f.
+func (f ListerFunc) List(ctx context.Context) ([]*record.Record, error) { return f(ctx) }
+
 // storeCollector exports the batch record store's contents at scrape time.
 type storeCollector struct {
 	store Lister

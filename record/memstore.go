@@ -88,6 +88,21 @@ func (s *MemStore) List(_ context.Context) ([]*Record, error) {
 	return out, nil
 }
 
+// Heads returns copies of all records without their requests, ordered by id: what a metrics
+// scrape reads, at a cost that does not grow with the requests the records hold.
+func (s *MemStore) Heads(_ context.Context) ([]*Record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Record, 0, len(s.records))
+	for _, r := range s.records {
+		h := *r
+		h.Requests, h.Error = nil, nil
+		out = append(out, &h)
+	}
+	slices.SortFunc(out, func(a, b *Record) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
 // Delete removes a record.
 func (s *MemStore) Delete(_ context.Context, id string) error {
 	s.mu.Lock()

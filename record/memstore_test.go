@@ -43,3 +43,24 @@ func TestMemStoreCompareAndSet(t *testing.T) {
 		t.Fatalf("Update after Delete = %v", err)
 	}
 }
+
+// Heads lists every record with its state and count but none of its requests, which a scrape
+// would otherwise copy every time.
+func TestHeadsLeaveOutRequests(t *testing.T) {
+	s := NewMemStore()
+	for _, id := range []string{"b", "a"} {
+		r := &Record{ID: id, State: Submitted, Count: 2, Requests: []Request{{Key: "k1"}, {Key: "k2"}}}
+		if err := s.Create(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heads, err := s.Heads(context.Background())
+	if err != nil || len(heads) != 2 || heads[0].ID != "a" || heads[1].ID != "b" {
+		t.Fatalf("heads %v, %v; want a and b", heads, err)
+	}
+	for _, h := range heads {
+		if h.Requests != nil || h.Count != 2 || h.State != Submitted {
+			t.Fatalf("head %+v; want state and count without requests", h)
+		}
+	}
+}
