@@ -329,7 +329,7 @@ func confirmAcks(rec *record.Record) error {
 			defer func() { <-slots }()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := q.Msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			if err := q.Msg.DoubleAck(ctx); err != nil {
 				mu.Lock()
 				first = cmp.Or(first, err)
 				mu.Unlock()

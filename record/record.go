@@ -77,7 +77,8 @@ type Request struct {
 
 // Held is a request's stream message: kept from redelivery while its batch is open, handed
 // back when the batch cannot be recorded, acknowledged (and the acknowledgement confirmed) once
-// it is.
+// it is. It holds no more than the message's acknowledgement subject: an open batch holds no
+// bodies. A confirmed acknowledgement asked again is confirmed at once.
 type Held interface {
 	InProgress() error
 	Nak() error
