@@ -187,6 +187,12 @@ func TestBigAnswersByReference(t *testing.T) {
 	if n := h.metric("gembatch_publisher_result_objects_total", "outcome", "written"); n != 5 {
 		t.Errorf("result objects written: %v, want 5", n)
 	}
+	// The batch asking for images goes by file though it is small; the embeddings' goes inline.
+	for _, mode := range []string{"file", "inline"} {
+		if n := h.metric("gembatch_submitter_batches_total", "mode", mode, "outcome", "submitted"); n != 1 {
+			t.Errorf("%v batches submitted %s, want 1", n, mode)
+		}
+	}
 }
 
 func keysOf(reqs []client.Request) []string {

@@ -109,6 +109,9 @@ type Record struct {
 	// Chunks is how many objects hold the batch's JSONL input, in order (durable mode): its
 	// requests' bodies were written there as they arrived, and Requests carry none.
 	Chunks int `json:"chunks,omitempty"`
+	// Images: a request of the batch asks for images (AsksForImages), so the batch goes by file
+	// whatever its size. Set when the bodies are at hand, since durable records carry none.
+	Images bool `json:"images,omitempty"`
 
 	Mode      Mode   `json:"mode,omitempty"`
 	InputFile string `json:"inputFile,omitempty"`
