@@ -201,6 +201,33 @@ func TestBodyObjectRefusals(t *testing.T) {
 	}
 }
 
+// A request whose body is an object counts against the batch's byte limit at the body's size,
+// not at its empty message's: three of 200 KiB under a 300 KiB limit make three batches, two
+// of them closed by bytes (counted at the message's size, two would close by count).
+func TestBigRequestsCountedAtTheirSize(t *testing.T) {
+	cfg := bigConfig()
+	cfg.BatchMaxRequests = 2
+	cfg.BatchMaxBytes = 300 << 10
+	cfg.BatchMaxWait = time.Second
+	h := startSmall(t, cfg)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bodies := map[string][]byte{}
+	for i := range 3 {
+		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
+	}
+	checkAnswers(t, publishBodies(t, c, bodies), bodies, time.Minute)
+	if n := h.metric("gembatch_accumulator_batches_closed_total", "reason", "bytes"); n != 2 {
+		t.Errorf("%v batches closed by bytes, want 2", n)
+	}
+	if n := h.metric("gembatch_accumulator_batches_closed_total"); n != 3 {
+		t.Errorf("%v batches, want one per request (3)", n)
+	}
+}
+
 // A batch of big requests recorded by a replica that could not submit it is taken over and
 // uploaded from its input chunks: the body objects are gone by then, and nothing else holds
 // the bodies.
