@@ -201,6 +201,26 @@ func TestBodyObjectRefusals(t *testing.T) {
 	}
 }
 
+// Core mode has no object store to read bodies from: a request naming a body object is
+// refused at once with FAILED_PRECONDITION, and the requests around it are answered.
+func TestBodyObjectRefusedInCoreMode(t *testing.T) {
+	cfg := bigConfig()
+	cfg.Durable = "false"
+	h := startSmall(t, cfg)
+	h.send(cfg.SubjectGenerate, "by-object", "", client.HeaderBodyObject, client.DefaultBodiesBucket+"/big-1")
+	h.send(cfg.SubjectGenerate, "plain", string(bigBody("plain", 10, false)))
+	got := h.waitReplies([]string{"by-object", "plain"}, 30*time.Second)
+	if r := decode(t, got["by-object"][0]); r.Error == nil || r.Error.Code != gemini.CodeFailedPrecondition || !strings.Contains(r.Error.Message, "need durable mode") {
+		t.Errorf("body object in core mode: %+v", r.Error)
+	}
+	if r := decode(t, got["plain"][0]); r.Error != nil || r.Response == nil {
+		t.Errorf("plain request: %+v", r.Error)
+	}
+	if n := h.metric("gembatch_intake_requests_rejected_total", "reason", "body_object"); n != 1 {
+		t.Errorf("%v refusals counted as body_object, want 1", n)
+	}
+}
+
 // A request whose body is an object counts against the batch's byte limit at the body's size,
 // not at its empty message's: three of 200 KiB under a 300 KiB limit make three batches, two
 // of them closed by bytes (counted at the message's size, two would close by count).
