@@ -254,7 +254,7 @@ func (o *owner) take(req record.Request) {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
 	}
-	images := o.gr.key.Kind == gemini.KindGenerate && record.AsksForImages(req.Body)
+	images := o.gr.key.Kind == gemini.KindGenerate && (req.Images || record.AsksForImages(req.Body))
 	if o.b.bodies != nil && !o.writeBody(&req) {
 		return
 	}

@@ -201,6 +201,32 @@ func TestBodyObjectRefusals(t *testing.T) {
 	}
 }
 
+// A request too big for a message that asks for an image makes its batch go by file, small as
+// the batch is, though its body stays in its object until the batch's input is written.
+func TestBigRequestForAnImageGoesByFile(t *testing.T) {
+	cfg := bigConfig()
+	cfg.BatchMaxWait = time.Second
+	h := harnessOn(t, stacktest.StartWith(t, cfg, emulator.Options{ImageBytes: 100_000}, server.Options{MaxPayload: smallPayload}))
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := imagePrompt("a lighthouse " + strings.Repeat("in detail ", smallPayload/5))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := c.Submit(ctx, client.Request{Key: "big-image", Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Object == nil || len(pngOf(t, r.Response)) < 90_000 {
+		t.Fatalf("answer %+v", r.Object)
+	}
+	if n := h.metric("gembatch_submitter_batches_total", "mode", "file", "outcome", "submitted"); n != 1 {
+		t.Errorf("%v batches by file, want 1 (inline: %v)", n, h.metric("gembatch_submitter_batches_total", "mode", "inline", "outcome", "submitted"))
+	}
+}
+
 // Core mode has no object store to read bodies from: a request naming a body object is
 // refused at once with FAILED_PRECONDITION, and the requests around it are answered.
 func TestBodyObjectRefusedInCoreMode(t *testing.T) {

@@ -71,6 +71,9 @@ type Request struct {
 	// BodyObject names the object in the bodies bucket that holds the body of a request too
 	// large for a NATS message (Body is then empty); it is deleted once the batch is recorded.
 	BodyObject string `json:"-"`
+	// Images: the body, left in its object, asks for images (AsksForImages); read where the
+	// body was at hand, so that the batch it joins is sent by file.
+	Images bool `json:"-"`
 	// Msg is the request's stream message while it waits to be recorded (durable mode).
 	Msg Held `json:"-"`
 }
