@@ -176,6 +176,9 @@ type batch struct {
 	id     string
 	reqs   held
 	bodies BodySink
+	// images: a request asks for images; seen here, where every body passes, even those the
+	// sink takes away.
+	images bool
 }
 
 // owner is what the goroutine of one group owns: the policy and the open batch.
@@ -251,9 +254,11 @@ func (o *owner) take(req record.Request) {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
 	}
+	images := o.gr.key.Kind == gemini.KindGenerate && (req.Images || record.AsksForImages(req.Body))
 	if o.b.bodies != nil && !o.writeBody(&req) {
 		return
 	}
+	o.b.images = o.b.images || images
 	o.b.reqs.add(req)
 	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
 		o.flush(why)
@@ -291,6 +296,7 @@ func (o *owner) flush(why Reason) {
 		Requests:    o.b.reqs.requests(),
 		Count:       count,
 		Bytes:       bytes,
+		Images:      o.b.images,
 	}
 	if o.b.bodies != nil {
 		chunks, err := o.b.bodies.Seal()

@@ -104,6 +104,30 @@ func TestBodiesGoToTheSinkAsTheyArrive(t *testing.T) {
 	})
 }
 
+// A batch with a request that asks for images is marked so when sealed, though the sink took
+// every body away (the submitter sends it by file); a batch without one is not.
+func TestBatchAskingForImagesIsMarked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var s sink
+		store := &bodyStore{written: map[string][]string{}}
+		a := New(Config{Limits: Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}, Bodies: store}, s.seal, s.reject, nil)
+		image := req("img", 10)
+		image.Body = []byte(`{"contents":[1],"generationConfig":{"responseModalities":["TEXT","IMAGE"]}}`)
+		for _, q := range []record.Request{withBody("a"), image, withBody("b"), withBody("c")} {
+			_ = a.Add(gen, q)
+		}
+		a.Close()
+		sealed, _ := s.snapshot()
+		var images []bool
+		for _, r := range sealed {
+			images = append(images, r.Images)
+		}
+		if fmt.Sprint(images) != "[true false]" {
+			t.Fatalf("batches asking for images: %v, want [true false]", images)
+		}
+	})
+}
+
 // A batch whose bodies cannot be written is lost whole: its requests go back to the stream,
 // and the next request opens a new batch under a new id.
 func TestBatchWithUnwritableBodiesIsHandedBack(t *testing.T) {

@@ -120,13 +120,15 @@ func pngOf(t *testing.T, resp json.RawMessage) []byte {
 }
 
 // TestBigAnswersByReference: against a 64 KiB server, image answers (a mix with small text
-// answers in one batch, which goes by file) and embeddings over GEMBATCH_REPLY_MAX_BYTES (an
-// inline batch) are each written whole to the results bucket; their replies carry the usual
-// headers plus the reference, and the client package reads every answer back whole.
+// answers and a request too big for a message in one batch, which goes by file) and
+// embeddings over GEMBATCH_REPLY_MAX_BYTES (an inline batch) are each written whole to the
+// results bucket; their replies carry the usual headers plus the reference, and the client
+// package reads every answer back whole.
 func TestBigAnswersByReference(t *testing.T) {
 	cfg := testConfig()
 	cfg.Durable = "true"
 	cfg.ReplyMaxBytes = 4 << 10
+	cfg.BatchMaxWait = 2 * time.Second // every generate request in one batch, however busy the machine
 	h, c := bigStack(t, cfg)
 
 	var reqs []client.Request
@@ -136,6 +138,8 @@ func TestBigAnswersByReference(t *testing.T) {
 	for i := range 3 {
 		reqs = append(reqs, client.Request{Key: fmt.Sprintf("txt-%d", i), Body: client.GenerateText(fmt.Sprintf("hello %d", i))})
 	}
+	// A big request asking for a big answer: its body goes by the bodies bucket.
+	reqs = append(reqs, client.Request{Key: "img-big-request", Body: imagePrompt("a lighthouse " + strings.Repeat("in detail ", smallPayload/5))})
 	for i := range 2 {
 		reqs = append(reqs, client.Request{Key: fmt.Sprintf("emb-%d", i), Kind: client.KindEmbed, Model: "gemini-embedding-001",
 			Body: json.RawMessage(embedBody(fmt.Sprintf("doc %d", i), 3072))})
@@ -184,8 +188,17 @@ func TestBigAnswersByReference(t *testing.T) {
 			}
 		}
 	}
-	if n := h.metric("gembatch_publisher_result_objects_total", "outcome", "written"); n != 5 {
-		t.Errorf("result objects written: %v, want 5", n)
+	if n := h.metric("gembatch_publisher_result_objects_total", "outcome", "written"); n != 6 {
+		t.Errorf("result objects written: %v, want 6", n)
+	}
+	if left := objects(t, js, client.DefaultBodiesBucket); len(left) != 0 {
+		t.Errorf("body objects left: %v", left)
+	}
+	// The batch asking for images goes by file though it is small; the embeddings' goes inline.
+	for _, mode := range []string{"file", "inline"} {
+		if n := h.metric("gembatch_submitter_batches_total", "mode", mode, "outcome", "submitted"); n != 1 {
+			t.Errorf("%v batches submitted %s, want 1", n, mode)
+		}
 	}
 }
 

@@ -201,6 +201,79 @@ func TestBodyObjectRefusals(t *testing.T) {
 	}
 }
 
+// A request too big for a message that asks for an image makes its batch go by file, small as
+// the batch is, though its body stays in its object until the batch's input is written.
+func TestBigRequestForAnImageGoesByFile(t *testing.T) {
+	cfg := bigConfig()
+	cfg.BatchMaxWait = time.Second
+	h := harnessOn(t, stacktest.StartWith(t, cfg, emulator.Options{ImageBytes: 100_000}, server.Options{MaxPayload: smallPayload}))
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := imagePrompt("a lighthouse " + strings.Repeat("in detail ", smallPayload/5))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := c.Submit(ctx, client.Request{Key: "big-image", Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Object == nil || len(pngOf(t, r.Response)) < 90_000 {
+		t.Fatalf("answer %+v", r.Object)
+	}
+	if n := h.metric("gembatch_submitter_batches_total", "mode", "file", "outcome", "submitted"); n != 1 {
+		t.Errorf("%v batches by file, want 1 (inline: %v)", n, h.metric("gembatch_submitter_batches_total", "mode", "inline", "outcome", "submitted"))
+	}
+}
+
+// Core mode has no object store to read bodies from: a request naming a body object is
+// refused at once with FAILED_PRECONDITION, and the requests around it are answered.
+func TestBodyObjectRefusedInCoreMode(t *testing.T) {
+	cfg := bigConfig()
+	cfg.Durable = "false"
+	h := startSmall(t, cfg)
+	h.send(cfg.SubjectGenerate, "by-object", "", client.HeaderBodyObject, client.DefaultBodiesBucket+"/big-1")
+	h.send(cfg.SubjectGenerate, "plain", string(bigBody("plain", 10, false)))
+	got := h.waitReplies([]string{"by-object", "plain"}, 30*time.Second)
+	if r := decode(t, got["by-object"][0]); r.Error == nil || r.Error.Code != gemini.CodeFailedPrecondition || !strings.Contains(r.Error.Message, "need durable mode") {
+		t.Errorf("body object in core mode: %+v", r.Error)
+	}
+	if r := decode(t, got["plain"][0]); r.Error != nil || r.Response == nil {
+		t.Errorf("plain request: %+v", r.Error)
+	}
+	if n := h.metric("gembatch_intake_requests_rejected_total", "reason", "body_object"); n != 1 {
+		t.Errorf("%v refusals counted as body_object, want 1", n)
+	}
+}
+
+// A request whose body is an object counts against the batch's byte limit at the body's size,
+// not at its empty message's: three of 200 KiB under a 300 KiB limit make three batches, two
+// of them closed by bytes (counted at the message's size, two would close by count).
+func TestBigRequestsCountedAtTheirSize(t *testing.T) {
+	cfg := bigConfig()
+	cfg.BatchMaxRequests = 2
+	cfg.BatchMaxBytes = 300 << 10
+	cfg.BatchMaxWait = time.Second
+	h := startSmall(t, cfg)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bodies := map[string][]byte{}
+	for i := range 3 {
+		bodies[fmt.Sprintf("big%d", i)] = bigBody(fmt.Sprintf("big %d", i), 200<<10, false)
+	}
+	checkAnswers(t, publishBodies(t, c, bodies), bodies, time.Minute)
+	if n := h.metric("gembatch_accumulator_batches_closed_total", "reason", "bytes"); n != 2 {
+		t.Errorf("%v batches closed by bytes, want 2", n)
+	}
+	if n := h.metric("gembatch_accumulator_batches_closed_total"); n != 3 {
+		t.Errorf("%v batches, want one per request (3)", n)
+	}
+}
+
 // A batch of big requests recorded by a replica that could not submit it is taken over and
 // uploaded from its input chunks: the body objects are gone by then, and nothing else holds
 // the bodies.

@@ -201,3 +201,22 @@ func TestInlineAnswersReadAsTheyCome(t *testing.T) {
 		t.Fatalf("small inline answer: %s", got["b"][0].Data)
 	}
 }
+
+// TestObjectNameNeedsTheRecordID: an answer's object name is the same for the same record and
+// request (a reply repeated after a crash), and cannot be had from what a producer knows: the
+// request's id is a stream sequence in durable mode, so the name must change with gembatchd's
+// own record id and show neither.
+func TestObjectNameNeedsTheRecordID(t *testing.T) {
+	a := publisher.ObjectName("rec1dGwzbo8Nf6J2D1ijc2U", "17")
+	if a != publisher.ObjectName("rec1dGwzbo8Nf6J2D1ijc2U", "17") {
+		t.Fatal("the name of one answer changes")
+	}
+	for _, other := range []string{publisher.ObjectName("rec2Hs0uAq1zXf7Lk3m9pQR", "17"), publisher.ObjectName("rec1dGwzbo8Nf6J2D1ijc2U", "18")} {
+		if other == a {
+			t.Fatalf("two answers share the name %s", a)
+		}
+	}
+	if strings.Contains(a, "rec1dGwzbo8Nf6J2D1ijc2U") || len(a) < 32 {
+		t.Fatalf("name %q shows the record id, or is short enough to guess", a)
+	}
+}

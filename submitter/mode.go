@@ -1,34 +1,16 @@
 package submitter
 
 import (
-	"encoding/json"
 	"slices"
-	"strings"
 
 	"github.com/gembatch/gembatch/gemini"
 	"github.com/gembatch/gembatch/record"
 )
 
-// asksForImages reports whether a generate batch has a request whose
-// generationConfig.responseModalities holds IMAGE. Such a batch goes by file whatever its size,
-// as the Batch API guide recommends: its answers run to megabytes each, and an inline job's
-// answers all come back in one operation.
+// asksForImages reports whether a generate batch holds a request that asks for images
+// (record.AsksForImages), among the bodies it carries: a resubmission's, or a core-mode
+// record's. A durable record carries no bodies; the accumulator set its Images instead.
 func asksForImages(rec *record.Record) bool {
-	if rec.Group.Kind != gemini.KindGenerate {
-		return false
-	}
-	for _, q := range rec.Requests {
-		var body struct {
-			GenerationConfig struct {
-				ResponseModalities []string `json:"responseModalities"`
-			} `json:"generationConfig"`
-		}
-		if json.Unmarshal(q.Body, &body) != nil {
-			continue
-		}
-		if slices.ContainsFunc(body.GenerationConfig.ResponseModalities, func(m string) bool { return strings.EqualFold(m, "IMAGE") }) {
-			return true
-		}
-	}
-	return false
+	return rec.Group.Kind == gemini.KindGenerate &&
+		slices.ContainsFunc(rec.Requests, func(q record.Request) bool { return record.AsksForImages(q.Body) })
 }

@@ -295,7 +295,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			return s.split(ctx, rec)
 		}
 		rec.Mode = record.ModeFile
-		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !asksForImages(rec) {
+		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !rec.Images && !asksForImages(rec) {
 			rec.Mode = record.ModeInline
 		}
 		rec.State = record.Submitting

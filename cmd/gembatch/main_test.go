@@ -11,7 +11,8 @@ import (
 	"testing"
 )
 
-// TestDemo runs the newcomer's command end to end: every request answered, both batch modes used.
+// TestDemo runs the newcomer's command end to end: every request answered, both batch modes
+// used, the images' batch by file.
 func TestDemo(t *testing.T) {
 	var out, errb bytes.Buffer
 	images := t.TempDir()
@@ -21,7 +22,7 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"205 sent, 204 answered ok, 1 answered with an error",
 		"images     4 written to " + images + " (4 answers over the NATS max payload",
-		"by JSONL file",
+		"2 by JSONL file", // the long pro prompts' batch and the images' batch
 		"Every request got exactly one reply",
 		"malformed-1  error",
 		`"code":3`,
@@ -32,9 +33,6 @@ func TestDemo(t *testing.T) {
 	}
 	if !regexp.MustCompile(`saved\s+\$0\.0*[1-9]\d* against interactive prices`).MatchString(out.String()) {
 		t.Errorf("the summary does not say what batching saved:\n%s", out.String())
-	}
-	if strings.Contains(out.String(), "0 by JSONL file") {
-		t.Errorf("no batch went by file:\n%s", out.String())
 	}
 	for i := range 4 {
 		f, err := os.Open(filepath.Join(images, fmt.Sprintf("image-%02d.png", i)))

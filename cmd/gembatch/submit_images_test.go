@@ -18,7 +18,8 @@ import (
 
 // TestSubmitImagesThroughGembatchd: gembatch submit against gembatchd itself on a 64 KiB
 // server: image answers several times the max payload come back by reference, and the results
-// file holds each whole result line, its picture decodable.
+// file holds each whole result line, its picture decodable; a request line larger than the
+// max payload goes through the bodies bucket and is answered from its whole body.
 func TestSubmitImagesThroughGembatchd(t *testing.T) {
 	cfg := stacktest.Config()
 	cfg.LogLevel = "error"
@@ -31,6 +32,8 @@ func TestSubmitImagesThroughGembatchd(t *testing.T) {
 		fmt.Fprintf(&input, `{"key":"img-%d","request":{"contents":[{"parts":[{"text":"a cat %d"}]}],"generationConfig":{"responseModalities":["IMAGE"]}}}`+"\n", i, i)
 		fmt.Fprintf(&input, `{"key":"txt-%d","request":{"contents":[{"parts":[{"text":"hi %d"}]}]}}`+"\n", i, i)
 	}
+	bigBody := `{"contents":[{"parts":[{"text":"describe ` + strings.Repeat("this picture ", 10_000) + `"}]}]}`
+	fmt.Fprintf(&input, `{"key":"big-request","request":%s}`+"\n", bigBody)
 	if err := os.WriteFile(in, []byte(input.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +42,11 @@ func TestSubmitImagesThroughGembatchd(t *testing.T) {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	res := readResultsMax(t, out)
-	if len(res) != 6 {
-		t.Fatalf("%d results, want 6", len(res))
+	if len(res) != 7 {
+		t.Fatalf("%d results, want 7", len(res))
+	}
+	if got, want := res["big-request"].Response, emulator.ExpectedText([]byte(bigBody)); !strings.Contains(string(got), `"text":"`+want+`"`) {
+		t.Errorf("big request answered %.200s, want the text %q", got, want)
 	}
 	for i := range 3 {
 		img, err := pictureOf([]byte(`{"response":` + string(res[fmt.Sprintf("img-%d", i)].Response) + `}`))

@@ -63,9 +63,7 @@ type Row struct {
 	Gembatchd     *Stats `json:"gembatchd,omitempty"`
 	// Ratio is gembatchd over the baseline, per round.
 	Ratio *Stats `json:"ratio,omitempty"`
-	// NA says why gembatchd has no figure (a feature not built yet).
-	NA   string `json:"na,omitempty"`
-	Note string `json:"note,omitempty"`
+	Note  string `json:"note,omitempty"`
 }
 
 // Machine describes where the figures were measured.

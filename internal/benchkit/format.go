@@ -21,9 +21,6 @@ func WriteTable(w io.Writer, r *Report) error {
 			base = row.BaselineLabel + ": " + figure(row.Baseline, row.Unit)
 		}
 		got := figure(row.Gembatchd, row.Unit)
-		if row.NA != "" {
-			got = row.NA
-		}
 		ratio := "—"
 		if row.Ratio != nil {
 			ratio = ratioText(row.Ratio)
