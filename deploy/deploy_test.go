@@ -354,6 +354,16 @@ type panel struct {
 	} `json:"targets"`
 }
 
+// TestDashboardShowsCostAndSaving: README's Cost section says the dashboard has a panel for
+// what the answers cost and one for what batching saved.
+func TestDashboardShowsCostAndSaving(t *testing.T) {
+	for _, metric := range []string{"gembatch_publisher_cost_usd_total", "gembatch_publisher_cost_saved_usd_total"} {
+		if !slices.ContainsFunc(dashboardExprs(t), func(e string) bool { return strings.Contains(e, metric+"{") }) {
+			t.Errorf("no dashboard query of %s", metric)
+		}
+	}
+}
+
 func dashboardExprs(t *testing.T) []string {
 	t.Helper()
 	var d struct{ Panels []panel }
