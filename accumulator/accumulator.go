@@ -176,6 +176,7 @@ type batch struct {
 	id     string
 	reqs   held
 	bodies BodySink
+	images bool // a request asks for images (record.Record.Images)
 }
 
 // owner is what the goroutine of one group owns: the policy and the open batch.
@@ -251,9 +252,12 @@ func (o *owner) take(req record.Request) {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
 	}
+	// Before writeBody drops the body: the batch's mode depends on it.
+	images := o.gr.key.Kind == gemini.KindGenerate && gemini.AsksForImages(req.Body)
 	if o.b.bodies != nil && !o.writeBody(&req) {
 		return
 	}
+	o.b.images = o.b.images || images
 	o.b.reqs.add(req)
 	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
 		o.flush(why)
@@ -291,6 +295,7 @@ func (o *owner) flush(why Reason) {
 		Requests:    o.b.reqs.requests(),
 		Count:       count,
 		Bytes:       bytes,
+		Images:      o.b.images,
 	}
 	if o.b.bodies != nil {
 		chunks, err := o.b.bodies.Seal()

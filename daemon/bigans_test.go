@@ -187,6 +187,12 @@ func TestBigAnswersByReference(t *testing.T) {
 	if n := h.metric("gembatch_publisher_result_objects_total", "outcome", "written"); n != 5 {
 		t.Errorf("result objects written: %v, want 5", n)
 	}
+	// The batch that asks for images goes by file whatever its size; the embeddings inline.
+	for mode, want := range map[string]float64{"file": 1, "inline": 1} {
+		if n := h.metric("gembatch_submitter_batches_total", "mode", mode, "outcome", "submitted"); n != want {
+			t.Errorf("batches submitted %s: %v, want %v", mode, n, want)
+		}
+	}
 }
 
 func keysOf(reqs []client.Request) []string {

@@ -109,6 +109,9 @@ type Record struct {
 	// Chunks is how many objects hold the batch's JSONL input, in order (durable mode): its
 	// requests' bodies were written there as they arrived, and Requests carry none.
 	Chunks int `json:"chunks,omitempty"`
+	// Images: a request asks for images, so the batch goes by file whatever its size. Set when
+	// the batch is sealed, while the bodies are at hand (a chunked batch's requests carry none).
+	Images bool `json:"images,omitempty"`
 
 	Mode      Mode   `json:"mode,omitempty"`
 	InputFile string `json:"inputFile,omitempty"`

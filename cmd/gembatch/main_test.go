@@ -21,7 +21,7 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"205 sent, 204 answered ok, 1 answered with an error",
 		"images     4 written to " + images + " (4 answers over the NATS max payload",
-		"by JSONL file",
+		"2 by JSONL file", // the Pro batch of big prompts, and the image batch whatever its size
 		"Every request got exactly one reply",
 		"malformed-1  error",
 		`"code":3`,
