@@ -60,7 +60,7 @@ type Config struct {
 
 	Durable         string        `envconfig:"GEMBATCH_DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
 	Stream          string        `envconfig:"GEMBATCH_STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
-	StreamSubject   string        `envconfig:"GEMBATCH_STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply)"`
+	StreamSubject   string        `envconfig:"GEMBATCH_STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply); the SUBJECT_* variables must not be under it"`
 	StreamReplicas  int           `envconfig:"GEMBATCH_STREAM_REPLICAS" default:"1" desc:"replicas of the stream and buckets (1 to 5)"`
 	StreamStorage   string        `envconfig:"GEMBATCH_STREAM_STORAGE" default:"file" desc:"file or memory, for the stream and buckets"`
 	StreamMaxAge    time.Duration `envconfig:"GEMBATCH_STREAM_MAX_AGE" default:"72h" desc:"oldest request the stream keeps"`
