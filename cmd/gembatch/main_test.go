@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -49,6 +50,40 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(errb.String(), "answered 205/205") {
 		t.Errorf("no final progress line:\n%s", errb.String())
 	}
+}
+
+// TestDemoLogWithoutColour: the daemon's log that -v shows has no colour codes when standard
+// error is not a terminal (a pipe, a file), as GEMBATCH_LOG_FORMAT=console does not.
+func TestDemoLogWithoutColour(t *testing.T) {
+	var out bytes.Buffer
+	var errb lockedBuffer // the daemon's goroutines log while the demo prints its progress
+	if code := run([]string{"demo", "-v", "--job-delay", "100ms", "--requests", "5", "--images", "0"}, &out, &errb); code != 0 {
+		t.Fatalf("demo -v exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	if !strings.Contains(errb.String(), "gembatchd ready") {
+		t.Fatalf("demo -v shows no daemon log:\n%s", errb.String())
+	}
+	if strings.Contains(errb.String(), "\x1b[") {
+		t.Errorf("colour codes in the log written to a buffer:\n%q", errb.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes, as os.Stderr is.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestUsage(t *testing.T) {
