@@ -516,4 +516,15 @@ func TestMetricsFromStart(t *testing.T) {
 			t.Errorf("%s is documented but not on /metrics of a fresh daemon", m[1])
 		}
 	}
+	// The metrics table sends readers to the Replies section for the refusal reasons.
+	readme := read(t, "../README.md")
+	replies := readme[strings.Index(readme, "### Replies"):]
+	replies = replies[:strings.Index(replies, "\n### ")]
+	for _, s := range e.byName["gembatch_intake_requests_rejected_total"].GetMetric() {
+		for _, l := range s.GetLabel() {
+			if l.GetName() == "reason" && !strings.Contains(replies, "| `"+l.GetValue()+"` |") {
+				t.Errorf("refusal reason %q has no row under README's Replies", l.GetValue())
+			}
+		}
+	}
 }
