@@ -23,7 +23,7 @@ import (
 // holds the variable's full name: LoadConfig reads those names only.
 type Config struct {
 	NATSURL           string `envconfig:"GEMBATCH_NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated"`
-	NATSUser          string `envconfig:"GEMBATCH_NATS_USER" desc:"NATS user name (with NATS_PASSWORD)"`
+	NATSUser          string `envconfig:"GEMBATCH_NATS_USER" desc:"NATS user name (with GEMBATCH_NATS_PASSWORD)"`
 	NATSPassword      Secret `envconfig:"GEMBATCH_NATS_PASSWORD" desc:"NATS password"`
 	NATSToken         Secret `envconfig:"GEMBATCH_NATS_TOKEN" desc:"NATS authentication token"`
 	NATSNKeyFile      string `envconfig:"GEMBATCH_NATS_NKEY_FILE" desc:"file holding an NKey seed"`
@@ -60,7 +60,7 @@ type Config struct {
 
 	Durable         string        `envconfig:"GEMBATCH_DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
 	Stream          string        `envconfig:"GEMBATCH_STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
-	StreamSubject   string        `envconfig:"GEMBATCH_STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply)"`
+	StreamSubject   string        `envconfig:"GEMBATCH_STREAM_SUBJECT" default:"gembatch.stream" desc:"requests are stored on <this>.generate and <this>.embed; producers may publish there with JetStream (reply subject in header Gembatch-Reply); the SUBJECT_* variables must not be under it"`
 	StreamReplicas  int           `envconfig:"GEMBATCH_STREAM_REPLICAS" default:"1" desc:"replicas of the stream and buckets (1 to 5)"`
 	StreamStorage   string        `envconfig:"GEMBATCH_STREAM_STORAGE" default:"file" desc:"file or memory, for the stream and buckets"`
 	StreamMaxAge    time.Duration `envconfig:"GEMBATCH_STREAM_MAX_AGE" default:"72h" desc:"oldest request the stream keeps"`
@@ -254,8 +254,10 @@ func (c *Config) Validate() error {
 		return bad("LEASE_TTL", "must be at least 1s, got %s", c.LeaseTTL)
 	case c.EffectiveAckWait() <= c.LeaseTTL:
 		return bad("ACK_WAIT", "must be longer than LEASE_TTL (%s), so that a request is delivered elsewhere only once its holder's lease lapsed; got %s", c.LeaseTTL, c.EffectiveAckWait())
-	case !natsName.MatchString(c.Stream) || !natsName.MatchString(c.Consumer):
-		return bad("STREAM", "and CONSUMER must be names of letters, digits, - and _")
+	case !natsName.MatchString(c.Stream):
+		return bad("STREAM", "%q is not a stream name (letters, digits, - and _)", c.Stream)
+	case !natsName.MatchString(c.Consumer):
+		return bad("CONSUMER", "%q is not a consumer name (letters, digits, - and _)", c.Consumer)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return bad("LOG_LEVEL", "%v", err)
@@ -263,8 +265,11 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		return bad("LOG_FORMAT", "must be json or console, got %q", c.LogFormat)
 	}
-	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
-		return bad("NATS_TLS_CERT", "and NATS_TLS_KEY go together")
+	if c.NATSTLSCert != "" && c.NATSTLSKey == "" {
+		return bad("NATS_TLS_CERT", "needs %s_NATS_TLS_KEY too", Prefix)
+	}
+	if c.NATSTLSKey != "" && c.NATSTLSCert == "" {
+		return bad("NATS_TLS_KEY", "needs %s_NATS_TLS_CERT too", Prefix)
 	}
 	switch {
 	case c.MaxAttempts < 1 || c.MaxAttempts > 100:
@@ -322,6 +327,9 @@ func (t TokenBudget) String() string {
 
 func unwrapParse(err error) error {
 	var ne *strconv.NumError
+	if errors.As(err, &ne) && ne.Func == "ParseBool" {
+		return fmt.Errorf("not true or false")
+	}
 	if errors.As(err, &ne) {
 		return fmt.Errorf("not a number")
 	}

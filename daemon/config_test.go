@@ -57,6 +57,13 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"GEMBATCH_QUEUE", "a queue", `GEMBATCH_QUEUE: "a queue" is not a queue group name`},
 		{"GEMBATCH_RECORDS_BUCKET", "records.v1", `GEMBATCH_RECORDS_BUCKET: "records.v1" is not a bucket name`},
 		{"GEMBATCH_STREAM_SUBJECT", "gembatch.>", `GEMBATCH_STREAM_SUBJECT: "gembatch.>" is not a subject`},
+		{"GEMBATCH_LEASES_BUCKET", "leases.v1", `GEMBATCH_LEASES_BUCKET: "leases.v1" is not a bucket name`},
+		{"GEMBATCH_STREAM", "requests.v1", `GEMBATCH_STREAM: "requests.v1" is not a stream name`},
+		{"GEMBATCH_CONSUMER", "gembatch.v1", `GEMBATCH_CONSUMER: "gembatch.v1" is not a consumer name`},
+		{"GEMBATCH_KEEP_JOBS", "maybe", `GEMBATCH_KEEP_JOBS="maybe": not true or false`},
+		{"GEMBATCH_NATS_TLS_KEY", "/etc/hostname", "GEMBATCH_NATS_TLS_KEY: needs GEMBATCH_NATS_TLS_CERT too"},
+		{"GEMBATCH_SUBJECT_GENERATE", "gembatch.stream.generate", `GEMBATCH_SUBJECT_GENERATE: "gembatch.stream.generate" is under GEMBATCH_STREAM_SUBJECT`},
+		{"GEMBATCH_STREAM_SUBJECT", "gembatch", `GEMBATCH_SUBJECT_GENERATE: "gembatch.generate" is under GEMBATCH_STREAM_SUBJECT`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env+"="+tt.value, func(t *testing.T) {

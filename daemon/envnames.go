@@ -110,6 +110,11 @@ func (c *Config) validateNames(bad func(name, format string, args ...any) error)
 			return bad(s.name, "%q is not a subject to publish to (no spaces or wildcards)", s.value)
 		}
 	}
+	for _, s := range []struct{ name, value string }{{"SUBJECT_GENERATE", c.SubjectGenerate}, {"SUBJECT_EMBED", c.SubjectEmbed}} {
+		if strings.HasPrefix(s.value, c.StreamSubject+".") {
+			return bad(s.name, "%q is under %s_STREAM_SUBJECT (%s.>), where requests are stored: each would be taken twice", s.value, Prefix, c.StreamSubject)
+		}
+	}
 	for _, p := range c.ReplyAllow {
 		if !natsPattern.MatchString(p) {
 			return bad("REPLY_ALLOW", "%q is not a subject pattern", p)
@@ -118,7 +123,7 @@ func (c *Config) validateNames(bad func(name, format string, args ...any) error)
 	if !noSpace.MatchString(c.Queue) {
 		return bad("QUEUE", "%q is not a queue group name (no spaces)", c.Queue)
 	}
-	for _, b := range []struct{ name, value string }{{"RECORDS_BUCKET", c.RecordsBucket}, {"REQUESTS_BUCKET", c.RequestsBucket}, {"BODIES_BUCKET", c.BodiesBucket}, {"RESULTS_BUCKET", c.ResultsBucket}} {
+	for _, b := range []struct{ name, value string }{{"RECORDS_BUCKET", c.RecordsBucket}, {"REQUESTS_BUCKET", c.RequestsBucket}, {"BODIES_BUCKET", c.BodiesBucket}, {"RESULTS_BUCKET", c.ResultsBucket}, {"LEASES_BUCKET", c.LeasesBucket}} {
 		if !natsName.MatchString(b.value) {
 			return bad(b.name, "%q is not a bucket name (letters, digits, - and _)", b.value)
 		}

@@ -354,6 +354,16 @@ type panel struct {
 	} `json:"targets"`
 }
 
+// TestDashboardShowsCostAndSaving: README's Cost section says the dashboard has a panel for
+// what the answers cost and one for what batching saved.
+func TestDashboardShowsCostAndSaving(t *testing.T) {
+	for _, metric := range []string{"gembatch_publisher_cost_usd_total", "gembatch_publisher_cost_saved_usd_total"} {
+		if !slices.ContainsFunc(dashboardExprs(t), func(e string) bool { return strings.Contains(e, metric+"{") }) {
+			t.Errorf("no dashboard query of %s", metric)
+		}
+	}
+}
+
 func dashboardExprs(t *testing.T) []string {
 	t.Helper()
 	var d struct{ Panels []panel }
@@ -504,6 +514,17 @@ func TestMetricsFromStart(t *testing.T) {
 	for _, m := range names {
 		if !e.has(m[1]) {
 			t.Errorf("%s is documented but not on /metrics of a fresh daemon", m[1])
+		}
+	}
+	// The metrics table sends readers to the Replies section for the refusal reasons.
+	readme := read(t, "../README.md")
+	replies := readme[strings.Index(readme, "### Replies"):]
+	replies = replies[:strings.Index(replies, "\n### ")]
+	for _, s := range e.byName["gembatch_intake_requests_rejected_total"].GetMetric() {
+		for _, l := range s.GetLabel() {
+			if l.GetName() == "reason" && !strings.Contains(replies, "| `"+l.GetValue()+"` |") {
+				t.Errorf("refusal reason %q has no row under README's Replies", l.GetValue())
+			}
 		}
 	}
 }

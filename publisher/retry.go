@@ -169,7 +169,7 @@ func (a *answering) resubmit() error {
 	}
 	next := &record.Record{
 		ID: a.rec.RetryID(), Group: a.rec.Group, State: record.Sealed, CloseReason: "retry",
-		Sealed: a.b.Now(), RetryOf: a.rec.ID, Requests: make([]record.Request, 0, len(a.retry)),
+		Sealed: a.b.Now(), RetryOf: a.rec.ID, Requests: make([]record.Request, 0, len(a.retry)), Images: a.rec.Images,
 	}
 	for _, i := range a.retry {
 		q := a.rec.Requests[i]

@@ -104,7 +104,9 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, jobDelay time.Durati
 	if verbose {
 		logLevel = zerolog.InfoLevel
 	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly}).Level(logLevel).With().Timestamp().Logger()
+	// Colour only on a terminal, as gembatchd's console format: not in a pipe or a file.
+	console := zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly, NoColor: !isTerminal(stderr)}
+	log := zerolog.New(console).Level(logLevel).With().Timestamp().Logger()
 	d := daemon.NewMain(cfg, log, metrics.Build{Version: "demo"})
 	dctx, stopDaemon := context.WithCancel(context.Background())
 	done := make(chan error, 1)

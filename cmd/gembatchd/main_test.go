@@ -102,6 +102,12 @@ func TestBadValuesStopBeforeNATS(t *testing.T) {
 		{"GEMBATCH_REPLY_ALLOW", "_INBOX.>.more"},
 		{"GEMBATCH_BATCH_MAX_WIAT", "5s"},
 		{"GEMBATCH_LOG_LEVEL", "banana"},
+		{"GEMBATCH_LEASES_BUCKET", "leases.v1"},
+		{"GEMBATCH_CONSUMER", "gembatch.v1"},
+		{"GEMBATCH_KEEP_JOBS", "maybe"},
+		{"GEMBATCH_NATS_TLS_KEY", "/etc/hostname"},
+		{"GEMBATCH_SUBJECT_GENERATE", "gembatch.stream.generate"},
+		{"GEMBATCH_STREAM_SUBJECT", "gembatch"},
 	} {
 		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
 			cleanEnv(t)
