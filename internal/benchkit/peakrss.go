@@ -6,27 +6,26 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/gembatch/gembatch/client"
 	"github.com/gembatch/gembatch/daemon"
 )
 
-// peakRSS: a batch of 32 KiB requests sent by JetStream producers to a durable gembatchd in a
-// process of its own (Options.Gembatchd), which uploads it as a JSONL file; the peak RSS of that
+// peakRSS: a batch of 5 MB requests, each larger than a NATS message, sent by the client
+// package (which puts each body in the bodies bucket and publishes a reference) to a durable
+// gembatchd in a process of its own (Options.Gembatchd), which writes them into the batch's
+// input chunks as they arrive and uploads the chunks as a JSONL file; the peak RSS of that
 // process (VmHWM) once the batch is submitted, next to its RSS when ready and idle. Each round
 // starts a fresh process, so the peak is of that round alone.
 func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	if e.opts.Gembatchd == nil {
 		return nil, errors.New("peak RSS needs Options.Gembatchd, to run gembatchd as a process of its own")
 	}
-	size := e.size(128<<20, 8<<20)
+	size := e.size(128e6, 10e6)
 	if e.opts.Full {
-		size = 1 << 30
+		size = 1e9
 	}
-	// 32 KiB requests: with 512 KiB ones, durable intake's pull of 1,024 messages overflows the
-	// client's 64 MiB pending limit and the dropped messages wait for their ack wait.
-	const reqBytes = 32 << 10
-	n := size / reqBytes
+	const reqBytes = 5e6
+	n := max(1, size/reqBytes)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
@@ -36,26 +35,39 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n, 2<<30-1, 5*time.Minute
 	cfg.MaxPendingBytes = 2 << 30
 	cfg.InlineMaxBytes = 1 << 20 // by file at every size, --quick's too
-	f, err := e.fleet()
+	nc, err := e.connect()
 	if err != nil {
 		return nil, err
 	}
-	defer f.close()
+	defer nc.Close()
+	c, err := client.New(nc, client.WithSubjects(cfg.SubjectGenerate, cfg.SubjectEmbed),
+		client.WithReplyPrefix(replySubject(cfg, "void")), client.WithBodiesBucket(cfg.BodiesBucket))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
 	body := generateBody(reqBytes)
 	var r rounds
 	for round := range e.opts.Rounds {
-		msgs := requests(cfg.StreamSubject+".generate", replySubject(cfg, "void"), fmt.Sprintf("b%d", round), body, n, true)
-		idle, peak, err := e.rssRound(ctx, cfg, f, msgs)
+		send := func() error {
+			for i := range n {
+				if _, err := c.Publish(ctx, client.Request{Key: fmt.Sprintf("b%d-%d", round, i), Body: body}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		idle, peak, err := e.rssRound(ctx, cfg, send)
 		if err != nil {
 			return nil, err
 		}
 		r.add(idle, peak)
-		e.progress("peak RSS round %d/%d (%d MiB batch): gembatchd %.0f MiB idle, %.0f MiB at its peak", round+1, e.opts.Rounds, size>>20, idle, peak)
+		e.progress("peak RSS round %d/%d (%d requests of 5 MB): gembatchd %.0f MiB idle, %.0f MiB at its peak", round+1, e.opts.Rounds, n, idle, peak)
 	}
-	row := r.row(fmt.Sprintf("peak RSS of gembatchd sending a %d MiB batch by file (durable, 32 KiB requests, own process)", size>>20),
+	row := r.row(fmt.Sprintf("peak RSS of gembatchd sending %d requests of 5 MB (%d MB) by object, in one batch by file (durable, own process)", n, n*reqBytes/1e6),
 		"MiB", "lower", "the same process ready and idle")
 	if !e.opts.Full {
-		row.Note = "--full sends 1 GiB"
+		row.Note = "--full sends 200 (1 GB)"
 	}
 	return []Row{row}, nil
 }
@@ -63,7 +75,7 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 // rssRound starts gembatchd, sends one batch and returns the process's RSS when ready and its
 // peak once the batch is submitted, in MiB; it waits for the batch to be answered before it
 // stops the process.
-func (e *env) rssRound(ctx context.Context, cfg daemon.Config, f *fleet, msgs [][]*nats.Msg) (idle, peak float64, err error) {
+func (e *env) rssRound(ctx context.Context, cfg daemon.Config, send func() error) (idle, peak float64, err error) {
 	p, err := e.startProcess(ctx, cfg)
 	if err != nil {
 		return 0, 0, err
@@ -77,7 +89,7 @@ func (e *env) rssRound(ctx context.Context, cfg daemon.Config, f *fleet, msgs []
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := f.publishJS(ctx, msgs); err != nil {
+	if err := send(); err != nil {
 		return 0, 0, err
 	}
 	if err := waitFor(ctx, 10*time.Minute, "submit the batch by file", func() bool {
