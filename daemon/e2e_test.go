@@ -365,16 +365,22 @@ func floodWithTheAPIDown(t *testing.T, durable string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond) // let batches seal and the consumer catch up
-	// Nothing leaves while the API is down: every request accepted is still held.
-	held := h.metric("gembatch_accumulator_pending_requests") + h.metric("gembatch_submitter_held_requests")
+	// Nothing leaves while the API is down: every request accepted is still held, once the
+	// batches being sealed (recorded, between the accumulator and the submitter) are through;
+	// a fixed half second was too short at a load of 4 or more.
+	held := func() float64 {
+		return h.metric("gembatch_accumulator_pending_requests") + h.metric("gembatch_submitter_held_requests")
+	}
+	for deadline := time.Now().Add(10 * time.Second); held() != h.metric("gembatch_intake_requests_accepted_total") && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	var after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	accepted := h.metric("gembatch_intake_requests_accepted_total")
 	t.Logf("durable=%s: %d sent, %v accepted and held (limit %d), heap in use %.1f MB (was %.1f MB)",
 		durable, sent, accepted, limit, float64(after.HeapInuse)/1e6, float64(before.HeapInuse)/1e6)
-	if accepted == 0 || accepted > limit || held != accepted {
+	if held := held(); accepted == 0 || accepted > limit || held != accepted {
 		t.Fatalf("%v accepted, %v held; want the same, and at most %d", accepted, held, limit)
 	}
 	if durable == "false" {

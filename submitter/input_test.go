@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/gemini"
@@ -98,5 +100,33 @@ func TestBodiesFromTheStore(t *testing.T) {
 	}
 	if len(e.emu.Ledger().Entries) != 23 {
 		t.Fatalf("service billed %d requests, want 23", len(e.emu.Ledger().Entries))
+	}
+}
+
+// flakyInputs fails the first read of an inline batch's input, as a store under load times out.
+type flakyInputs struct {
+	inputs
+	failed atomic.Bool
+}
+
+func (in *flakyInputs) EachInput(ctx context.Context, rec *record.Record, f func(string, json.RawMessage) error) error {
+	if in.failed.CompareAndSwap(false, true) {
+		return errors.New("nats: timeout")
+	}
+	return in.inputs.EachInput(ctx, rec, f)
+}
+
+// A failed read of the batch's input from the store is tried again, like a failed upload: the
+// batch is submitted once, never failed with the store's error (a load-dependent failure of the
+// ten-thousand-request test answered a whole batch with "nats: timeout").
+func TestFailedInputReadIsRetried(t *testing.T) {
+	in := &flakyInputs{inputs: inputs{files: map[string][]byte{}}}
+	e := setup(t, emulator.Options{}, submitter.Config{InlineMaxBytes: 1 << 20, Input: in, CreateGrace: 50 * time.Millisecond})
+	rec := sealed(3, 10)
+	in.stored(t, rec)
+	e.run(t, rec)
+	if len(e.submitted) != 1 || len(e.failed) != 0 || e.emu.Creates(rec.DisplayName()) != 1 {
+		t.Fatalf("%d submitted, %d failed, %d creates; want the batch submitted once after the failed read",
+			len(e.submitted), len(e.failed), e.emu.Creates(rec.DisplayName()))
 	}
 }

@@ -74,6 +74,9 @@ type Lease interface {
 	HeldSince(t time.Time, margin time.Duration) bool
 }
 
+// errInputRead: the create's body could not be read from the store; nothing was sent.
+var errInputRead = errors.New("batch input not read")
+
 // errLeaseLapsed: the lease is not certainly held long enough to send a create.
 var errLeaseLapsed = errors.New("lease not held long enough to send a create")
 
@@ -337,6 +340,8 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 		}
 		var apiErr *gemini.APIError
 		switch {
+		case errors.Is(err, errInputRead):
+			return err // nothing was sent: tried again after a while, like a failed upload
 		case errors.As(err, &apiErr) && apiErr.HTTPStatus == 429:
 			// Not created: the model's quota is spent. Every batch of the model waits out the
 			// server's delay, growing while the 429s go on, and this one goes back in line.
@@ -387,7 +392,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
 	b, err := s.batch(ctx, rec)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errInputRead, err)
 	}
 	// Checked once the body is built, as reading it from the store can outlast the lease.
 	// Held since the intent was written: a replica that froze after writing it (and whose
