@@ -365,13 +365,21 @@ func floodWithTheAPIDown(t *testing.T, durable string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// Nothing leaves while the API is down: every request accepted is still held, once the
-	// batches being sealed (recorded, between the accumulator and the submitter) are through;
-	// a fixed half second was too short at a load of 4 or more.
+	// Nothing leaves while the API is down: every request accepted is still held, once intake
+	// has met the limit (core: refused the rest; durable: left the rest in the stream) and the
+	// batches being sealed (between the accumulator and the submitter, in neither gauge) are
+	// through. A fixed half second for both was too short at a load of 4 or more.
 	held := func() float64 {
 		return h.metric("gembatch_accumulator_pending_requests") + h.metric("gembatch_submitter_held_requests")
 	}
-	for deadline := time.Now().Add(10 * time.Second); held() != h.metric("gembatch_intake_requests_accepted_total") && time.Now().Before(deadline); {
+	settled := func() bool {
+		accepted := h.metric("gembatch_intake_requests_accepted_total")
+		if durable == "false" {
+			return held() == accepted && accepted+h.metric("gembatch_intake_requests_rejected_total", "reason", "overloaded") == sent
+		}
+		return held() == accepted && h.metric("gembatch_intake_deferred_total") > 0
+	}
+	for deadline := time.Now().Add(20 * time.Second); !settled() && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
 	var after runtime.MemStats
