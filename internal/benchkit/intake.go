@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/daemon"
 )
 
 // producers is the number of producer connections of the intake measures.
@@ -294,7 +296,10 @@ func durableIntake(ctx context.Context, e *env) ([]Row, error) {
 	}
 	defer a.close()
 	cfg := e.config(true, a.url)
-	cfg.BatchMaxRequests, cfg.BatchMaxWait = 5000, 200*time.Millisecond
+	// Batches of the default size (10,000 requests), closed by count: recorded and acknowledged
+	// within the round, the last one's create (which the emulator decodes in this process)
+	// after it. Batches of 5,000 had three of the round's four creates decoded during it.
+	cfg.BatchMaxRequests, cfg.BatchMaxWait = min(n, daemon.Defaults().BatchMaxRequests), time.Minute
 	d, err := e.startDaemon(cfg)
 	if err != nil {
 		return nil, err
