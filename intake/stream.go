@@ -135,7 +135,7 @@ type StreamIntake struct {
 // its pending bounds, and a pull of large requests never puts the connection so far behind
 // that the server cuts it off as a slow consumer.
 const (
-	fetchMax   = 256
+	fetchMax   = 1024
 	fetchBytes = 8 << 20
 )
 
