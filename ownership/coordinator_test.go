@@ -58,26 +58,33 @@ func (s *lossyRecords) Update(_ context.Context, r *record.Record) error {
 	return nil
 }
 
-// A claim whose write landed but whose answer was lost is the claimer's all the same: the
-// watch shows the record in its name, and it is handed to its stage then, once. Before, the
-// record was its in the index, so never a candidate again, and handled by nobody.
-func TestClaimWithLostAnswerIsRoutedOnce(t *testing.T) {
+// runCoordinator runs replica b's coordinator over store until the test ends; routed receives
+// what it hands to a stage.
+func runCoordinator(t *testing.T, store Records) (*Coordinator, <-chan *record.Record) {
+	t.Helper()
 	kv, c := leases(t), &clock{t: time.Now()}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	l, err := StartLease(ctx, kv, "b", 400*time.Millisecond, c.now, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &lossyRecords{recs: map[string]record.Record{}, events: make(chan record.Record, 16), loseWrites: 1}
-	store.rev = 1
-	store.recs["r1"] = record.Record{ID: "r1", State: record.Submitted, Revision: 1} // nobody's: claimed at once
 	coord := NewCoordinator(l, store, zerolog.Nop(), nil)
 	routed := make(chan *record.Record, 4)
 	coord.Route = func(r *record.Record) { routed <- r }
 	coord.Lost = func(string) {}
-	ready := make(chan struct{})
-	go func() { _ = coord.Run(ctx, ready) }()
+	go func() { _ = coord.Run(ctx, make(chan struct{})) }()
+	return coord, routed
+}
+
+// A claim whose write landed but whose answer was lost is the claimer's all the same: the
+// watch shows the record in its name, and it is handed to its stage then, once. Before, the
+// record was its in the index, so never a candidate again, and handled by nobody.
+func TestClaimWithLostAnswerIsRoutedOnce(t *testing.T) {
+	store := &lossyRecords{recs: map[string]record.Record{}, events: make(chan record.Record, 16), loseWrites: 1}
+	store.rev = 1
+	store.recs["r1"] = record.Record{ID: "r1", State: record.Submitted, Revision: 1} // nobody's: claimed at once
+	_, routed := runCoordinator(t, store)
 	select {
 	case r := <-routed:
 		if r.Owner != "b" || r.Revision != 2 {
@@ -97,21 +104,11 @@ func TestClaimWithLostAnswerIsRoutedOnce(t *testing.T) {
 // changing the record it was handed (the claimed one here) changes neither the index nor what
 // List gave before.
 func TestListGivesTheLiveIndex(t *testing.T) {
-	kv, c := leases(t), &clock{t: time.Now()}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	l, err := StartLease(ctx, kv, "b", 400*time.Millisecond, c.now, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := &lossyRecords{recs: map[string]record.Record{}, events: make(chan record.Record, 16), rev: 2}
 	store.recs["r1"] = record.Record{ID: "r1", State: record.Submitted, Revision: 1} // nobody's: claimed at once
 	store.recs["r2"] = record.Record{ID: "r2", State: record.Cleaned, Revision: 2}
-	coord := NewCoordinator(l, store, zerolog.Nop(), nil)
-	routed := make(chan *record.Record, 1)
-	coord.Route = func(r *record.Record) { routed <- r }
-	coord.Lost = func(string) {}
-	go func() { _ = coord.Run(ctx, make(chan struct{})) }()
+	coord, routed := runCoordinator(t, store)
+	ctx := context.Background()
 	var handed *record.Record
 	select {
 	case handed = <-routed:
