@@ -53,6 +53,9 @@ type batch struct {
 	end     *ending   // set once the job has ended and its results, if any, are made
 	results sync.Once // makes the results once, on the first read after the end is decided
 	deleted bool
+	// ended is a finished job's answer to a get, encoded once (an inline job's holds every
+	// answer, twice, and is read by every poll and by the answer's reader); an update drops it.
+	ended []byte
 }
 
 // ending is how and when a job ended.
@@ -477,7 +480,35 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request, id string) {
 		notFound(w, "Batch batches/%s not found.", id)
 		return
 	}
-	writeJSON(w, s.view(b, s.now()))
+	body, err := s.encoded(b)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, gemini.CodeInternal, "Encoding the answer failed: %v", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+	_, _ = w.Write(body)
+}
+
+// encoded is the job's answer to a get, as it is now: a finished job's is encoded once and kept
+// until an update changes it.
+func (s *Server) encoded(b *batch) ([]byte, error) {
+	s.mu.Lock()
+	cached, updated := b.ended, b.updated
+	s.mu.Unlock()
+	if cached != nil {
+		return cached, nil
+	}
+	op := s.view(b, s.now())
+	body, err := marshal(op)
+	if err != nil || !op.Done {
+		return body, err
+	}
+	s.mu.Lock()
+	if b.updated.Equal(updated) { // no update since the job was rendered
+		b.ended = body
+	}
+	s.mu.Unlock()
+	return body, nil
 }
 
 // listBatches answers newest first; a page token is the sequence number of the last one sent.
@@ -619,7 +650,7 @@ func (s *Server) updateBatch(w http.ResponseWriter, r *http.Request, id string, 
 		}
 	}
 	now := s.now()
-	b.updated = now
+	b.updated, b.ended = now, nil
 	s.mu.Unlock()
 	md := *s.view(b, now).Metadata
 	md.Type = "" // the batch resource itself carries no @type

@@ -337,3 +337,21 @@ func TestClose(t *testing.T) {
 	a.emu.Close()
 	a.do("GET", "/v1beta/batches").status(t, 503, "UNAVAILABLE")
 }
+
+// A finished job's answer, encoded once and kept, is the same on every get and follows an
+// update made after the end.
+func TestFinishedJobAnswerFollowsUpdates(t *testing.T) {
+	a := start(t, emulator.Options{})
+	op := a.create("before", item("k", "x"))
+	first, done := a.get(op.Name)
+	if done.State() != gemini.StateSucceeded {
+		t.Fatalf("got %s, want SUCCEEDED", done.State())
+	}
+	if again, _ := a.get(op.Name); string(again.body) != string(first.body) {
+		t.Errorf("a finished job answered two gets differently:\n%s\n%s", first.body, again.body)
+	}
+	a.do("PATCH", "/v1beta/"+op.Name+":updateGenerateContentBatch?updateMask=displayName", `{"displayName":"after"}`).ok(t)
+	if _, got := a.get(op.Name); got.Metadata.DisplayName != "after" || got.State() != gemini.StateSucceeded {
+		t.Errorf("get after an update of a finished job: %s %+v", got.State(), got.Metadata)
+	}
+}
