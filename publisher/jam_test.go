@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -83,7 +84,16 @@ func TestRepliedRecordIsOnlyCleaned(t *testing.T) {
 func TestAnswererEnqueueNeverBlocks(t *testing.T) {
 	b := publisher.NewBatches(publisher.New(natsUp(t).nc, nil), record.NewMemStore(), &fakeAPI{}, zerolog.Nop())
 	a := publisher.NewAnswerer(b, 1, zerolog.Nop())
-	for i := range 5000 { // no worker runs: every one waits
-		a.Enqueue(&record.Record{ID: strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strings.Repeat("y", i/26)}, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 5000 { // no worker runs: every one waits
+			a.Enqueue(&record.Record{ID: strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strings.Repeat("y", i/26)}, nil)
+		}
+	}()
+	select { // a bound on a hang, not on speed: 5,000 enqueues take milliseconds
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Enqueue blocked with no worker running")
 	}
 }
