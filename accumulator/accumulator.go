@@ -176,8 +176,8 @@ type batch struct {
 	id     string
 	reqs   held
 	bodies BodySink
-	// images: a request asks for images; seen here, where every body passes, even those the
-	// sink takes away.
+	// images: a request asks for images (as intake found), kept for the record, which may
+	// carry no bodies.
 	images bool
 }
 
@@ -254,11 +254,10 @@ func (o *owner) take(req record.Request) {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
 	}
-	images := o.gr.key.Kind == gemini.KindGenerate && (req.Images || record.AsksForImages(req.Body))
 	if o.b.bodies != nil && !o.writeBody(&req) {
 		return
 	}
-	o.b.images = o.b.images || images
+	o.b.images = o.b.images || req.Images
 	o.b.reqs.add(req)
 	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
 		o.flush(why)

@@ -104,8 +104,9 @@ func TestBodiesGoToTheSinkAsTheyArrive(t *testing.T) {
 	})
 }
 
-// A batch with a request that asks for images is marked so when sealed, though the sink took
-// every body away (the submitter sends it by file); a batch without one is not.
+// A batch with a request that asks for images (as intake marked it) is marked so when sealed,
+// though the sink took every body away (the submitter sends it by file); a batch without one
+// is not.
 func TestBatchAskingForImagesIsMarked(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var s sink
@@ -113,6 +114,7 @@ func TestBatchAskingForImagesIsMarked(t *testing.T) {
 		a := New(Config{Limits: Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}, Bodies: store}, s.seal, s.reject, nil)
 		image := req("img", 10)
 		image.Body = []byte(`{"contents":[1],"generationConfig":{"responseModalities":["TEXT","IMAGE"]}}`)
+		image.Images = true
 		for _, q := range []record.Request{withBody("a"), image, withBody("b"), withBody("c")} {
 			_ = a.Add(gen, q)
 		}

@@ -121,6 +121,9 @@ func Parse(r *Rules, kind gemini.Kind, msg *nats.Msg, now time.Time) (record.Gro
 		Received: now,
 		Deadline: deadline,
 		Size:     gemini.InputLineLen(key, fields.compactLen),
+		// Read here, where every body is at hand: the accumulator may write it away, and a
+		// body too large for a message is left in its object.
+		Images: kind == gemini.KindGenerate && record.AsksForImages(body),
 	}
 	return g, req, nil
 }

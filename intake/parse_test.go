@@ -212,6 +212,26 @@ func FuzzParse(f *testing.F) {
 
 // TestParseAllocations: a valid request costs one allocation, its id (a generated key is the
 // id); nothing is decoded into new memory and no rejection is built for it.
+// A generate request that asks for images is marked so, where its body is at hand: the batch
+// it joins goes by file though its body is written away or left in its object.
+func TestParseMarksImageRequests(t *testing.T) {
+	for _, tc := range []struct {
+		kind gemini.Kind
+		body string
+		want bool
+	}{
+		{gemini.KindGenerate, `{"contents":[{"parts":[{"text":"a cat"}]}],"generationConfig":{"responseModalities":["TEXT","IMAGE"]}}`, true},
+		{gemini.KindGenerate, `{"contents":[{"parts":[{"text":"a cat"}]}],"generationConfig":{"responseModalities":["TEXT"]}}`, false},
+		{gemini.KindGenerate, `{"contents":[{"parts":[{"text":"a cat"}]}]}`, false},
+		{gemini.KindEmbed, `{"content":{"parts":[{"text":"IMAGE"}]}}`, false},
+	} {
+		_, req, rej := Parse(&rules, tc.kind, msg("svc.a.replies", tc.body), time.Now())
+		if rej != nil || req.Images != tc.want {
+			t.Errorf("%s %s: images %v (%v), want %v", tc.kind, tc.body, req.Images, rej, tc.want)
+		}
+	}
+}
+
 func TestParseAllocations(t *testing.T) {
 	now := time.Now()
 	for _, hdr := range [][]string{

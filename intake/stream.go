@@ -356,7 +356,6 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time, caughtUp *b
 	g, req, rej := in.parse(kind, msg, received)
 	if rej == nil {
 		if req.BodyObject != "" {
-			req.Images = kind == gemini.KindGenerate && record.AsksForImages(req.Body)
 			req.Body = nil // the batch's input reads it from the object: an open batch holds no bodies
 		}
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)

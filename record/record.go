@@ -71,8 +71,8 @@ type Request struct {
 	// BodyObject names the object in the bodies bucket that holds the body of a request too
 	// large for a NATS message (Body is then empty); it is deleted once the batch is recorded.
 	BodyObject string `json:"-"`
-	// Images: the body, left in its object, asks for images (AsksForImages); read where the
-	// body was at hand, so that the batch it joins is sent by file.
+	// Images: the body asks for images (AsksForImages), as intake read it; the batch it joins
+	// is sent by file, though its bodies may be written away or left in their objects.
 	Images bool `json:"-"`
 	// Msg is the request's stream message while it waits to be recorded (durable mode).
 	Msg Held `json:"-"`
@@ -113,8 +113,8 @@ type Record struct {
 	// Chunks is how many objects hold the batch's JSONL input, in order (durable mode): its
 	// requests' bodies were written there as they arrived, and Requests carry none.
 	Chunks int `json:"chunks,omitempty"`
-	// Images: a request of the batch asks for images (AsksForImages), so the batch goes by file
-	// whatever its size. Set when the bodies are at hand, since durable records carry none.
+	// Images: a request of the batch asks for images (Request.Images), so the batch goes by
+	// file whatever its size; durable records carry no bodies to tell it from.
 	Images bool `json:"images,omitempty"`
 
 	Mode      Mode   `json:"mode,omitempty"`

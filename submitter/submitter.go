@@ -298,7 +298,7 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 			return s.split(ctx, rec)
 		}
 		rec.Mode = record.ModeFile
-		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !rec.Images && !asksForImages(rec) {
+		if inlineSize(rec) <= s.cfg.InlineMaxBytes && !rec.Images {
 			rec.Mode = record.ModeInline
 		}
 		rec.State = record.Submitting
@@ -387,8 +387,9 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 
 // create sends the create call, fenced by the lease: only while this replica has held it
 // without a lapse since the intent was written, and certainly holds it for longer than the call
-// may take. A freeze between this check and the send that outlasts
-// the lease less the margin is the one window no fence closes; find cancels what it lets through.
+// may take. A freeze between this check and the send that outlasts the lease less the margin
+// is the one window no fence closes; disown (here) and find (in the new owner) cancel what it
+// lets through.
 func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
 	b, err := s.batch(ctx, rec)
 	if err != nil {
@@ -660,7 +661,7 @@ func (s *Submitter) split(ctx context.Context, rec *record.Record) error {
 	}
 	parts = append(parts, cur)
 	for _, p := range parts {
-		p.ID, p.Group, p.State, p.CloseReason, p.Sealed = nuid.Next(), rec.Group, record.Sealed, rec.CloseReason, rec.Sealed
+		p.ID, p.Group, p.State, p.CloseReason, p.Sealed, p.Images = nuid.Next(), rec.Group, record.Sealed, rec.CloseReason, rec.Sealed, rec.Images
 		if err := s.store.Create(ctx, p); err != nil {
 			return fmt.Errorf("split record %s: %w", rec.ID, err)
 		}

@@ -209,6 +209,7 @@ func TestImageBatchesGoByFile(t *testing.T) {
 	image.Bytes -= q.Size
 	q.Size = gemini.InputLineSize(q.Key, q.Body)
 	image.Bytes += q.Size
+	image.Images = true // as the accumulator marks it
 	e.run(t, text, image)
 	for _, tt := range []struct {
 		rec  *record.Record
