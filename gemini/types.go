@@ -182,11 +182,6 @@ type Batch struct {
 	InputConfig InputConfig `json:"inputConfig"`
 }
 
-// CreateBatchRequest is the body of batchGenerateContent and asyncBatchEmbedContent.
-type CreateBatchRequest struct {
-	Batch Batch `json:"batch"`
-}
-
 // BatchStats counts a job's requests. Zero counts are absent on the wire.
 type BatchStats struct {
 	RequestCount           Int64 `json:"requestCount,omitempty"`
