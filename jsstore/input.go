@@ -236,12 +236,6 @@ func (r *chunkReader) Close() error {
 	return nil
 }
 
-// inputLine is one line of a batch's JSONL input.
-type inputLine struct {
-	Key     string          `json:"key"`
-	Request json.RawMessage `json:"request"`
-}
-
 // EachInput calls f with every line of a record's input, in order: for inline creates and for
 // reading bodies back. f may keep request.
 func (s *Store) EachInput(ctx context.Context, rec *record.Record, f func(key string, request json.RawMessage) error) error {
@@ -250,17 +244,16 @@ func (s *Store) EachInput(ctx context.Context, rec *record.Record, f func(key st
 		return err
 	}
 	defer rd.Close()
-	dec := json.NewDecoder(rd)
+	in := gemini.NewInputReader(rd)
 	for {
-		var l inputLine
-		err := dec.Decode(&l) // More would take a read error for the end
+		key, request, err := in.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("read input of record %s: %w", rec.ID, err)
 		}
-		if err := f(l.Key, l.Request); err != nil {
+		if err := f(key, request); err != nil {
 			return err
 		}
 	}
