@@ -1,0 +1,141 @@
+package intake
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/record"
+)
+
+// pulled publishes n messages to a stream, pulls them, and returns each as a held request, with
+// a ledger of the acknowledgements the server is sent.
+func pulled(t *testing.T, n int) (*nats.Conn, jetstream.Consumer, []record.Request, *ledger) {
+	t.Helper()
+	ns, err := embedded.NATS(t.TempDir()) // stacktest would import intake through daemon
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if _, err := js.Publish(ctx, "s", fmt.Appendf(nil, "%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch, err := cons.Fetch(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs []record.Request
+	for m := range batch.Messages() {
+		reqs = append(reqs, record.Request{Msg: &ackHandle{nc: nc, reply: m.Reply()}})
+	}
+	if len(reqs) != n {
+		t.Fatalf("pulled %d of %d", len(reqs), n)
+	}
+	return nc, cons, reqs, watch(t, nc, "$JS.ACK.>")
+}
+
+// ledger counts the messages published to a subject, as the server routes them.
+type ledger struct {
+	mu sync.Mutex
+	n  int
+}
+
+func watch(t *testing.T, nc *nats.Conn, subject string) *ledger {
+	t.Helper()
+	l := &ledger{}
+	sub, err := nc.Subscribe(subject, func(*nats.Msg) { l.mu.Lock(); l.n++; l.mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (l *ledger) count(t *testing.T, nc *nats.Conn) int {
+	t.Helper()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the copies routed back to this connection
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+// Every message of a batch is acknowledged once and the server confirms it: nothing is left
+// pending in the consumer, and a second call asks for nothing.
+func TestConfirmAcksConfirmsEveryMessage(t *testing.T) {
+	nc, cons, reqs, acks := pulled(t, 500)
+	if err := ConfirmAcks(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.AckFloor.Stream != 500 {
+		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 500", info.NumAckPending, info.AckFloor.Stream)
+	}
+	if n := acks.count(t, nc); n != 500 {
+		t.Fatalf("server was sent %d acknowledgements, want 500", n)
+	}
+	if err := ConfirmAcks(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	if n := acks.count(t, nc); n != 500 {
+		t.Fatalf("a second call sent %d more acknowledgements, want none", n-500)
+	}
+}
+
+// Acknowledgements that are not confirmed make an error that counts them, and a second call
+// asks again for those alone.
+func TestConfirmAcksAsksAgainOnlyForTheUnconfirmed(t *testing.T) {
+	nc, _, reqs, acks := pulled(t, 10)
+	lost := watch(t, nc, "nowhere.>")
+	for i := range 3 { // nothing confirms an ack sent to these
+		reqs = append(reqs, record.Request{Msg: &ackHandle{nc: nc, reply: fmt.Sprintf("nowhere.%d", i)}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := ConfirmAcks(ctx, reqs)
+	if err == nil || !strings.Contains(err.Error(), "3 of 13 acknowledgements not confirmed") {
+		t.Fatalf("got %v, want 3 of 13 not confirmed", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel2()
+	if err := ConfirmAcks(ctx2, reqs); err == nil || !strings.Contains(err.Error(), "3 of 3") {
+		t.Fatalf("second call: %v, want 3 of 3 not confirmed", err)
+	}
+	if a, l := acks.count(t, nc), lost.count(t, nc); a != 10 || l != 6 {
+		t.Fatalf("server sent %d acknowledgements and the unconfirmed subjects %d; want 10 and 6 (3 twice)", a, l)
+	}
+}
