@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -95,9 +93,15 @@ type durableSealer struct {
 func (d *durableSealer) seal(rec *record.Record) {
 	d.own(rec)
 	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
-	// From the first try: the InProgress of a later try may be lost with a NATS node, and then
-	// the AckWait runs from the first one.
-	began := d.now()
+	// Every message's AckWait runs at least from when it was pulled. A batch sealed well within
+	// it is recorded without an InProgress per message (each is a consumer write on the server,
+	// a raft proposal in a cluster); an older one is refreshed first, and on every try after the
+	// first. The AckWait counts from the first refresh: a later one may be lost with a NATS node.
+	since := oldest(rec)
+	refresh := d.now().Sub(since) > d.ackWait/4
+	if refresh {
+		since = d.now()
+	}
 	for attempt := 0; ; attempt++ {
 		// Checked before every try: a freeze during a slow write must not let a later try
 		// record messages that were meanwhile delivered to another replica.
@@ -105,12 +109,14 @@ func (d *durableSealer) seal(rec *record.Record) {
 			d.giveUp(rec, attempt)
 			return
 		}
-		inProgress(rec) // the AckWait runs from here while the batch is written
+		if refresh || attempt > 0 {
+			inProgress(rec)
+		}
 		err := d.store.Create(context.Background(), rec)
 		if err == nil || (attempt > 0 && errors.Is(err, record.ErrExists) && d.landedNow(rec)) {
 			// The write itself may have outlasted the lease (a freeze mid-write) or the
 			// AckWait: then another replica may have batched these messages meanwhile.
-			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(began) > d.ackWait*3/4 || d.heldElsewhere(rec) {
+			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(since) > d.ackWait*3/4 || d.heldElsewhere(rec) {
 				d.abandon(rec)
 				return
 			}
@@ -127,7 +133,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 	}
 	failpoint.Hit(failpoint.AfterSealBeforeAck)
 	for attempt := 0; ; attempt++ {
-		err := confirmAcks(rec)
+		err := intake.ConfirmAcks(context.Background(), rec.Requests)
 		if err == nil {
 			err = d.store.Confirmed(context.Background(), rec)
 		}
@@ -313,32 +319,6 @@ func oldest(rec *record.Record) time.Time {
 	return t
 }
 
-// confirmAcks acknowledges every message of a recorded batch and waits for the server to confirm
-// each, a few at a time.
-func confirmAcks(rec *record.Record) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	slots := make(chan struct{}, 64)
-	for _, q := range rec.Requests {
-		if q.Msg == nil {
-			continue
-		}
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := q.Msg.DoubleAck(ctx); err != nil {
-				mu.Lock()
-				first = cmp.Or(first, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return first
-}
 
 // takeOver readies a record this replica just took over and hands it to its stage, trying
 // again with backoff until it can: the record has no other owner while this replica lives, so

@@ -3,9 +3,11 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/accumulator"
@@ -154,5 +156,41 @@ func TestHeartbeatKeepsHeldMessagesFromRedelivery(t *testing.T) {
 				t.Fatalf("redelivered = %v (delivered %d, redelivered %d), want %v", got, info.Delivered.Consumer, info.NumRedelivered, tc.redelivered)
 			}
 		})
+	}
+}
+
+// A batch sealed soon after its messages were pulled is recorded without telling the stream
+// each message is in progress (a consumer write each on the server, a raft proposal each in a
+// cluster): their AckWait has most of its time left. The server's acknowledgement subject is
+// the ledger: it sees every +WPI and +ACK the daemon sends.
+func TestYoungBatchIsRecordedWithoutInProgress(t *testing.T) {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	cfg.BatchMaxRequests = 5
+	h := start(t, cfg, emulator.Options{})
+	acks := map[string]int{}
+	var mu sync.Mutex
+	sub, err := h.nc.Subscribe("$JS.ACK.>", func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		acks[string(m.Data)]++
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	keys := make([]string, 5)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("young%d", i)
+		h.send("gembatch.generate", keys[i], generateBody("young"))
+	}
+	h.waitReplies(keys, 20*time.Second)
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if acks["+WPI"] != 0 || acks["+ACK"] != 5 {
+		t.Errorf("acknowledgement subjects saw %v; want 5 +ACK and no +WPI", acks)
 	}
 }
