@@ -319,7 +319,6 @@ func oldest(rec *record.Record) time.Time {
 	return t
 }
 
-
 // takeOver readies a record this replica just took over and hands it to its stage, trying
 // again with backoff until it can: the record has no other owner while this replica lives, so
 // a read or removal given up on would leave its requests unanswered for good.
