@@ -16,8 +16,9 @@ import (
 // ErrClosed is returned by Add once Close has begun.
 var ErrClosed = errors.New("accumulator: closed")
 
-// SealFunc receives each sealed record, on the goroutine of the batch it came from. It owns the
-// record from then on. A slow SealFunc holds up only its own group.
+// SealFunc receives each sealed record, on a goroutine of the record's group, one record at a
+// time in the order they were sealed; the group's next batch fills meanwhile. It owns the record
+// from then on. A slow SealFunc holds up only its own group, once a second batch waits for it.
 type SealFunc func(*record.Record)
 
 // RejectFunc receives a request the accumulator refused, with the reason.
@@ -187,13 +188,38 @@ type owner struct {
 	gr *group
 	p  Policy
 	b  *batch // nil while no batch is open
+	// sealed takes each sealed batch to the group's sealing goroutine: recording a batch (a
+	// store write and an acknowledgement per request, in durable mode) does not stop the next
+	// one from filling.
+	sealed chan sealedBatch
+}
+
+// sealedBatch is a record on its way to the SealFunc, with what it holds of the pending counts.
+type sealedBatch struct {
+	rec   *record.Record
+	count int
+	bytes int64
+}
+
+// sealing hands each batch to the SealFunc in turn, then takes it off the pending counts: only
+// once the SealFunc has handed the requests on, so that the daemon's count of what it holds
+// never dips between the two.
+func (a *Accumulator) sealing(in <-chan sealedBatch, done chan<- struct{}) {
+	defer close(done)
+	for s := range in {
+		a.seal(s.rec)
+		a.release(s.count, s.bytes)
+	}
 }
 
 // run is the goroutine of one group: it owns the open batch and its timer.
 func (a *Accumulator) run(gr *group) {
 	defer a.wg.Done()
 	defer a.m.openGroups.Dec()
-	o := &owner{a: a, gr: gr, p: NewPolicy(a.cfg.Limits)}
+	o := &owner{a: a, gr: gr, p: NewPolicy(a.cfg.Limits), sealed: make(chan sealedBatch, 1)}
+	sealerDone := make(chan struct{})
+	go a.sealing(o.sealed, sealerDone)
+	defer func() { close(o.sealed); <-sealerDone }()
 	timer := time.NewTimer(a.cfg.IdleAfter)
 	defer timer.Stop()
 	var beat <-chan time.Time
@@ -237,7 +263,7 @@ func (a *Accumulator) run(gr *group) {
 func (o *owner) take(req record.Request) {
 	if o.b != nil {
 		if i, dup := o.b.reqs.find(req.Key); dup {
-			o.release(1, req.Size)
+			o.a.release(1, req.Size)
 			if o.b.reqs.at(i).id != req.ID {
 				o.a.reject(o.gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
 					"duplicate key %q: another request with this key is waiting in the same batch", req.Key))
@@ -272,7 +298,7 @@ func (o *owner) writeBody(req *record.Request) bool {
 		req.Body = nil // in the batch's input now
 		return true
 	}
-	o.release(1, req.Size) // not in the policy's count
+	o.a.release(1, req.Size) // not in the policy's count
 	var re requestError
 	if errors.As(err, &re) {
 		o.a.reject(o.gr.key, *req, re.RequestStatus())
@@ -311,10 +337,7 @@ func (o *owner) flush(why Reason) {
 	m.batchBytes.Observe(float64(bytes))
 	o.b = nil
 	o.p.Reset()
-	o.a.seal(rec)
-	// Only now: the sealer has handed the requests on, so the daemon's count of what it holds
-	// never dips between the two.
-	o.release(count, bytes)
+	o.sealed <- sealedBatch{rec: rec, count: count, bytes: bytes}
 }
 
 // lose hands the open batch's requests back to the stream: its bodies could not be written.
@@ -331,15 +354,15 @@ func (o *owner) lose(err error) {
 	}
 	o.b = nil
 	o.p.Reset()
-	o.release(count, bytes)
+	o.a.release(count, bytes)
 }
 
 // release takes n requests of size bytes off the pending counts.
-func (o *owner) release(n int, bytes int64) {
-	o.a.pendingRequests.Add(-int64(n))
-	o.a.pendingBytes.Add(-bytes)
-	o.a.m.pendingRequests.Sub(float64(n))
-	o.a.m.pendingBytes.Sub(float64(bytes))
+func (a *Accumulator) release(n int, bytes int64) {
+	a.pendingRequests.Add(-int64(n))
+	a.pendingBytes.Add(-bytes)
+	a.m.pendingRequests.Sub(float64(n))
+	a.m.pendingBytes.Sub(float64(bytes))
 }
 
 // retire removes an idle group so that arbitrary priorities or models cannot pin goroutines.

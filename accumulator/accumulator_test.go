@@ -257,3 +257,47 @@ func TestHeldFindsKeysWhoseHashesClash(t *testing.T) {
 		t.Error("found a key never added")
 	}
 }
+
+// While a sealed batch is being recorded (a slow SealFunc), the group's next batch fills and
+// seals behind it: Add does not wait for the recording. Batches reach the SealFunc in order, and
+// the pending counts keep every request until its batch's SealFunc has returned.
+func TestNextBatchFillsWhileOneIsSealed(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	seal := func(r *record.Record) {
+		mu.Lock()
+		order = append(order, r.Requests[0].Key)
+		first := len(order) == 1
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	}
+	a := New(Config{Buffer: 1, Limits: Limits{MaxRequests: 2, MaxBytes: 1 << 20, MaxWait: time.Hour}}, seal, (&sink{}).reject, nil)
+	added := make(chan struct{})
+	go func() {
+		defer close(added)
+		for i := range 5 { // batch 1 is held in the SealFunc, batch 2 waits for it, the 5th is open
+			_ = a.Add(gen, req(fmt.Sprintf("k%d", i), 10))
+		}
+	}()
+	select {
+	case <-added:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Add blocked while the group's first batch was being sealed")
+	}
+	if n, b := a.Pending(); n != 5 || b != 50 {
+		t.Errorf("pending %d requests, %d bytes while two batches are unrecorded and one open; want 5, 50", n, b)
+	}
+	close(release)
+	a.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(order, ","); got != "k0,k2,k4" {
+		t.Errorf("batches reached the SealFunc as %s, want k0,k2,k4", got)
+	}
+	if n, b := a.Pending(); n != 0 || b != 0 {
+		t.Errorf("pending %d, %d after Close, want 0", n, b)
+	}
+}
