@@ -92,6 +92,13 @@ type durableSealer struct {
 
 func (d *durableSealer) seal(rec *record.Record) {
 	d.own(rec)
+	// The accumulator seals a group's next batch while this one is recorded, with no heartbeat
+	// for one waiting its turn: past a quarter of the AckWait, some of its messages may be
+	// delivered elsewhere before a refresh could reach them.
+	if waited := d.now().Sub(rec.Sealed); waited > d.ackWait/4 {
+		d.giveUp(rec, 0, fmt.Sprintf("it waited %s to be recorded, more than a quarter of ACK_WAIT", waited.Round(time.Millisecond)))
+		return
+	}
 	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	// Every message's AckWait runs at least from when it was pulled. A batch sealed well within
 	// it is recorded without an InProgress per message (each is a consumer write on the server,
@@ -106,7 +113,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 		// Checked before every try: a freeze during a slow write must not let a later try
 		// record messages that were meanwhile delivered to another replica.
 		if !d.lease.HeldSince(oldest(rec), d.margin) {
-			d.giveUp(rec, attempt)
+			d.giveUp(rec, attempt, "the lease lapsed while the batch was open")
 			return
 		}
 		if refresh || attempt > 0 {
@@ -117,7 +124,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 			// The write itself may have outlasted the lease (a freeze mid-write) or the
 			// AckWait: then another replica may have batched these messages meanwhile.
 			if !d.lease.HeldSince(oldest(rec), d.margin) || d.now().Sub(since) > d.ackWait*3/4 || d.heldElsewhere(rec) {
-				d.abandon(rec)
+				d.abandon(rec, "it was recorded too late to be sure no other replica holds its messages")
 				return
 			}
 			break
@@ -125,7 +132,7 @@ func (d *durableSealer) seal(rec *record.Record) {
 		if attempt == 5 || errors.Is(err, nats.ErrConnectionClosed) {
 			d.log.Error().Err(err).Str("record", rec.ID).Int("requests", len(rec.Requests)).
 				Msg("could not record a sealed batch; its requests will be delivered again")
-			d.giveUp(rec, attempt+1)
+			d.giveUp(rec, attempt+1, "it could not be recorded")
 			return
 		}
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("record sealed batch; retrying")
@@ -226,20 +233,20 @@ func (d *durableSealer) landedNow(rec *record.Record) bool {
 // giveUp hands a batch back that could not be recorded in time. A try whose answer was lost may
 // have recorded it all the same: that record is abandoned, so that no replica sends it later;
 // when NATS cannot say yet, the messages go back at once and the record is settled later.
-func (d *durableSealer) giveUp(rec *record.Record, tries int) {
+func (d *durableSealer) giveUp(rec *record.Record, tries int, why string) {
 	if tries == 0 {
-		d.handBack(rec)
+		d.handBack(rec, why)
 		return
 	}
 	ok, err := d.landed(rec)
 	switch {
 	case err != nil:
-		d.handBack(rec)
+		d.handBack(rec, why)
 		go d.cleanLate(rec)
 	case ok:
-		d.abandon(rec)
+		d.abandon(rec, why)
 	default:
-		d.handBack(rec)
+		d.handBack(rec, why)
 	}
 }
 
@@ -253,11 +260,11 @@ func inProgress(rec *record.Record) {
 // abandon drops a batch recorded too late to be sure its messages were not delivered elsewhere
 // meanwhile: the record is cleaned before anything is sent for it, and the messages handed back
 // (those another replica batched are acknowledged already, and the rest are delivered again).
-func (d *durableSealer) abandon(rec *record.Record) {
+func (d *durableSealer) abandon(rec *record.Record, why string) {
 	if err := d.clean(rec); err != nil {
 		go d.cleanLate(rec)
 	}
-	d.handBack(rec)
+	d.handBack(rec, why)
 }
 
 // clean marks an abandoned record cleaned, so that no replica ever submits it.
@@ -294,15 +301,15 @@ func (d *durableSealer) cleanLate(rec *record.Record) {
 	d.log.Error().Str("record", rec.ID).Msg("could not settle an abandoned batch's record; its next owner abandons it")
 }
 
-// handBack leaves a batch's messages to the stream instead of recording them: the lease lapsed
-// since they were pulled, so they may have been delivered to another replica. They are not
+// handBack leaves a batch's messages to the stream instead of recording them: they may have been
+// delivered to another replica since they were pulled (why says how). They are not
 // nak'ed: a nak of a delivery the stream has since made again elsewhere (the AckWait passed)
 // delivers the message once more, while the other replica still holds it in an open batch, and
 // both would batch it (TestNATSClusterNodeLoss found this). Unacknowledged, each comes back
 // after the AckWait, to whichever replica does not hold it already.
-func (d *durableSealer) handBack(rec *record.Record) {
-	d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).
-		Msg("lease lapsed while the batch was open; its messages are left to the stream, delivered again after ACK_WAIT")
+func (d *durableSealer) handBack(rec *record.Record, why string) {
+	d.log.Warn().Str("record", rec.ID).Int("requests", len(rec.Requests)).Str("reason", why).
+		Msg("batch handed back unrecorded; its messages are left to the stream, delivered again after ACK_WAIT")
 	if err := d.store.Delete(context.Background(), rec.ID); err != nil { // its input: never sent
 		d.log.Warn().Err(err).Str("record", rec.ID).Msg("delete the input of a batch handed back; the sweep removes it")
 	}
