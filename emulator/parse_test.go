@@ -299,7 +299,7 @@ func TestParseCreateAgreesWithOld(t *testing.T) {
 	for _, tc := range acceptances {
 		sameAsOld(t, []byte(tc.body))
 	}
-	sameAsOld(t, createBody(100, 1024))
+	sameAsOld(t, inlineCreate(100, 1024))
 }
 
 func FuzzParseCreate(f *testing.F) {
@@ -313,13 +313,13 @@ func FuzzParseCreate(f *testing.F) {
 			f.Add([]byte(tc.body))
 		}
 	}
-	f.Add(createBody(3, 40))
+	f.Add(inlineCreate(3, 40))
 	f.Fuzz(sameAsOld)
 }
 
-// createBody is an inline create of n requests of about size bytes each, keyed, as gembatch
+// inlineCreate is an inline create of n requests of about size bytes each, keyed, as gembatch
 // sends it.
-func createBody(n, size int) []byte {
+func inlineCreate(n, size int) []byte {
 	var b bytes.Buffer
 	b.WriteString(`{"batch":{"displayName":"gembatch-bench","inputConfig":{"requests":{"requests":[`)
 	text := strings.Repeat("lorem ipsum ", size/12)
@@ -339,7 +339,7 @@ func createBody(n, size int) []byte {
 // timed interleaved in the same run.
 func BenchmarkParseCreate(b *testing.B) {
 	const n = 10000
-	body := createBody(n, 1024)
+	body := inlineCreate(n, 1024)
 	var parse, old time.Duration
 	for b.Loop() {
 		t0 := time.Now()
