@@ -19,6 +19,7 @@ var (
 	itemFields     = []string{"request", "metadata"}
 )
 
+// createSpec is what a create body asks for.
 type createSpec struct {
 	displayName string
 	priority    int64
@@ -26,26 +27,37 @@ type createSpec struct {
 	requests    []gemini.InlinedRequest
 }
 
-// parseCreate reads a create body, in camelCase or snake_case. One pass validates the body
-// whole and notes where the members it reads are; the checks then run in the order the service
-// makes them, so that a body with several faults is refused for the same one. Only the
-// requests are read again, item by item, within the array the pass has validated.
+// parseCreate reads a create body, in camelCase or snake_case, in one pass that validates it
+// whole, noting where the members it reads are and reading the requests as it goes; the
+// checks then run in the order the service makes them, so that a body with several faults is
+// refused for the same one.
 //
 // A body is up to 20 MiB of requests, and a request is kept as a slice of it: the body stays
 // alive as long as the job's input does, as copies of the requests would.
 func parseCreate(body []byte) (createSpec, error) {
+	c := createBody{body: body}
 	sc := jsonscan.New(body)
-	var c createBody
 	c.scan(&sc)
-	if err := sc.End(); err != nil { // the scanner words a syntax error as encoding/json does
-		return createSpec{}, errorf("Invalid JSON payload received: %v", err)
+	if sc.End() != nil {
+		return createSpec{}, errorf("Invalid JSON payload received: %v", validate(body))
 	}
 	return c.spec()
 }
 
+// validate is a plain pass over a whole document. jsonscan words its syntax errors as
+// encoding/json does, and judges nesting from the top of the document.
+func validate(doc []byte) error {
+	sc := jsonscan.New(doc)
+	sc.Skip()
+	return sc.End()
+}
+
 // createBody is what the pass over a create body found: each member parseCreate reads, as
-// written. Where a name repeats, the last one counts, as in a decode into a map.
+// written, and the requests. Where a name repeats, the last one counts, as in a decode into a
+// map.
 type createBody struct {
+	body      []byte
+	validated bool // a plain pass has found the whole body valid
 	object
 	batch batchBody
 }
@@ -65,7 +77,10 @@ type inputBody struct {
 // requestsBody is batch.input_config.requests, which holds the requests array.
 type requestsBody struct {
 	object
-	items []byte
+	array bool                    // the requests are an array, which reqs and fault tell of
+	other []byte                  // else the value in its place (null, or no array)
+	reqs  []gemini.InlinedRequest // the requests read, up to the first at fault
+	fault error                   // the first request at fault, in the service's words
 }
 
 // object is what the pass learns of one object of the body, for the checks that follow it.
@@ -77,11 +92,12 @@ type object struct {
 
 func (c *createBody) scan(sc *jsonscan.Scanner) {
 	for range c.members(sc, topFields) {
-		c.batch.scan(sc)
+		c.scanBatch(sc)
 	}
 }
 
-func (b *batchBody) scan(sc *jsonscan.Scanner) {
+func (c *createBody) scanBatch(sc *jsonscan.Scanner) {
+	b := &c.batch
 	*b = batchBody{}
 	for name := range b.members(sc, batchFields) {
 		switch string(name) {
@@ -90,28 +106,35 @@ func (b *batchBody) scan(sc *jsonscan.Scanner) {
 		case "priority":
 			b.priority = sc.Skip()
 		case "inputConfig":
-			b.input.scan(sc)
+			c.scanInput(sc)
 		default: // output-only, accepted and ignored
 			sc.Skip()
 		}
 	}
 }
 
-func (in *inputBody) scan(sc *jsonscan.Scanner) {
+func (c *createBody) scanInput(sc *jsonscan.Scanner) {
+	in := &c.batch.input
 	*in = inputBody{}
 	for name := range in.members(sc, inputFields) {
 		if string(name) == "fileName" {
 			in.fileName = sc.Skip()
 		} else {
-			in.requests.scan(sc)
+			c.scanRequests(sc)
 		}
 	}
 }
 
-func (r *requestsBody) scan(sc *jsonscan.Scanner) {
+func (c *createBody) scanRequests(sc *jsonscan.Scanner) {
+	r := &c.batch.input.requests
 	*r = requestsBody{}
 	for range r.members(sc, requestsFields) {
-		r.items = sc.Skip()
+		r.reqs, r.fault = nil, nil
+		if r.array = sc.Peek() == '['; r.array {
+			c.readItems(sc, r)
+		} else {
+			r.other = sc.Skip()
+		}
 	}
 }
 
@@ -147,6 +170,72 @@ func (o *object) members(sc *jsonscan.Scanner, allowed []string) iter.Seq[[]byte
 	}
 }
 
+// readItems reads the requests array that comes next in sc, each item with a scanner of its
+// own (jsonscan steps through objects, not arrays), then moves sc on past the array.
+func (c *createBody) readItems(sc *jsonscan.Scanner, r *requestsBody) {
+	rest := sc.Bytes()[sc.Offset()+1:]
+	if s := jsonscan.New(rest); s.Peek() == ']' { // an empty array
+		rest = rest[s.Offset()+1:]
+	} else {
+		for i, more := 0, true; more; i++ {
+			var ok bool
+			if rest, more, ok = c.readItem(rest, i, r); !ok {
+				abandon(sc)
+				return
+			}
+		}
+	}
+	*sc = jsonscan.New(rest) // inside the requests object, past a member's value
+	if c.tooDeep(rest) {
+		abandon(sc)
+	}
+}
+
+// readItem reads item i of the requests array, at the start of items, into r, and returns
+// what follows the ',' or ']' after it, and whether that was a ','. ok is false where the body
+// is not valid JSON there.
+func (c *createBody) readItem(items []byte, i int, r *requestsBody) (rest []byte, more, ok bool) {
+	sc := jsonscan.New(items)
+	sc.Peek()
+	start := sc.Offset()
+	req, sure := readRequest(&sc)
+	item := items[start:sc.Offset()]
+	next := sc.Peek()
+	if sc.Err() != nil || (next != ',' && next != ']') || c.tooDeep(item) {
+		return nil, false, false
+	}
+	if !sure && r.fault == nil {
+		req, r.fault = decodeRequest(item, i)
+	}
+	if r.fault == nil {
+		r.reqs = append(r.reqs, req)
+	}
+	return items[sc.Offset()+1:], next == ',', true
+}
+
+// nestLimit is the most brackets a part of the body that a scanner of its own reads may open
+// and still be sure to keep within encoding/json's nesting limit of 10,000, which that scanner
+// counts from where it starts: the requests array is five levels down.
+const nestLimit = 10000 - 5
+
+// tooDeep reports whether part, which a scanner of its own has read, nests deeper than
+// encoding/json allows. Only a part with more than nestLimit brackets might; then a plain pass
+// over the whole body decides, once.
+func (c *createBody) tooDeep(part []byte) bool {
+	if c.validated || len(part) <= nestLimit || bytes.Count(part, []byte("{"))+bytes.Count(part, []byte("[")) <= nestLimit {
+		return false
+	}
+	c.validated = true
+	return validate(c.body) != nil
+}
+
+// abandon ends the pass at a fault in the body: a scanner over nothing fails at once, which
+// ends every loop over it, and parseCreate words the fault as a plain pass finds it.
+func abandon(sc *jsonscan.Scanner) {
+	*sc = jsonscan.New(nil)
+	sc.Skip()
+}
+
 // check refuses the object at at as the service does: a value that is no object, in
 // encoding/json's words, or else its first unknown member.
 func (o *object) check(at string) error {
@@ -160,10 +249,10 @@ func (o *object) check(at string) error {
 	return nil
 }
 
-// spec checks what the pass found, in the service's order, and reads the requests.
+// spec checks what the pass found, in the service's order.
 func (c *createBody) spec() (createSpec, error) {
 	var spec createSpec
-	b, in := &c.batch, &c.batch.input
+	b, in, r := &c.batch, &c.batch.input, &c.batch.input.requests
 	if err := c.check(""); err != nil {
 		return spec, err
 	}
@@ -190,54 +279,29 @@ func (c *createBody) spec() (createSpec, error) {
 	if err := decodeValue(in.fileName, "fileName", "batch.input_config", &spec.fileName); err != nil {
 		return spec, err
 	}
-	if (spec.fileName == "") == !in.requests.present {
+	if (spec.fileName == "") == !r.present {
 		return spec, errorf("* batch.input_config: exactly one of file_name and requests must be set")
 	}
 	if spec.fileName != "" {
 		return spec, nil
 	}
-	if err := in.requests.check("batch.input_config.requests"); err != nil {
+	if err := r.check("batch.input_config.requests"); err != nil {
 		return spec, err
 	}
-	var err error
-	spec.requests, err = readRequests(in.requests.items)
-	return spec, err
-}
-
-// readRequests reads the requests array, which the pass has validated, item by item.
-func readRequests(items []byte) ([]gemini.InlinedRequest, error) {
-	if len(items) == 0 || items[0] != '[' {
+	if !r.array {
 		var none []json.RawMessage
-		if err := decodeValue(items, "requests", "batch.input_config.requests", &none); err != nil {
-			return nil, err
-		}
-		return nil, errorf("* batch.input_config.requests.requests: requests is not specified")
-	}
-	var reqs []gemini.InlinedRequest
-	for i, rest := 0, items[1:]; ; i++ {
-		sc := jsonscan.New(rest)
-		if sc.Peek() == ']' { // an empty array: a valid one ends nowhere else before an item
-			break
-		}
-		start := sc.Offset()
-		req, ok := readRequest(&sc)
-		if !ok {
-			var err error
-			if req, err = decodeRequest(rest[start:sc.Offset()], i); err != nil {
-				return nil, err
-			}
-		}
-		reqs = append(reqs, req)
-		next := sc.Peek() // ',' or ']'
-		rest = rest[sc.Offset()+1:]
-		if next == ']' {
-			break
+		if err := decodeValue(r.other, "requests", "batch.input_config.requests", &none); err != nil {
+			return spec, err
 		}
 	}
-	if len(reqs) == 0 {
-		return nil, errorf("* batch.input_config.requests.requests: requests is not specified")
+	if r.fault != nil {
+		return spec, r.fault
 	}
-	return reqs, nil
+	if len(r.reqs) == 0 {
+		return spec, errorf("* batch.input_config.requests.requests: requests is not specified")
+	}
+	spec.requests = r.reqs
+	return spec, nil
 }
 
 // readRequest reads the item that comes next in sc, whole. ok is false for an item it cannot

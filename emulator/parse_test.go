@@ -115,7 +115,12 @@ func create(items string) string {
 	return `{"batch":{"inputConfig":{"requests":{"requests":[` + items + `]}}}}`
 }
 
-const deep = 9994 // nesting inside an item's request that brings a create body to encoding/json's limit
+// deep is the nesting inside an item's request that brings a create body to encoding/json's
+// limit of 10,000 levels.
+const deep = 9994
+
+// nest is n arrays, one inside the other.
+func nest(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
 
 // refusals are bodies parseCreate refuses, with the service's words for each, as the parser
 // that decoded the body level by level worded them.
@@ -126,7 +131,12 @@ var refusals = []struct{ body, err string }{
 	{`{"bogus":1,"batch":{"inputConfig":{"fileName":"f"}}`, `Invalid JSON payload received: unexpected end of JSON input`},
 	{create(`{"request":{"a":[1,]}}`), `Invalid JSON payload received: invalid character ']' looking for beginning of value`},
 	{create("{\"request\":\"\xff\\u12g4\"}"), `Invalid JSON payload received: invalid character 'g' in \u hexadecimal character escape`},
-	{create(`{"request":` + strings.Repeat("[", deep+1) + strings.Repeat("]", deep+1) + `}`), `Invalid JSON payload received: invalid character '[' exceeded max depth`},
+	{create(`{"request":` + nest(deep+1) + `}`), `Invalid JSON payload received: invalid character '[' exceeded max depth`},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[{}]}},"webhookConfig":` + nest(9999) + `}}`, `Invalid JSON payload received: invalid character '[' exceeded max depth`},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[{}] x}}}}`, `Invalid JSON payload received: invalid character 'x' after object key:value pair`},
+	{create(`{} {}`), `Invalid JSON payload received: invalid character '{' after array element`},
+	{create(`{},`), `Invalid JSON payload received: invalid character ']' looking for beginning of value`},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[{}`, `Invalid JSON payload received: unexpected end of JSON input`},
 	{`[]`, `Invalid JSON payload received: json: cannot unmarshal array into Go value of type map[string]json.RawMessage`},
 	{`"x"`, `Invalid JSON payload received: json: cannot unmarshal string into Go value of type map[string]json.RawMessage`},
 	{`null`, `* batch: batch is not specified`},
@@ -198,6 +208,9 @@ var acceptances = []struct {
 			{Request: json.RawMessage(`{ "a" : [ 1 , 2 ] }`), Metadata: &gemini.RequestMetadata{Key: "k1"}},
 			{},
 		}}},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[{"request":1}],"requests":[{"request":2} , {"request":3}]},"fileName":null},"displayName":"after"}}`,
+		createSpec{displayName: "after", requests: []gemini.InlinedRequest{{Request: json.RawMessage(`2`)}, {Request: json.RawMessage(`3`)}}}},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[5],"requests":[{}]}}}}`, createSpec{requests: []gemini.InlinedRequest{{}}}},
 	{create(`{"request":null,"metadata":null},{"request":5},{"metadata":{}},{"metadata":{"key":5}},{"metadata":{"key":null}}`),
 		createSpec{requests: []gemini.InlinedRequest{
 			{Request: json.RawMessage(`null`)},
@@ -217,10 +230,12 @@ var acceptances = []struct {
 			{Metadata: &gemini.RequestMetadata{Key: "😀 \ufffd"}},
 			{Request: json.RawMessage(`[]`), Metadata: &gemini.RequestMetadata{}},
 		}}},
-	{create(`{"request":` + strings.Repeat("[", deep) + strings.Repeat("]", deep) + `}`),
+	{create(`{"request":` + nest(deep) + `,"metadata":{"key":"k"}}`),
 		createSpec{requests: []gemini.InlinedRequest{
-			{Request: json.RawMessage(strings.Repeat("[", deep) + strings.Repeat("]", deep))},
+			{Request: json.RawMessage(nest(deep)), Metadata: &gemini.RequestMetadata{Key: "k"}},
 		}}},
+	{`{"batch":{"inputConfig":{"requests":{"requests":[{}]}},"webhookConfig":` + nest(9998) + `}}`,
+		createSpec{requests: []gemini.InlinedRequest{{}}}},
 }
 
 func TestParseCreateRefuses(t *testing.T) {
