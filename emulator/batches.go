@@ -3,7 +3,6 @@ package emulator
 import (
 	"cmp"
 	"encoding/json"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -284,83 +283,6 @@ func (s *Server) answerInline(b *batch, end *ending, n int64, fail func() bool) 
 		slices.Reverse(out)
 	}
 	end.output = &gemini.Output{InlinedResponses: &gemini.InlinedResponses{InlinedResponses: out}}
-}
-
-type createSpec struct {
-	displayName string
-	priority    int64
-	fileName    string
-	requests    []gemini.InlinedRequest
-}
-
-// parseCreate reads a create body, in camelCase or snake_case.
-func parseCreate(body []byte) (createSpec, error) {
-	var spec createSpec
-	top, err := fields(body, "", "batch")
-	if err != nil {
-		return spec, err
-	}
-	if top["batch"] == nil {
-		return spec, errorf("* batch: batch is not specified")
-	}
-	b, err := fields(top["batch"], "batch", batchFields...)
-	if err != nil {
-		return spec, err
-	}
-	var prio gemini.Int64
-	if err := decodeField(b, "displayName", "batch", &spec.displayName); err != nil {
-		return spec, err
-	}
-	if err := decodeField(b, "priority", "batch", &prio); err != nil {
-		return spec, err
-	}
-	spec.priority = int64(prio)
-	if b["inputConfig"] == nil {
-		return spec, errorf("* batch.input_config: input_config is not specified")
-	}
-	in, err := fields(b["inputConfig"], "batch.input_config", "fileName", "requests")
-	if err != nil {
-		return spec, err
-	}
-	if err := decodeField(in, "fileName", "batch.input_config", &spec.fileName); err != nil {
-		return spec, err
-	}
-	if (spec.fileName == "") == (in["requests"] == nil) {
-		return spec, errorf("* batch.input_config: exactly one of file_name and requests must be set")
-	}
-	if spec.fileName != "" {
-		return spec, nil
-	}
-	reqs, err := fields(in["requests"], "batch.input_config.requests", "requests")
-	if err != nil {
-		return spec, err
-	}
-	var items []json.RawMessage
-	if err := decodeField(reqs, "requests", "batch.input_config.requests", &items); err != nil {
-		return spec, err
-	}
-	if len(items) == 0 {
-		return spec, errorf("* batch.input_config.requests.requests: requests is not specified")
-	}
-	for i, raw := range items {
-		at := fmt.Sprintf("batch.input_config.requests.requests[%d]", i)
-		item, err := fields(raw, at, "request", "metadata")
-		if err != nil {
-			return spec, err
-		}
-		// metadata is a google.protobuf.Struct: any fields, of which "key" names the request.
-		var md map[string]any
-		if err := decodeField(item, "metadata", at, &md); err != nil {
-			return spec, err
-		}
-		req := gemini.InlinedRequest{Request: item["request"]}
-		if md != nil {
-			key, _ := md["key"].(string)
-			req.Metadata = &gemini.RequestMetadata{Key: key}
-		}
-		spec.requests = append(spec.requests, req)
-	}
-	return spec, nil
 }
 
 func (s *Server) createBatch(w http.ResponseWriter, r *http.Request, model string, kind gemini.Kind) {

@@ -95,11 +95,16 @@ func fields(raw json.RawMessage, at string, allowed ...string) (map[string]json.
 	for k, v := range m {
 		k = camel(k)
 		if len(allowed) > 0 && !slices.Contains(allowed, k) {
-			return nil, errorf("Invalid JSON payload received. Unknown name %q%s: Cannot find field.", k, where(at))
+			return nil, unknownName(k, at)
 		}
 		out[k] = v
 	}
 	return out, nil
+}
+
+// unknownName refuses a member the object at at does not have, in the words of the service.
+func unknownName(name, at string) error {
+	return errorf("Invalid JSON payload received. Unknown name %q%s: Cannot find field.", name, where(at))
 }
 
 func where(at string) string {
@@ -111,8 +116,13 @@ func where(at string) string {
 
 // decodeField decodes m[key] into dst if present; an absent or null field leaves dst alone.
 func decodeField(m map[string]json.RawMessage, key, at string, dst any) error {
-	raw, ok := m[key]
-	if !ok || string(raw) == "null" {
+	return decodeValue(m[key], key, at, dst)
+}
+
+// decodeValue decodes raw, the value of member key of the object at at, into dst; an absent
+// (nil) or null value leaves dst alone.
+func decodeValue(raw []byte, key, at string, dst any) error {
+	if raw == nil || string(raw) == "null" {
 		return nil
 	}
 	if err := json.Unmarshal(raw, dst); err != nil {
