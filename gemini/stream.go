@@ -306,7 +306,8 @@ func inlineItem(n int, item []byte) (Result, error) {
 	if err := unmarshalSet(errValue, &ir.Error); err != nil {
 		return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
 	}
-	if err := unmarshalSet(metadata, &ir.Metadata); err != nil {
+	var err error
+	if ir.Metadata, err = responseMetadata(metadata); err != nil {
 		return Result{}, fmt.Errorf("inline response %d: metadata: %w", n, err)
 	}
 	ir.Response = response
@@ -314,6 +315,36 @@ func inlineItem(n int, item []byte) (Result, error) {
 		usage = nil
 	}
 	return inlineResult(n, ir, usage), nil
+}
+
+// responseMetadata reads an answer's metadata, already validated, as encoding/json would read
+// it into a ResponseMetadata, without its reflection: a third of the time of an answer's
+// decoding went there.
+func responseMetadata(v []byte) (*ResponseMetadata, error) {
+	if v == nil || string(v) == "null" {
+		return nil, nil
+	}
+	if v[0] != '{' {
+		return nil, fmt.Errorf("json: cannot unmarshal %s into Go value of type gemini.ResponseMetadata", jsonscan.Kind(v))
+	}
+	md := &ResponseMetadata{}
+	s := jsonscan.New(v)
+	for s.Open(); s.More(); {
+		if !jsonscan.KeyIs(s.Key(), "key") {
+			s.Skip()
+			continue
+		}
+		val := s.Skip()
+		if string(val) == "null" {
+			continue
+		}
+		key, ok := jsonscan.String(val)
+		if !ok {
+			return nil, fmt.Errorf("json: cannot unmarshal %s into Go struct field ResponseMetadata.key of type string", jsonscan.Kind(val))
+		}
+		md.Key = string(key)
+	}
+	return md, s.End()
 }
 
 // unmarshalSet decodes v into *dst when v was present.
