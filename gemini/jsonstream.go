@@ -175,19 +175,11 @@ func (s *jsonStream) walk(buf []byte, inString, escaped, started *bool) (n int, 
 	for i := 0; i < len(buf); i++ {
 		c := buf[i]
 		if *inString {
-			if *escaped {
-				*escaped = false
-				continue
-			}
-			j := bytes.IndexAny(buf[i:], `"\`)
+			j := closingQuote(buf[i:], escaped)
 			if j < 0 {
 				return len(buf), false, nil
 			}
 			i += j
-			if buf[i] == '\\' {
-				*escaped = true
-				continue
-			}
 			*inString = false
 			if len(s.open) == 0 {
 				return i + 1, true, nil
@@ -225,6 +217,49 @@ func (s *jsonStream) walk(buf []byte, inString, escaped, started *bool) (n int, 
 		*started = true
 	}
 	return len(buf), false, nil
+}
+
+// closingQuote finds the quote that ends the string whose contents buf begins in, or -1 when
+// the string goes on past buf; escaped carries a backslash that ended the previous chunk. It
+// looks for quotes and backslashes with bytes.IndexByte, which reads many bytes at a time
+// (bytes.IndexAny with both read one byte at a time, a quarter of an inline answer's decoding),
+// and reads each byte of the string at most twice, however many escapes it has.
+func closingQuote(buf []byte, escaped *bool) int {
+	i := 0
+	if *escaped {
+		if len(buf) == 0 {
+			return -1
+		}
+		*escaped, i = false, 1
+	}
+	for {
+		end := len(buf)
+		if q := bytes.IndexByte(buf[i:], '"'); q >= 0 {
+			end = i + q
+		}
+		for {
+			b := bytes.IndexByte(buf[i:end], '\\')
+			if b < 0 {
+				break
+			}
+			i += b + 2 // past the backslash and the byte it escapes
+			if i > len(buf) {
+				*escaped = true // the escaped byte is in the next chunk
+				return -1
+			}
+			if i > end {
+				break // the quote found was escaped
+			}
+		}
+		switch {
+		case i > end:
+			continue // look for the next quote past the escaped one
+		case end == len(buf):
+			return -1
+		default:
+			return end
+		}
+	}
 }
 
 // endOrSyntax is nil where a scalar ended at c, and a syntax error where no value began.

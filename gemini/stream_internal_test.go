@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // opReader produces an operation of n inline answers of size bytes each, in metadata.output and
@@ -124,4 +125,40 @@ func FuzzStreamOperation(f *testing.F) {
 			_ = op.Output()
 		}
 	})
+}
+
+// Strings with escapes read alike whatever the chunks the reader hands over: a backslash that
+// ends a chunk, an escaped quote right after, many escapes before one quote. Each reading is
+// checked against a whole decode of the same operation.
+func TestStringsAcrossChunks(t *testing.T) {
+	texts := []string{`plain`, `a \"quoted\" word`, `\\`, `ends with \\`, `\\\"`, strings.Repeat(`line\n`, 300), `\"` + strings.Repeat("x", 70) + `\\\\\"`, `\u00e9\/`}
+	var items []string
+	for i, s := range texts {
+		items = append(items, fmt.Sprintf(`{"response":{"candidates":[{"content":{"parts":[{"text":"%s"}]}}],"note":"}]\"{["},"metadata":{"key":"k%d \"q\""}}`, s, i))
+	}
+	data := []byte(`{"name":"batches/x","metadata":{"displayName":"a\"b\\","state":"BATCH_STATE_SUCCEEDED","output":{"inlinedResponses":{"inlinedResponses":[` +
+		strings.Join(items, ",") + `]}}},"done":true}`)
+	var whole Operation
+	if err := json.Unmarshal(data, &whole); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint(InlineResults(whole.Output()))
+	for _, rd := range map[string]func() io.Reader{
+		"whole":    func() io.Reader { return bytes.NewReader(data) },
+		"one byte": func() io.Reader { return iotest.OneByteReader(bytes.NewReader(data)) },
+		"halves":   func() io.Reader { return iotest.HalfReader(bytes.NewReader(data)) },
+	} {
+		var got []Result
+		op, err := decodeOperation(rd(), func(r Result) error {
+			r.Response = bytes.Clone(r.Response)
+			got = append(got, r)
+			return nil
+		})
+		if err != nil || op.Metadata == nil || op.Metadata.DisplayName != `a"b\` {
+			t.Fatalf("decode: %v, op %+v", err, op)
+		}
+		if fmt.Sprint(got) != want {
+			t.Fatalf("streamed %s\nwhole    %s", fmt.Sprint(got), want)
+		}
+	}
 }
