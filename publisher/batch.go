@@ -227,8 +227,10 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		return nil
 	}
 	if op == nil || op.Output() == nil || op.Output().ResponsesFile == "" {
-		var replyErr, err error
-		op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, func(r gemini.Result) error { replyErr = a.result(r); return replyErr })
+		replyErr, err := prefetch(ctx, func(ctx context.Context, each func(gemini.Result) error) (err error) {
+			op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, each)
+			return err
+		}, a.result)
 		if replyErr != nil {
 			return replyErr
 		}
