@@ -60,10 +60,13 @@ func (c *collector) wait(ctx context.Context, within time.Duration) error {
 	}
 }
 
-// fanOut: one batch of 10,000 requests; replies per second from the first reply received to the
-// last, against a raw publish of the same replies (same headers and bodies) on one connection,
-// timed the same way. Both are timed at the receiver: when the first reply was published is not
-// visible from outside the daemon, and timing both alike keeps the ratio fair.
+// fanOut: one batch of 10,000 requests; replies per second from the first reply published to the
+// last received, against a raw publish of the same replies (same headers and bodies) on one
+// connection. The raw run is timed from its first publish; gembatchd's from its first reply
+// received, since when it published it is not visible from outside the daemon: one message's
+// latency later, in its favour. Timing the raw run from its first message received instead made
+// its rate swing from 216,000 to 10 million a second: while the publisher filled the socket the
+// receiver often had not run yet, and then read everything in one burst.
 func fanOut(ctx context.Context, e *env) ([]Row, error) {
 	n := e.size(10000, 500)
 	a, err := startAPI(0)
@@ -106,6 +109,7 @@ func fanOut(ctx context.Context, e *env) ([]Row, error) {
 		if err != nil {
 			return nil, err
 		}
+		t0 := time.Now()
 		for _, m := range replies.msgs {
 			if err := f.conns[0].PublishMsg(&nats.Msg{Subject: raw, Header: m.Header, Data: m.Data}); err != nil {
 				return nil, err
@@ -117,9 +121,9 @@ func fanOut(ctx context.Context, e *env) ([]Row, error) {
 		if err := rawReplies.wait(ctx, 5*time.Minute); err != nil {
 			return nil, fmt.Errorf("raw replies: %w", err)
 		}
-		base := rate(n, rawReplies.last.Sub(rawReplies.first))
+		base := rate(n, rawReplies.last.Sub(t0))
 		r.add(base, got)
 		e.progress("fan-out round %d/%d: raw %.0f replies/s, gembatchd %.0f replies/s", round+1, e.opts.Rounds, base, got)
 	}
-	return []Row{r.row(fmt.Sprintf("reply fan-out of one %s-request batch (durable), first reply received to last", num(float64(n))), "replies/s", "higher", "raw publish of the same replies")}, nil
+	return []Row{r.row(fmt.Sprintf("reply fan-out of one %s-request batch (durable), first reply out to last received", num(float64(n))), "replies/s", "higher", "raw publish of the same replies")}, nil
 }
