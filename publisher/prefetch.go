@@ -49,11 +49,12 @@ func prefetch(ctx context.Context, read func(context.Context, func(gemini.Result
 	go func() {
 		defer close(done)
 		defer close(slabs)
-		cur := &slab{}
+		newSlab := func() *slab { return &slab{arena: make([]byte, 0, slabBytes)} }
+		cur := newSlab()
 		send := func() bool {
 			select {
 			case slabs <- cur:
-				cur = &slab{arena: make([]byte, 0, slabBytes)}
+				cur = newSlab()
 				return true
 			case <-ctx.Done():
 				return false
