@@ -396,7 +396,7 @@ func (a *answering) reply(i int, resp []byte, st *gemini.Status, counted bool) e
 // nothing else waits. Any other failure is the connection's, and the batch is tried again.
 func (a *answering) publish(req record.Request, resp []byte, st *gemini.Status) error {
 	r := Reply{Subject: req.Reply, Key: req.Key, MsgID: req.ID, Batch: a.rec.RemoteName, Response: resp, Error: st,
-		Object: ObjectName(a.rec.ID, req.ID)}
+		Record: a.rec.ID}
 	err := a.b.pub.PublishContext(a.ctx, r)
 	var ud *UndeliverableError
 	if !errors.As(err, &ud) {

@@ -46,9 +46,10 @@ type Reply struct {
 	Batch    string
 	Response json.RawMessage
 	Error    *gemini.Status
-	// Object is the name an answer too large for a NATS message is written under (ObjectName);
-	// without one, such an answer is undeliverable.
-	Object string
+	// Record is the id of the batch record the reply answers: an answer too large for a NATS
+	// message is written under ObjectName(Record, MsgID), named only then (a SHA-256 a reply);
+	// without a record, such an answer is undeliverable.
+	Record string
 }
 
 // Body encodes a reply as one line of the Gemini result-file format.
@@ -170,7 +171,7 @@ func (p *Publisher) PublishContext(ctx context.Context, r Reply) error {
 	o.set(HeaderMsgID, &o.msgID, r.MsgID)
 	var err error
 	if limit := p.limit(&o.msg); r.Error == nil && limit > 0 && len(r.Response)+len(r.Key)+32 > limit {
-		err = p.send(ctx, copyMsg(&o.msg), r.Key, r.Object, bodyParts(r.Key, r.Response, r.Error)...)
+		err = p.send(ctx, copyMsg(&o.msg), r.Key, r.object(), bodyParts(r.Key, r.Response, r.Error)...)
 	} else {
 		o.msg.Data = appendBody(o.msg.Data[:0], r.Key, r.Response, r.Error)
 		err = p.publish(&o.msg, r.Key)
@@ -180,6 +181,14 @@ func (p *Publisher) PublishContext(ctx context.Context, r Reply) error {
 	}
 	counter.Inc()
 	return nil
+}
+
+// object is the name r's answer is written under in the results bucket, or "" when it has none.
+func (r *Reply) object() string {
+	if r.Record == "" {
+		return ""
+	}
+	return ObjectName(r.Record, r.MsgID)
 }
 
 // copyMsg copies a pooled message's subject and headers, for a reply sent the slow way.
