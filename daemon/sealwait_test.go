@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/natstest"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/record"
 )
@@ -22,16 +21,7 @@ import (
 // it: no record in the bucket, no input left, and its messages still pending in the consumer,
 // to be delivered again.
 func TestBatchThatWaitedItsTurnIsHandedBack(t *testing.T) {
-	ns, err := embedded.NATS(t.TempDir()) // stacktest would import this package
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	js, _ := jetstream.New(nc)
+	js, _ := jetstream.New(natstest.NATS(t)) // stacktest would import this package
 	ctx := context.Background()
 	st, err := jsstore.Open(ctx, js, jsstore.Config{RecordsBucket: "recs", RequestsBucket: "reqs", Replicas: 1,
 		Storage: jetstream.FileStorage, Retention: time.Hour}, zerolog.Nop())

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/natstest"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -19,15 +19,7 @@ import (
 // a ledger of the acknowledgements the server is sent.
 func pulled(t *testing.T, n int) (*nats.Conn, jetstream.Consumer, []record.Request, *ledger) {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir()) // stacktest would import intake through daemon
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
+	nc := natstest.NATS(t) // stacktest would import intake through daemon
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/natstest"
 )
 
 // clock is a settable clock for the leases under test.
@@ -26,16 +25,7 @@ func (c *clock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.U
 
 func leases(t *testing.T) jetstream.KeyValue {
 	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.NATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/gembatch/gembatch/daemon"
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/internal/embedded"
+	"github.com/gembatch/gembatch/internal/natstest"
 	"github.com/gembatch/gembatch/metrics"
 )
 
@@ -154,17 +155,5 @@ func (s *Stack) stopDaemon() error {
 }
 
 // NATS starts an in-process NATS server with JetStream for the test alone and returns a
-// connection to it; both close when the test ends.
-func NATS(t testing.TB) *nats.Conn {
-	t.Helper()
-	ns, err := embedded.NATS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() })
-	return nc
-}
+// connection to it; both close when the test ends (natstest.NATS).
+func NATS(t testing.TB) *nats.Conn { return natstest.NATS(t) }
