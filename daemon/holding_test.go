@@ -13,6 +13,7 @@ import (
 	"github.com/gembatch/gembatch/accumulator"
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/natstest"
 	"github.com/gembatch/gembatch/internal/stacktest"
 	"github.com/gembatch/gembatch/record"
 )
@@ -105,28 +106,8 @@ func TestHeartbeatKeepsHeldMessagesFromRedelivery(t *testing.T) {
 		redelivered bool
 	}{{300 * time.Millisecond, false}, {0, true}} {
 		t.Run(fmt.Sprintf("heartbeat=%s", tc.heartbeat), func(t *testing.T) {
-			nc := stacktest.NATS(t)
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx := context.Background()
-			st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := js.Publish(ctx, "s", []byte("{}")); err != nil {
-				t.Fatal(err)
-			}
-			batch, err := cons.Fetch(1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			msg := <-batch.Messages()
+			cons, msgs := natstest.Pulled(t, stacktest.NATS(t), 1, time.Second)
+			msg, ctx := msgs[0], context.Background()
 			sealed := make(chan *record.Record, 1)
 			acc := accumulator.New(accumulator.Config{Heartbeat: tc.heartbeat, Limits: accumulator.Limits{MaxRequests: 10, MaxBytes: 1 << 20, MaxWait: 2500 * time.Millisecond}},
 				func(r *record.Record) { sealed <- r }, func(record.Group, record.Request, *gemini.Status) {}, nil)

@@ -21,34 +21,19 @@ import (
 // it: no record in the bucket, no input left, and its messages still pending in the consumer,
 // to be delivered again.
 func TestBatchThatWaitedItsTurnIsHandedBack(t *testing.T) {
-	js, _ := jetstream.New(natstest.NATS(t)) // stacktest would import this package
+	nc := natstest.NATS(t) // stacktest would import this package
+	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	st, err := jsstore.Open(ctx, js, jsstore.Config{RecordsBucket: "recs", RequestsBucket: "reqs", Replicas: 1,
 		Storage: jetstream.FileStorage, Retention: time.Hour}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		if _, err := js.Publish(ctx, "s", []byte("{}")); err != nil {
-			t.Fatal(i, err)
-		}
-	}
-	msgs, err := cons.Fetch(3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons, msgs := natstest.Pulled(t, nc, 3, time.Minute)
 	now := time.Now()
 	rec := &record.Record{ID: "waited", State: record.Sealed, Sealed: now.Add(-2 * time.Second), Count: 3}
 	input := st.OpenInput(rec.ID)
-	for m := range msgs.Messages() {
+	for _, m := range msgs {
 		q := record.Request{Key: fmt.Sprint(len(rec.Requests)), Body: []byte(`{"contents":[]}`), Size: 15, Received: now.Add(-3 * time.Second), Msg: m}
 		if err := input.Append(q); err != nil {
 			t.Fatal(err)

@@ -20,34 +20,10 @@ import (
 func pulled(t *testing.T, n int) (*nats.Conn, jetstream.Consumer, []record.Request, *ledger) {
 	t.Helper()
 	nc := natstest.NATS(t) // stacktest would import intake through daemon
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		if _, err := js.Publish(ctx, "s", fmt.Appendf(nil, "%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	batch, err := cons.Fetch(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons, msgs := natstest.Pulled(t, nc, n, time.Minute)
 	var reqs []record.Request
-	for m := range batch.Messages() {
+	for _, m := range msgs {
 		reqs = append(reqs, record.Request{Msg: &ackHandle{nc: nc, reply: m.Reply()}})
-	}
-	if len(reqs) != n {
-		t.Fatalf("pulled %d of %d", len(reqs), n)
 	}
 	return nc, cons, reqs, watch(t, nc, "$JS.ACK.>")
 }
