@@ -66,7 +66,8 @@ type Config struct {
 }
 
 // Accumulator owns the open batches. Each group (kind, model, priority) has one goroutine that
-// alone holds its batch and its timer, so nothing mutable is shared.
+// alone holds its open batch and its timer, so nothing mutable is shared, and one that hands
+// its sealed batches to the SealFunc in order.
 type Accumulator struct {
 	cfg    Config
 	seal   SealFunc
