@@ -61,6 +61,11 @@ func prefetch(ctx context.Context, read func(context.Context, func(gemini.Result
 			}
 		}
 		readErr = read(ctx, func(r gemini.Result) error {
+			// Checked first: while the answering side drains the queue after an error, a send
+			// may still win its select against the cancelled context.
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if cur.add(r); cur.full() && !send() {
 				return ctx.Err()
 			}
