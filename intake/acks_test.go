@@ -48,12 +48,21 @@ func watch(t *testing.T, nc *nats.Conn, subject string) *ledger {
 	return l
 }
 
-func (l *ledger) count(t *testing.T, nc *nats.Conn) int {
+func (l *ledger) count(t *testing.T, nc *nats.Conn, want int) int {
 	t.Helper()
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // the copies routed back to this connection
+	// The copies routed back to this connection come after the flush: wait for those expected,
+	// then a moment for any beyond them.
+	for deadline := time.Now().Add(5 * time.Second); l.load() < want && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return l.load()
+}
+
+func (l *ledger) load() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.n
@@ -73,13 +82,13 @@ func TestConfirmAcksConfirmsEveryMessage(t *testing.T) {
 	if info.NumAckPending != 0 || info.AckFloor.Stream != 500 {
 		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 500", info.NumAckPending, info.AckFloor.Stream)
 	}
-	if n := acks.count(t, nc); n != 500 {
+	if n := acks.count(t, nc, 500); n != 500 {
 		t.Fatalf("server was sent %d acknowledgements, want 500", n)
 	}
 	if err := ConfirmAcks(context.Background(), reqs); err != nil {
 		t.Fatal(err)
 	}
-	if n := acks.count(t, nc); n != 500 {
+	if n := acks.count(t, nc, 500); n != 500 {
 		t.Fatalf("a second call sent %d more acknowledgements, want none", n-500)
 	}
 }
@@ -103,7 +112,7 @@ func TestConfirmAcksAsksAgainOnlyForTheUnconfirmed(t *testing.T) {
 	if err := ConfirmAcks(ctx2, reqs); err == nil || !strings.Contains(err.Error(), "3 of 3") {
 		t.Fatalf("second call: %v, want 3 of 3 not confirmed", err)
 	}
-	if a, l := acks.count(t, nc), lost.count(t, nc); a != 10 || l != 6 {
+	if a, l := acks.count(t, nc, 10), lost.count(t, nc, 6); a != 10 || l != 6 {
 		t.Fatalf("server sent %d acknowledgements and the unconfirmed subjects %d; want 10 and 6 (3 twice)", a, l)
 	}
 }
