@@ -1,11 +1,10 @@
 package gemini
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/gembatch/gembatch/internal/jsonscan"
 )
@@ -13,14 +12,15 @@ import (
 // InputReader reads back a batch input JSONL file as InputWriter wrote it, one line at a time,
 // each line validated and split into key and request in one pass.
 type InputReader struct {
-	br   *bufio.Reader
-	line []byte // a line longer than br's buffer, assembled; reused
-	n    int    // lines read, for messages
+	lineReader
+	n int // lines read, for messages
 }
 
 // NewInputReader reads input lines from r.
 func NewInputReader(r io.Reader) *InputReader {
-	return &InputReader{br: bufio.NewReaderSize(r, 64<<10)}
+	in := &InputReader{lineReader: newLineReader(r)}
+	in.maxLine = math.MaxInt // each line is a request gembatchd accepted: read whole, never cut
+	return in
 }
 
 // Next returns the next line's key and request, or io.EOF at the end. The request is the
@@ -28,7 +28,7 @@ func NewInputReader(r io.Reader) *InputReader {
 // batch, and a batch is never sent with a line missing.
 func (r *InputReader) Next() (key string, request []byte, err error) {
 	for {
-		line, err := r.readLine()
+		line, _, err := r.readLine()
 		if err != nil {
 			return "", nil, err
 		}
@@ -62,25 +62,4 @@ func (r *InputReader) parse(line []byte) (string, []byte, error) {
 		return "", nil, fmt.Errorf("gemini: input line %d: not a {\"key\":..., \"request\":...} line", r.n)
 	}
 	return string(k), bytes.Clone(request), nil
-}
-
-// readLine returns the next line, valid until the next call.
-func (r *InputReader) readLine() ([]byte, error) {
-	r.line = r.line[:0]
-	for {
-		frag, err := r.br.ReadSlice('\n')
-		if err == nil && len(r.line) == 0 {
-			return frag, nil // the line fits in br's buffer: no copy
-		}
-		r.line = append(r.line, frag...)
-		switch {
-		case err == nil:
-			return r.line, nil
-		case errors.Is(err, bufio.ErrBufferFull):
-		case errors.Is(err, io.EOF) && len(r.line) > 0:
-			return r.line, nil
-		default:
-			return nil, err
-		}
-	}
 }

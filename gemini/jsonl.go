@@ -18,19 +18,16 @@ const maxResultLine = 256 << 20
 
 // ResultReader reads a batch result file one line at a time.
 type ResultReader struct {
-	br        *bufio.Reader
-	line      []byte // a line longer than br's buffer, assembled; reused
-	maxLine   int
+	lineReader
 	n         int // lines read, blank ones included, for messages
 	malformed int
-	err       error // sticky: io.EOF or the reader's error
 	usage     UsageMetadata
 	hasUsage  bool
 }
 
 // NewResultReader reads results from r.
 func NewResultReader(r io.Reader) *ResultReader {
-	return &ResultReader{br: bufio.NewReaderSize(r, 64<<10), maxLine: maxResultLine}
+	return &ResultReader{lineReader: newLineReader(r)}
 }
 
 // Malformed counts the lines skipped because they did not parse and had no key to report against.
@@ -226,9 +223,21 @@ func decodeStatus(errValue, statusValue []byte) (*Status, error) {
 	return nil, nil
 }
 
+// lineReader reads a JSONL file a line at a time, a line of any length up to maxLine.
+type lineReader struct {
+	br      *bufio.Reader
+	line    []byte // a line longer than br's buffer, assembled; reused
+	maxLine int
+	err     error // sticky: io.EOF or the reader's error
+}
+
+func newLineReader(r io.Reader) lineReader {
+	return lineReader{br: bufio.NewReaderSize(r, 64<<10), maxLine: maxResultLine}
+}
+
 // readLine returns the next line, valid until the next call. A line longer than maxLine is
 // cut there (cut is true) and its rest skipped, so memory stays bounded.
-func (r *ResultReader) readLine() (line []byte, cut bool, err error) {
+func (r *lineReader) readLine() (line []byte, cut bool, err error) {
 	if r.err != nil {
 		return nil, false, r.err
 	}
