@@ -2,12 +2,12 @@ package daemon_test
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gembatch/gembatch/emulator"
+	"github.com/gembatch/gembatch/internal/liveheap"
 )
 
 // An open batch holds neither the bodies of its requests nor their stream messages: 100 MB of
@@ -23,7 +23,7 @@ func TestOpenBatchHoldsNoMessages(t *testing.T) {
 	cfg.BatchMaxWait, cfg.AckWait = time.Minute, 2*time.Minute
 	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.MaxPendingBytes = 10*n, 1<<30, 1<<30
 	h := start(t, cfg, emulator.Options{})
-	base := heapAfterGC()
+	base := liveheap.Bytes()
 	body := generateBody(strings.Repeat("x", size))
 	for i := range n {
 		h.send("gembatch.generate", fmt.Sprintf("big%d", i), body)
@@ -35,18 +35,9 @@ func TestOpenBatchHoldsNoMessages(t *testing.T) {
 	}
 	// The NATS server's caches of the blocks just written expire after a few seconds.
 	time.Sleep(3 * time.Second)
-	grew := int64(heapAfterGC()) - int64(base)
+	grew := int64(liveheap.Bytes()) - int64(base)
 	t.Logf("heap grew %d MiB holding %d MiB of requests in an open batch", grew>>20, n*size>>20)
 	if grew > n*size/2 {
 		t.Fatalf("heap grew %d MiB holding %d MiB of requests: the open batch holds what it was sent", grew>>20, n*size>>20)
 	}
-}
-
-// heapAfterGC is the live heap once garbage is collected.
-func heapAfterGC() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/gembatch/gembatch/internal/liveheap"
 )
 
 // opReader produces an operation of n inline answers of size bytes each, in metadata.output and
@@ -70,26 +72,18 @@ func TestInlineAnswersOneAtATime(t *testing.T) {
 		t.Fatalf("%d answers, op %+v, err %v", count, op, err)
 	}
 	// The whole decode GetBatch does, for comparison in the same run.
-	base = heapNow()
+	base = liveheap.Bytes()
 	var op2 Operation
 	if err := json.NewDecoder(&opReader{n: n, size: size}).Decode(&op2); err != nil {
 		t.Fatal(err)
 	}
-	whole := heapNow() - min(base, heapNow())
+	whole := liveheap.Bytes() - min(base, liveheap.Bytes())
 	runtime.KeepAlive(&op2)
 	t.Logf("live heap above the start: streamed at most %.1f MB, decoded whole %.1f MB (ratio %.3f), reading %d MB",
 		float64(peak)/(1<<20), float64(whole)/(1<<20), float64(peak)/float64(whole), 2*n*size>>20)
 	if peak > 16<<20 || peak > whole/4 {
 		t.Fatalf("live heap grew by %d MB (whole decode: %d MB): answers are held together", peak>>20, whole>>20)
 	}
-}
-
-// heapNow is the live heap once garbage is collected.
-func heapNow() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
 }
 
 // FuzzStreamOperation: any input is read without panicking; what a whole decode accepts, the

@@ -9,16 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// heapAfterGC is the live heap once garbage is collected.
-func heapAfterGC() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
+	"github.com/gembatch/gembatch/internal/liveheap"
+)
 
 // settledHeap is the live heap once goroutines stop ending and the heap stops shrinking: what
 // earlier rounds leave winding down (a stopped daemon's connection draining) is not counted
@@ -31,10 +24,10 @@ func settledHeap() uint64 {
 			break
 		}
 	}
-	h := heapAfterGC()
+	h := liveheap.Bytes()
 	for range 20 {
 		time.Sleep(50 * time.Millisecond)
-		next := heapAfterGC()
+		next := liveheap.Bytes()
 		if next+next/100 >= h {
 			return next
 		}
@@ -123,7 +116,7 @@ func (e *env) pendingRound(ctx context.Context, d *gembatchd, f *fleet, n int, b
 	if _, err := d.accepted(ctx, n, func() error { return f.publish(msgs) }); err != nil {
 		return 0, err
 	}
-	heap1 := heapAfterGC()
+	heap1 := liveheap.Bytes()
 	runtime.KeepAlive(msgs) // counted in both figures
 	if err := f.conns[0].PublishMsg(last); err != nil {
 		return 0, err
