@@ -303,8 +303,10 @@ func inlineItem(n int, item []byte) (Result, error) {
 		return Result{}, fmt.Errorf("inline response %d: %w", n, err)
 	}
 	var ir InlinedResponse
-	if err := unmarshalSet(errValue, &ir.Error); err != nil {
-		return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
+	if errValue != nil {
+		if err := json.Unmarshal(errValue, &ir.Error); err != nil {
+			return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
+		}
 	}
 	var err error
 	if ir.Metadata, err = responseMetadata(metadata); err != nil {
@@ -345,12 +347,4 @@ func responseMetadata(v []byte) (*ResponseMetadata, error) {
 		md.Key = string(key)
 	}
 	return md, s.End()
-}
-
-// unmarshalSet decodes v into *dst when v was present.
-func unmarshalSet[T any](v []byte, dst **T) error {
-	if v == nil {
-		return nil
-	}
-	return json.Unmarshal(v, dst)
 }
