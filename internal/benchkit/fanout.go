@@ -9,11 +9,15 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// collector subscribes to a subject and keeps every message with the time of the first and the
-// last; the baselines and gembatchd are received by the same code.
+// collector subscribes to a subject and counts every message, with the time of the first and
+// the last, and keeps them unless told not to; the baselines and gembatchd are received by the
+// same code. A reply whose Gembatch-Status is not ok fails the wait: an error is no answer.
 type collector struct {
 	mu          sync.Mutex
+	keep        bool
 	msgs        []*nats.Msg
+	got         int
+	failed      *nats.Msg // the first reply that was not ok
 	bytes       int64
 	first, last time.Time
 	want        int
@@ -21,19 +25,36 @@ type collector struct {
 	sub         *nats.Subscription
 }
 
+// collect receives want messages on subject and keeps them.
 func (e *env) collect(subject string, want int) (*collector, error) {
-	c := &collector{want: want, done: make(chan struct{}), msgs: make([]*nats.Msg, 0, want)}
+	return e.subscribe(&collector{keep: true, msgs: make([]*nats.Msg, 0, want)}, subject, want)
+}
+
+// tally receives want messages on subject and keeps none: a measure of large replies that uses
+// only their count would otherwise hold them all, a GB in the process it times.
+func (e *env) tally(subject string, want int) (*collector, error) {
+	return e.subscribe(&collector{}, subject, want)
+}
+
+func (e *env) subscribe(c *collector, subject string, want int) (*collector, error) {
+	c.want, c.done = want, make(chan struct{})
 	sub, err := e.nc.Subscribe(subject, func(m *nats.Msg) {
 		now := time.Now()
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if len(c.msgs) == 0 {
+		if c.got == 0 {
 			c.first = now
 		}
 		c.last = now
-		c.msgs = append(c.msgs, m)
+		c.got++
 		c.bytes += int64(len(m.Data))
-		if len(c.msgs) == c.want {
+		if c.failed == nil && m.Header.Get("Gembatch-Status") != "ok" {
+			c.failed = m
+		}
+		if c.keep {
+			c.msgs = append(c.msgs, m)
+		}
+		if c.got == c.want {
 			close(c.done)
 		}
 	})
@@ -50,13 +71,16 @@ func (c *collector) wait(ctx context.Context, within time.Duration) error {
 	defer func() { _ = c.sub.Unsubscribe() }()
 	select {
 	case <-c.done:
+		if c.failed != nil {
+			return fmt.Errorf("a reply was not ok: %s %.300s", c.failed.Header.Get("Gembatch-Status"), c.failed.Data)
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-time.After(within):
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return fmt.Errorf("received %d of %d messages within %s", len(c.msgs), c.want, within)
+		return fmt.Errorf("received %d of %d messages within %s", c.got, c.want, within)
 	}
 }
 

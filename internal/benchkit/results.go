@@ -42,7 +42,7 @@ func resultFile(ctx context.Context, e *env) ([]Row, error) {
 	var mbs, lines rounds
 	var fileBytes int64
 	for round := range e.opts.Rounds {
-		replies, err := e.collect(replySubject(cfg, "emb"), n)
+		replies, err := e.tally(replySubject(cfg, "emb"), n)
 		if err != nil {
 			return nil, err
 		}

@@ -274,9 +274,14 @@ func (s *Scanner) array() {
 		return
 	}
 	for s.err == nil {
+		var closed bool
+		if s.pos, closed = plainNumbers(s.data, s.pos); closed {
+			s.depth--
+			return
+		}
 		s.space()
 		if s.pos < len(s.data) && (s.data[s.pos] == '-' || (s.data[s.pos] >= '0' && s.data[s.pos] <= '9')) {
-			s.number() // arrays of numbers (embeddings) are most of a result file
+			s.number()
 		} else {
 			s.value()
 		}
@@ -297,6 +302,47 @@ func (s *Scanner) array() {
 			return
 		default:
 			s.fail("after array element")
+		}
+	}
+}
+
+// plainNumbers reads array elements from i while they are plain numbers (no exponent, no
+// whitespace) each followed by a comma or by the array's end, which it stops at; it returns where
+// it stopped: past the array's end (closed), or at the start of an element it left for the
+// general reader. Arrays of such numbers
+// (embeddings) are most of a result file: this loop reads them with no call per element.
+func plainNumbers(d []byte, i int) (end int, closed bool) {
+	for {
+		start := i
+		if i < len(d) && d[i] == '-' {
+			i++
+		}
+		switch {
+		case i >= len(d):
+			return start, false
+		case d[i] == '0':
+			i++
+		case d[i] >= '1' && d[i] <= '9':
+			i = digits(d, i+1)
+		default:
+			return start, false
+		}
+		if i < len(d) && d[i] == '.' {
+			j := digits(d, i+1)
+			if j == i+1 {
+				return start, false
+			}
+			i = j
+		}
+		switch {
+		case i >= len(d):
+			return start, false
+		case d[i] == ',':
+			i++
+		case d[i] == ']':
+			return i + 1, true
+		default:
+			return start, false
 		}
 	}
 }
