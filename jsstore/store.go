@@ -245,19 +245,6 @@ type bodyLine struct {
 	Body json.RawMessage `json:"body"`
 }
 
-// encodeRequests writes the requests without their bodies.
-func encodeRequests(reqs []record.Request) (*bytes.Buffer, error) {
-	meta := new(bytes.Buffer)
-	enc := json.NewEncoder(meta)
-	for _, q := range reqs {
-		q.Body = nil
-		if err := enc.Encode(q); err != nil {
-			return nil, err
-		}
-	}
-	return meta, nil
-}
-
 // Update writes r by a compare-and-set on r.Revision, the revision its writer read or wrote
 // last: record.ErrConflict if anyone wrote the record since. A write whose answer was lost (a
 // timeout, a reconnect, a leader change) may have landed all the same: it is read back at once,
