@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,5 +62,40 @@ func TestEveryReplicaForwardsOneCopyIsKept(t *testing.T) {
 	}
 	if twice, _ := h.emu.Ledger().BilledTwice(); twice != 0 {
 		t.Errorf("%d requests billed twice", twice)
+	}
+}
+
+// A request the stream refuses to store is answered at once with UNAVAILABLE saying why, and
+// the requests it does store are answered as usual.
+func TestRefusedForwardIsAnswered(t *testing.T) {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	h := start(t, cfg, emulator.Options{})
+	js, err := jetstream.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.CachedInfo().Config
+	sc.MaxMsgSize = 2048 // the stream takes no message larger, headers included
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	h.send("gembatch.generate", "small", generateBody("a short question"))
+	h.send("gembatch.generate", "large", generateBody(strings.Repeat("a long question ", 200)))
+	replies := h.waitReplies([]string{"small", "large"}, 30*time.Second)
+	if n := len(replies["large"]); n != 1 {
+		t.Fatalf("the refused request was answered %d times, want once", n)
+	}
+	r := decode(t, replies["large"][0])
+	if r.Error == nil || r.Error.Status != "UNAVAILABLE" || !strings.Contains(r.Error.Message, "could not store the request") {
+		t.Fatalf("refused request answered %+v, want UNAVAILABLE: could not store the request", r.Error)
+	}
+	if n := len(replies["small"]); n != 1 || decode(t, replies["small"][0]).Error != nil {
+		t.Fatalf("the stored request: %d replies, %+v", n, replies["small"])
 	}
 }
