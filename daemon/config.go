@@ -57,6 +57,9 @@ type Config struct {
 	MaxRequestBytes ByteSize `envconfig:"GEMBATCH_MAX_REQUEST_BYTES" default:"8MiB" desc:"largest request message accepted"`
 	MaxPending      int64    `envconfig:"GEMBATCH_MAX_PENDING" default:"100000" desc:"requests held in memory (open batches and sealed ones not yet submitted) before new ones wait (durable) or are refused (core)"`
 	MaxPendingBytes ByteSize `envconfig:"GEMBATCH_MAX_PENDING_BYTES" default:"1GiB" desc:"bytes held in memory before new requests wait (durable) or are refused (core)"`
+	// IntakeBufferBytes bounds what NATS hands gembatchd faster than it takes it in: core NATS
+	// has no flow control, so a burst from plain producers waits in the client's buffer.
+	IntakeBufferBytes ByteSize `envconfig:"GEMBATCH_INTAKE_BUFFER_BYTES" default:"64MiB" desc:"request messages received and not yet taken in (durable: not yet stored in the stream), per request subject; past it NATS drops the newest (slow consumer): they get no reply and gembatch_intake_requests_dropped_total counts them"`
 
 	Durable         string        `envconfig:"GEMBATCH_DURABLE" default:"auto" desc:"auto (durable when the NATS server has JetStream), true or false"`
 	Stream          string        `envconfig:"GEMBATCH_STREAM" default:"GEMBATCH" desc:"JetStream stream holding requests until their batch is recorded"`
@@ -221,6 +224,8 @@ func (c *Config) Validate() error {
 		return bad("MAX_PENDING", "must be at least 1, got %d", c.MaxPending)
 	case c.MaxPendingBytes < c.MaxRequestBytes:
 		return bad("MAX_PENDING_BYTES", "must be at least MAX_REQUEST_BYTES (%d), got %d", c.MaxRequestBytes, c.MaxPendingBytes)
+	case c.IntakeBufferBytes < c.MaxRequestBytes:
+		return bad("INTAKE_BUFFER_BYTES", "must be at least MAX_REQUEST_BYTES (%d), got %d", c.MaxRequestBytes, c.IntakeBufferBytes)
 	case c.ShutdownGrace <= 0:
 		return bad("SHUTDOWN_GRACE", "must be positive, got %s", c.ShutdownGrace)
 	case c.SubjectGenerate == "" || c.SubjectEmbed == "" || c.SubjectGenerate == c.SubjectEmbed:

@@ -32,6 +32,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"GEMBATCH_INLINE_MAX_BYTES", "lots", `GEMBATCH_INLINE_MAX_BYTES="lots": not a size`},
 		{"GEMBATCH_INLINE_MAX_BYTES", "21MiB", "GEMBATCH_INLINE_MAX_BYTES: must be between 0 and 20MiB"},
 		{"GEMBATCH_POLL_MAX_INTERVAL", "1s", "GEMBATCH_POLL_MAX_INTERVAL: must be at least POLL_INTERVAL"},
+		{"GEMBATCH_INTAKE_BUFFER_BYTES", "1KiB", "GEMBATCH_INTAKE_BUFFER_BYTES: must be at least MAX_REQUEST_BYTES"},
 		{"GEMBATCH_LOG_LEVEL", "loud", "GEMBATCH_LOG_LEVEL: must be debug, info, warn or error"},
 		{"GEMBATCH_LOG_FORMAT", "xml", "GEMBATCH_LOG_FORMAT: must be json or console"},
 		{"GEMBATCH_MAX_REQUEST_BYTES", "200MiB", "GEMBATCH_MAX_REQUEST_BYTES: must be between 1 and BATCH_MAX_BYTES"},

@@ -34,6 +34,12 @@ func (m *Main) connect() (*nats.Conn, error) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) && sub != nil {
+				dropped, _ := sub.Dropped()
+				log.Warn().Str("subject", sub.Subject).Int("dropped_total", dropped).
+					Msg("messages arrive faster than gembatchd takes them in: NATS drops the newest past the buffer (GEMBATCH_INTAKE_BUFFER_BYTES for requests), and a dropped request gets no reply; pace the producers, or publish to the stream with JetStream")
+				return
+			}
 			ev := log.Error().Err(err)
 			if sub != nil {
 				ev = ev.Str("subject", sub.Subject)

@@ -217,6 +217,7 @@ func (m *Main) buildIntake(s *stages, js jetstream.JetStream, pub *publisher.Pub
 		Queue:           cfg.Queue,
 		MaxPending:      cfg.MaxPending,
 		MaxPendingBytes: int64(cfg.MaxPendingBytes),
+		BufferBytes:     int64(cfg.IntakeBufferBytes),
 	}
 	ilog, imetrics := m.Log.With().Str("component", "intake").Logger(), intake.NewMetrics(m.Registry)
 	seal := m.coreSealer(s.sub)

@@ -99,3 +99,41 @@ func TestRefusedForwardIsAnswered(t *testing.T) {
 		t.Fatalf("the stored request: %d replies, %+v", n, replies["small"])
 	}
 }
+
+// Plain producers can send faster than the stream stores: what gembatchd has received and not
+// yet forwarded is held in memory up to GEMBATCH_INTAKE_BUFFER_BYTES per subject (it held up to
+// 1 GiB, and a burst of 1 GB of 32 KiB requests took the process to 1,031 MiB). Past it NATS
+// drops the newest requests, which get no reply, and each is counted.
+func TestIntakeBufferBoundsABurst(t *testing.T) {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	cfg.MaxRequestBytes = 64 << 10
+	cfg.IntakeBufferBytes = 64 << 10
+	cfg.BatchMaxWait = 500 * time.Millisecond
+	h := start(t, cfg, emulator.Options{})
+	body := generateBody(strings.Repeat("a burst of questions ", 700)) // about 15 KiB
+	const sent = 2000
+	for i := range sent {
+		h.send("gembatch.generate", fmt.Sprintf("k%d", i), body)
+	}
+	var answered, dropped int
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		answered, dropped = len(h.waitReplies(nil, 0)), int(h.metric("gembatch_intake_requests_dropped_total"))
+		if answered+dropped >= sent {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if dropped == 0 {
+		t.Fatalf("no request dropped from a burst of %d of 15 KiB past a 64 KiB buffer (%d answered)", sent, answered)
+	}
+	if answered+dropped != sent {
+		t.Fatalf("%d answered and %d dropped of %d sent", answered, dropped, sent)
+	}
+	for k, ms := range h.waitReplies(nil, 0) {
+		if len(ms) != 1 {
+			t.Fatalf("key %s answered %d times", k, len(ms))
+		}
+	}
+}

@@ -1,9 +1,12 @@
 package intake
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,6 +40,9 @@ type Config struct {
 	// requests are refused with RESOURCE_EXHAUSTED.
 	MaxPending      int64
 	MaxPendingBytes int64
+	// BufferBytes bounds, per subject, the messages NATS has delivered and intake not yet
+	// handled; past it the client drops the newest (slow consumer), counted in Metrics.
+	BufferBytes int64
 	// Bodies is the bucket BodiesBucket of request bodies too large for a NATS message
 	// (durable mode); nil refuses requests that name one.
 	Bodies       BodyObjects
@@ -53,6 +59,9 @@ type Intake struct {
 	log  zerolog.Logger
 	m    *Metrics
 	subs []*nats.Subscription
+	// droppedSeen is the highest drop count seen of each subscription.
+	droppedMu   sync.Mutex
+	droppedSeen []int
 	// rejects summarises refusals in the log.
 	rejects rejectLog
 }
@@ -92,13 +101,34 @@ func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) e
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
-		// The accumulator (or the stream) applies back-pressure; let the client buffer generously.
-		if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
+		// Core NATS has no flow control: what arrives faster than intake handles it waits here,
+		// in memory, up to the buffer. Past it the client drops the newest (slow consumer).
+		if err := sub.SetPendingLimits(1<<20, int(cmp.Or(in.cfg.BufferBytes, 64<<20))); err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
 		in.subs = append(in.subs, sub)
 	}
+	count := in.dropped
+	in.m.dropping.Store(&count)
 	return nil
+}
+
+// dropped counts the messages NATS dropped from intake's subscriptions, ever: a subscription's
+// own count is gone once it is closed, so the highest seen of each is kept.
+func (in *Intake) dropped() int {
+	in.droppedMu.Lock()
+	defer in.droppedMu.Unlock()
+	if len(in.droppedSeen) < len(in.subs) {
+		in.droppedSeen = append(in.droppedSeen, make([]int, len(in.subs)-len(in.droppedSeen))...)
+	}
+	total := 0
+	for i, sub := range in.subs {
+		if n, err := sub.Dropped(); err == nil {
+			in.droppedSeen[i] = max(in.droppedSeen[i], n)
+		}
+		total += in.droppedSeen[i]
+	}
+	return total
 }
 
 // Drain stops taking new requests and returns once those already delivered are handled.
@@ -194,6 +224,8 @@ type Metrics struct {
 	rejected    *prometheus.CounterVec
 	redelivered prometheus.Counter
 	deferred    prometheus.Counter
+	// dropping counts the requests NATS dropped before intake saw them, once subscribed.
+	dropping atomic.Pointer[func() int]
 }
 
 // NewMetrics builds the intake's metrics on reg.
@@ -221,6 +253,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times durable intake stopped pulling from the stream because the pending bounds were reached (it pulls again when there is room; nothing is handed back).",
 		}),
 	}
+	f.NewCounterFunc(prometheus.CounterOpts{
+		Name: "gembatch_intake_requests_dropped_total",
+		Help: "Request messages NATS dropped before gembatchd took them in: they arrived faster than it could (durable: store them), past GEMBATCH_INTAKE_BUFFER_BYTES per subject. They get no reply.",
+	}, func() float64 {
+		if d := m.dropping.Load(); d != nil {
+			return float64((*d)())
+		}
+		return 0
+	})
 	for _, k := range []string{string(gemini.KindGenerate), string(gemini.KindEmbed)} {
 		m.received.WithLabelValues(k)
 		for _, r := range []string{ReasonNoReply, ReasonReplyDenied, ReasonTooLarge, ReasonInvalidJSON, ReasonInvalid, ReasonBadHeader, ReasonDuplicate, ReasonOverloaded, ReasonUnstored, ReasonBodyObject} {
