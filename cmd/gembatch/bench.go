@@ -31,9 +31,9 @@ spread (min–max) of each figure and of their ratio:
   fanout    replies of one 10,000-request batch, first reply to last: raw publish of the same replies
   results   reading a result file of embeddings, MB/s and replies/s: raw HTTP read of the same file
   pending   heap and RSS per pending request above its body, 100,000 pending (core mode)
-  rss       peak RSS of gembatchd in its own process sending one batch of 5 MB requests (each
-            by object, through the bodies bucket) by file: 128 MB (--full: 200 requests, 1 GB);
-            baseline: the same process ready and idle
+  rss       peak RSS of gembatchd in its own process sending one batch by file of 128 MB
+            (--full: 1 GB), once of 5 MB requests (each by object, through the bodies bucket),
+            once of 32 KiB requests (through the stream); baseline: the same process ready and idle
   bigreply  answers of 2 MB delivered by object store, and the peak RSS growth delivering 500
             of them (--quick: 20): object-store put + get of the same objects
   polling   API calls per minute and process CPU with 100 active jobs and 10,000 records in the store

@@ -10,11 +10,12 @@ import (
 	"github.com/gembatch/gembatch/daemon"
 )
 
-// peakRSS: a batch of 5 MB requests, each larger than a NATS message, sent by the client
-// package (which puts each body in the bodies bucket and publishes a reference) to a durable
-// gembatchd in a process of its own (Options.Gembatchd), which writes them into the batch's
-// input chunks as they arrive and uploads the chunks as a JSONL file; the peak RSS of that
-// process (VmHWM) once the batch is submitted, next to its RSS when ready and idle. Each round
+// peakRSS: one batch of large requests, sent by the client package to a durable gembatchd in
+// a process of its own (Options.Gembatchd), which writes them into the batch's input chunks as
+// they arrive and uploads the chunks as a JSONL file; the peak RSS of that process (VmHWM) once
+// the batch is submitted, next to its RSS when ready and idle. Requests of 5 MB are larger than
+// a NATS message: the client puts each body in the bodies bucket and publishes a reference.
+// Requests of 32 KiB go through the stream, many more of them for the same bytes. Each round
 // starts a fresh process, so the peak is of that round alone.
 func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	if e.opts.Gembatchd == nil {
@@ -24,15 +25,13 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 	if e.opts.Full {
 		size = 1e9
 	}
-	const reqBytes = 5e6
-	n := max(1, size/reqBytes)
 	a, err := startAPI(0)
 	if err != nil {
 		return nil, err
 	}
 	defer a.close()
 	cfg := e.config(true, a.url)
-	cfg.BatchMaxRequests, cfg.BatchMaxBytes, cfg.BatchMaxWait = n, 2<<30-1, 5*time.Minute
+	cfg.BatchMaxBytes, cfg.BatchMaxWait = 2<<30-1, 5*time.Minute
 	cfg.MaxPendingBytes = 2 << 30
 	cfg.InlineMaxBytes = 1 << 20 // by file at every size, --quick's too
 	nc, err := e.connect()
@@ -46,30 +45,48 @@ func peakRSS(ctx context.Context, e *env) ([]Row, error) {
 		return nil, err
 	}
 	defer c.Close()
-	body := generateBody(reqBytes)
-	var r rounds
-	for round := range e.opts.Rounds {
-		send := func() error {
-			for i := range n {
-				if _, err := c.Publish(ctx, client.Request{Key: fmt.Sprintf("b%d-%d", round, i), Body: body}); err != nil {
-					return err
+	f, err := e.fleet()
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	var rows []Row
+	for _, v := range []struct {
+		bytes      int
+		size, path string
+	}{{5e6, "5 MB", "by object"}, {32 << 10, "32 KiB", "published to the stream"}} {
+		n := max(1, size/v.bytes)
+		cfg.BatchMaxRequests = n
+		body := generateBody(v.bytes)
+		var r rounds
+		for round := range e.opts.Rounds {
+			tag := fmt.Sprintf("b%d-%d", v.bytes, round)
+			send := func() error {
+				if v.bytes < 1<<20 { // JetStream producers: the stream holds what gembatchd has not taken
+					return f.publishJS(ctx, requests(cfg.StreamSubject+".generate", replySubject(cfg, "void"), tag, body, n, true))
 				}
+				for i := range n {
+					if _, err := c.Publish(ctx, client.Request{Key: fmt.Sprintf("%s-%d", tag, i), Body: body}); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
-			return nil
+			idle, peak, err := e.rssRound(ctx, cfg, send)
+			if err != nil {
+				return nil, err
+			}
+			r.add(idle, peak)
+			e.progress("peak RSS round %d/%d (%d requests of %s %s): gembatchd %.0f MiB idle, %.0f MiB at its peak", round+1, e.opts.Rounds, n, v.size, v.path, idle, peak)
 		}
-		idle, peak, err := e.rssRound(ctx, cfg, send)
-		if err != nil {
-			return nil, err
+		row := r.row(fmt.Sprintf("peak RSS of gembatchd sending %s requests of %s (%d MB) %s, in one batch by file (durable, own process)", num(float64(n)), v.size, n*v.bytes/1e6, v.path),
+			"MiB", "lower", "the same process ready and idle")
+		if !e.opts.Full {
+			row.Note = "--full sends 1 GB"
 		}
-		r.add(idle, peak)
-		e.progress("peak RSS round %d/%d (%d requests of 5 MB): gembatchd %.0f MiB idle, %.0f MiB at its peak", round+1, e.opts.Rounds, n, idle, peak)
+		rows = append(rows, row)
 	}
-	row := r.row(fmt.Sprintf("peak RSS of gembatchd sending %d requests of 5 MB (%d MB) by object, in one batch by file (durable, own process)", n, n*reqBytes/1e6),
-		"MiB", "lower", "the same process ready and idle")
-	if !e.opts.Full {
-		row.Note = "--full sends 200 (1 GB)"
-	}
-	return []Row{row}, nil
+	return rows, nil
 }
 
 // rssRound starts gembatchd, sends one batch and returns the process's RSS when ready and its
