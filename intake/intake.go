@@ -108,6 +108,7 @@ func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) e
 		}
 		in.subs = append(in.subs, sub)
 	}
+	in.droppedSeen = make([]int, len(in.subs))
 	count := in.dropped
 	in.m.dropping.Store(&count)
 	return nil
@@ -118,9 +119,6 @@ func (in *Intake) subscribe(queue string, handle func(gemini.Kind, *nats.Msg)) e
 func (in *Intake) dropped() int {
 	in.droppedMu.Lock()
 	defer in.droppedMu.Unlock()
-	if len(in.droppedSeen) < len(in.subs) {
-		in.droppedSeen = append(in.droppedSeen, make([]int, len(in.subs)-len(in.droppedSeen))...)
-	}
 	total := 0
 	for i, sub := range in.subs {
 		if n, err := sub.Dropped(); err == nil {

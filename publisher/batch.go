@@ -93,9 +93,15 @@ func (a *answering) flush() error {
 	if err := a.b.pub.Flush(); err != nil {
 		return err
 	}
-	a.sent = max(a.sent, a.seq)
-	a.b.flushed.Store(a.rec.ID, a.sent)
+	a.flushedUpTo(a.seq)
 	return nil
+}
+
+// flushedUpTo remembers that the results up to n are published and flushed, so that a retry in
+// this process sends none of them again.
+func (a *answering) flushedUpTo(n int) {
+	a.sent = max(a.sent, n)
+	a.b.flushed.Store(a.rec.ID, a.sent)
 }
 
 // Answer publishes one reply for every request of rec, which is Finished or Failed. op is the
@@ -437,8 +443,7 @@ func (a *answering) checkpointed() error {
 		return c.err
 	}
 	a.rec.Revision, a.rec.Replied = c.rec.Revision, c.rec.Replied
-	a.sent = max(a.sent, c.rec.Replied)
-	a.b.flushed.Store(a.rec.ID, a.sent)
+	a.flushedUpTo(c.rec.Replied)
 	return nil
 }
 
