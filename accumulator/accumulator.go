@@ -52,6 +52,11 @@ type Config struct {
 	IdleAfter time.Duration
 	// Buffer is the size of each group's queue; default 1024.
 	Buffer int
+	// QueueBytes bounds the bodies in each group's queue, beyond one request; default 4 MiB.
+	// While a group writes a batch's input (durable mode), what arrives meanwhile waits in its
+	// queue with its whole message: 1,024 requests of 32 KiB held 32 MiB. A request whose body
+	// is in an object weighs nothing here; Buffer bounds those.
+	QueueBytes int64
 	// Heartbeat is how often the stream is told that the messages of an open batch are still
 	// being worked on (durable mode), so that none is delivered elsewhere meanwhile; 0: never.
 	Heartbeat time.Duration
@@ -87,7 +92,8 @@ type Accumulator struct {
 type group struct {
 	key     record.Group
 	in      chan record.Request
-	senders int // Adds between lookup and send; guarded by Accumulator.mu
+	queued  byteGate // the bytes of the bodies in in
+	senders int      // Adds between lookup and send; guarded by Accumulator.mu
 }
 
 // New returns a running Accumulator.
@@ -97,6 +103,9 @@ func New(cfg Config, seal SealFunc, reject RejectFunc, m *Metrics) *Accumulator 
 	}
 	if cfg.Buffer <= 0 {
 		cfg.Buffer = 1024
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 4 << 20
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -112,7 +121,8 @@ func New(cfg Config, seal SealFunc, reject RejectFunc, m *Metrics) *Accumulator 
 	return a
 }
 
-// Add puts a request into its group's open batch. It blocks only while that group's queue is full.
+// Add puts a request into its group's open batch. It blocks only while that group's queue is
+// full, in requests or in bytes.
 func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	a.mu.Lock()
 	if a.closed {
@@ -122,6 +132,7 @@ func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	gr := a.groups[g]
 	if gr == nil {
 		gr = &group{key: g, in: make(chan record.Request, a.cfg.Buffer)}
+		gr.queued.init(a.cfg.QueueBytes)
 		a.groups[g] = gr
 		a.wg.Add(1)
 		a.m.openGroups.Inc()
@@ -134,6 +145,7 @@ func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	a.pendingBytes.Add(req.Size)
 	a.m.pendingRequests.Inc()
 	a.m.pendingBytes.Add(float64(req.Size))
+	gr.queued.enter(int64(len(req.Body)))
 	gr.in <- req
 
 	a.mu.Lock()
@@ -243,6 +255,7 @@ func (a *Accumulator) run(gr *group) {
 				}
 				return
 			}
+			gr.queued.leave(int64(len(req.Body)))
 			o.take(req)
 		case <-timer.C:
 			if until, open := o.p.Until(a.cfg.Now()); open && until <= 0 {
