@@ -425,7 +425,7 @@ func storageType(s string) jetstream.StorageType {
 type statesOnly struct{ *gemini.Client }
 
 func (s statesOnly) GetBatch(ctx context.Context, name string) (*gemini.Operation, error) {
-	return s.StreamBatch(ctx, name, nil)
+	return s.StreamBatch(ctx, name, nil, nil)
 }
 
 // holding is the accumulator as intake's sink, with the pending count widened to every request

@@ -44,7 +44,7 @@ func BenchmarkInlineOperation(b *testing.B) {
 			}
 			got++
 			return nil
-		}); err != nil || got != n {
+		}, nil); err != nil || got != n {
 			b.Fatalf("%d of %d answers: %v", got, n, err)
 		}
 		t1 := time.Now()

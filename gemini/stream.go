@@ -22,9 +22,11 @@ var errHandedOver = errors.New("answers already handed over")
 // job of a thousand image answers is read one answer at a time. each may be nil, to learn the
 // job's state alone. The Operation returned holds no inline answers; its Output's
 // InlinedResponses is set (and empty) when the job answered inline. An error from each stops
-// the read and is returned as it is. The call is retried like GetBatch only until the first
-// answer is handed over.
-func (c *Client) StreamBatch(ctx context.Context, name string, each func(Result) error) (*Operation, error) {
+// the read and is returned as it is. handedAll, if set, is called once the last inline answer
+// has been handed over, while the rest of the job (the service's mirror of the answers, up to
+// as large again) is still to be read: a caller that gathers answers can let the last ones go.
+// The call is retried like GetBatch only until the first answer is handed over.
+func (c *Client) StreamBatch(ctx context.Context, name string, each func(Result) error, handedAll func()) (*Operation, error) {
 	const op = "batches.get"
 	p, err := resourcePath(op, "batches", name)
 	if err != nil {
@@ -50,7 +52,7 @@ func (c *Client) StreamBatch(ctx context.Context, name string, each func(Result)
 				return err
 			}
 			return nil
-		})
+		}, handedAll)
 		switch {
 		case stop != nil:
 			return errHandedOver // never retried; the caller gets stop itself
@@ -120,15 +122,17 @@ func (g *getStream) Close() error {
 // (metadata.output or the response mirror, whichever comes first) is handed over item by item;
 // any other is skipped without being held.
 type opDecoder struct {
-	js     *jsonStream
-	each   func(Result) error
-	seen   bool // an inline answers array was handed over
-	handed int
+	js        *jsonStream
+	each      func(Result) error
+	handedAll func() // nil: nobody asked
+	seen      bool   // an inline answers array was handed over
+	handed    int
 }
 
-// decodeOperation reads an Operation from r, handing each inline answer to each.
-func decodeOperation(r io.Reader, each func(Result) error) (*Operation, error) {
-	d := &opDecoder{js: newJSONStream(r), each: each}
+// decodeOperation reads an Operation from r, handing each inline answer to each, then calling
+// handedAll (if set) when the last one is handed over.
+func decodeOperation(r io.Reader, each func(Result) error, handedAll func()) (*Operation, error) {
+	d := &opDecoder{js: newJSONStream(r), each: each, handedAll: handedAll}
 	var o Operation
 	var md BatchMetadata
 	var resp OperationResponse
@@ -245,7 +249,9 @@ func (d *opDecoder) inlined() (*InlinedResponses, error) {
 		}
 		if strings.EqualFold(key, "inlinedResponses") && !d.seen {
 			d.seen = true
-			err = d.items()
+			if err = d.items(); err == nil && d.handedAll != nil {
+				d.handedAll()
+			}
 		} else {
 			err = d.js.skip()
 		}

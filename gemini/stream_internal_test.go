@@ -67,7 +67,7 @@ func TestInlineAnswersOneAtATime(t *testing.T) {
 		runtime.ReadMemStats(&ms)
 		peak = max(peak, ms.HeapAlloc-min(base, ms.HeapAlloc))
 		return nil
-	})
+	}, nil)
 	if err != nil || count != n || op.State() != StateSucceeded || op.Response == nil || op.Response.InlinedResponses == nil {
 		t.Fatalf("%d answers, op %+v, err %v", count, op, err)
 	}
@@ -101,7 +101,7 @@ func FuzzStreamOperation(f *testing.F) {
 			}
 			handed = append(handed, r)
 			return nil
-		})
+		}, nil)
 		var whole Operation
 		wholeErr := json.Unmarshal(data, &whole)
 		if wholeErr == nil && err != nil {
@@ -147,12 +147,51 @@ func TestStringsAcrossChunks(t *testing.T) {
 			r.Response = bytes.Clone(r.Response)
 			got = append(got, r)
 			return nil
-		})
+		}, nil)
 		if err != nil || op.Metadata == nil || op.Metadata.DisplayName != `a"b\` {
 			t.Fatalf("decode: %v, op %+v", err, op)
 		}
 		if fmt.Sprint(got) != want {
 			t.Fatalf("streamed %s\nwhole    %s", fmt.Sprint(got), want)
 		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// handedAll is called once, after the last answer and before the rest of the job (here a 1 MB
+// mirror of the answers) is read.
+func TestHandedAllComesBeforeTheMirrorIsRead(t *testing.T) {
+	answers := `{"inlinedResponses":[{"response":{"a":1},"metadata":{"key":"a"}},{"error":{"code":3},"metadata":{"key":"b"}}]}`
+	mirror := `{"inlinedResponses":[` + strings.Repeat(`{"response":{"a":1},"metadata":{"key":"a"}},`, 1<<20/44) + `{"metadata":{"key":"z"}}]}`
+	data := `{"name":"batches/x","metadata":{"state":"BATCH_STATE_SUCCEEDED","output":{"inlinedResponses":` + answers +
+		`}},"done":true,"response":{"inlinedResponses":` + mirror + `}}`
+	r := &countingReader{r: strings.NewReader(data)}
+	handed, calls, readThen := 0, 0, 0
+	op, err := decodeOperation(r, func(Result) error { handed++; return nil }, func() {
+		calls++
+		readThen = r.n
+		if handed != 2 {
+			t.Errorf("handedAll after %d answers, want 2", handed)
+		}
+	})
+	if err != nil || op.Response == nil {
+		t.Fatalf("decode: %v, response %v; want the whole job read", err, op)
+	}
+	if calls != 1 || handed != 2 {
+		t.Fatalf("handedAll called %d times, %d answers handed; want once, 2", calls, handed)
+	}
+	if readThen >= len(data)/2 {
+		t.Errorf("%d of %d bytes read when handedAll was called; want the mirror still unread", readThen, len(data))
 	}
 }

@@ -31,7 +31,7 @@ func TestStreamBatchMatchesGetBatch(t *testing.T) {
 	}
 	whole := waitDone(t, c, op.Name)
 	var got []gemini.Result
-	streamed, err := c.StreamBatch(t.Context(), op.Name, func(r gemini.Result) error { got = append(got, r); return nil })
+	streamed, err := c.StreamBatch(t.Context(), op.Name, func(r gemini.Result) error { got = append(got, r); return nil }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestStreamBatchMatchesGetBatch(t *testing.T) {
 	if streamed.Name != whole.Name || streamed.Metadata.BatchStats.SuccessfulRequestCount != 5 || !streamed.Done {
 		t.Fatalf("streamed metadata %+v", streamed.Metadata)
 	}
-	if _, err := c.StreamBatch(t.Context(), op.Name, nil); err != nil {
+	if _, err := c.StreamBatch(t.Context(), op.Name, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -73,14 +73,14 @@ func TestStreamBatchShapes(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}, nil)
 	if err != nil || strings.Join(keys, ",") != "a,b,c" || op.State() != gemini.StateSucceeded || op.Response.Type != "t" {
 		t.Fatalf("keys %v, op %+v, err %v", keys, op, err)
 	}
 	stop := errors.New("stop")
 	gets = 0
 	n := 0
-	_, err = c.StreamBatch(context.Background(), "batches/x", func(gemini.Result) error { n++; return stop })
+	_, err = c.StreamBatch(context.Background(), "batches/x", func(gemini.Result) error { n++; return stop }, nil)
 	if !errors.Is(err, stop) || n != 1 || gets != 1 {
 		t.Fatalf("stopped: err %v after %d results and %d gets", err, n, gets)
 	}
@@ -105,7 +105,7 @@ func TestStreamBatchCutOffIsNotRetried(t *testing.T) {
 			w.WriteHeader(200)
 			_, _ = w.Write([]byte(tt.body))
 		})
-		_, err := c.StreamBatch(context.Background(), "batches/b", func(gemini.Result) error { items++; return nil })
+		_, err := c.StreamBatch(context.Background(), "batches/b", func(gemini.Result) error { items++; return nil }, nil)
 		if err == nil || gets != tt.wantGets || items != tt.wantItems {
 			t.Errorf("%.40s: err %v, %d gets, %d items", tt.body, err, gets, items)
 		}
@@ -121,7 +121,7 @@ func TestStreamBatchCallerErrorNotRetried(t *testing.T) {
 		writeJSON(w, 200, `{"metadata":{"output":{"inlinedResponses":{"inlinedResponses":[{"response":{},"metadata":{"key":"a"}},{"response":{},"metadata":{"key":"b"}}]}}}}`)
 	})
 	lost := &net.OpError{Op: "write", Net: "tcp", Err: errors.New("broken pipe")}
-	_, err := c.StreamBatch(context.Background(), "batches/x", func(gemini.Result) error { return lost })
+	_, err := c.StreamBatch(context.Background(), "batches/x", func(gemini.Result) error { return lost }, nil)
 	if !errors.Is(err, lost) || gets != 1 {
 		t.Fatalf("err %v after %d gets", err, gets)
 	}

@@ -18,8 +18,9 @@ import (
 
 // API is the part of the Gemini client that answering a batch needs.
 type API interface {
-	// StreamBatch gets a job, handing its inline answers to each one at a time.
-	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error) (*gemini.Operation, error)
+	// StreamBatch gets a job, handing its inline answers to each one at a time, and calls
+	// handedAll after the last one, before the rest of the job is read.
+	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error, handedAll func()) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
 	DeleteBatch(ctx context.Context, name string) error
@@ -249,8 +250,8 @@ func (a *answering) results(ctx context.Context, op *gemini.Operation) error {
 		return nil
 	}
 	if op == nil || op.Output() == nil || op.Output().ResponsesFile == "" {
-		replyErr, err := prefetch(ctx, func(ctx context.Context, each func(gemini.Result) error) (err error) {
-			op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, each)
+		replyErr, err := prefetch(ctx, func(ctx context.Context, each func(gemini.Result) error, handedAll func()) (err error) {
+			op, err = a.b.api.StreamBatch(ctx, a.rec.RemoteName, each, handedAll)
 			return err
 		}, a.result)
 		if replyErr != nil {

@@ -39,9 +39,12 @@ func (s *slab) full() bool { return len(s.results) >= slabResults || len(s.arena
 
 // prefetch runs read, which hands results to its callback in order, on a goroutine of its own,
 // and hands them in the same order to answer on this one: reading and decoding the next
-// answers overlaps publishing these (on two cores, the two halves of answering a batch). An
-// error from answer stops the reading and is returned as answerErr; readErr is read's own.
-func prefetch(ctx context.Context, read func(context.Context, func(gemini.Result) error) error, answer func(gemini.Result) error) (answerErr, readErr error) {
+// answers overlaps publishing these (on two cores, the two halves of answering a batch). read
+// calls handedAll after the last result: the results gathered since the last full slab go to
+// answer then, not after the rest of what read reads (a job's mirror of its answers: about
+// 12 MB to skip for 10,000 answers of 1 KiB). An error from answer stops the reading and is
+// returned as answerErr; readErr is read's own.
+func prefetch(ctx context.Context, read func(ctx context.Context, each func(gemini.Result) error, handedAll func()) error, answer func(gemini.Result) error) (answerErr, readErr error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	slabs := make(chan *slab, prefetchSlabs)
@@ -60,6 +63,11 @@ func prefetch(ctx context.Context, read func(context.Context, func(gemini.Result
 				return false
 			}
 		}
+		sendRest := func() {
+			if len(cur.results) > 0 {
+				send()
+			}
+		}
 		readErr = read(ctx, func(r gemini.Result) error {
 			// Checked first: while the answering side drains the queue after an error, a send
 			// may still win its select against the cancelled context.
@@ -70,10 +78,8 @@ func prefetch(ctx context.Context, read func(context.Context, func(gemini.Result
 				return ctx.Err()
 			}
 			return nil
-		})
-		if len(cur.results) > 0 {
-			send()
-		}
+		}, sendRest)
+		sendRest()
 	}()
 	for s := range slabs {
 		for _, r := range s.results {

@@ -4,15 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gembatch/gembatch/gemini"
 )
 
 // reader hands n results over, each answer in the same reused buffer as a stream reader does,
-// then returns end.
-func reader(n int, end error) func(context.Context, func(gemini.Result) error) error {
-	return func(ctx context.Context, each func(gemini.Result) error) error {
+// says it has handed them all, then returns end.
+func reader(n int, end error) func(context.Context, func(gemini.Result) error, func()) error {
+	return func(ctx context.Context, each func(gemini.Result) error, handedAll func()) error {
 		buf := make([]byte, 0, 64)
 		usage := &gemini.UsageMetadata{}
 		for i := range n {
@@ -22,6 +24,7 @@ func reader(n int, end error) func(context.Context, func(gemini.Result) error) e
 				return err
 			}
 		}
+		handedAll()
 		return end
 	}
 }
@@ -54,8 +57,8 @@ func TestPrefetchStopsReadingOnAnswerError(t *testing.T) {
 	failed := errors.New("nats: connection closed")
 	answered, handed := 0, 0
 	read := reader(100000, nil)
-	counted := func(ctx context.Context, each func(gemini.Result) error) error {
-		return read(ctx, func(r gemini.Result) error { handed++; return each(r) })
+	counted := func(ctx context.Context, each func(gemini.Result) error, handedAll func()) error {
+		return read(ctx, func(r gemini.Result) error { handed++; return each(r) }, handedAll)
 	}
 	answerErr, readErr := prefetch(context.Background(), counted, func(r gemini.Result) error {
 		if answered++; answered == 300 {
@@ -72,5 +75,34 @@ func TestPrefetchStopsReadingOnAnswerError(t *testing.T) {
 	// The slab that failed, those waiting behind it, and the one the reader was filling.
 	if limit := (300/slabResults + 1 + prefetchSlabs + 1) * slabResults; handed > limit {
 		t.Fatalf("the reader handed %d results over after answering failed at 300; at most %d fit the slabs", handed, limit)
+	}
+}
+
+// Once the reader has handed its last result over, every result reaches the answering side
+// while the reader goes on reading (the job's mirror of its answers), not after: the last,
+// partial slab is not held back until the reader returns.
+func TestPrefetchAnswersTheLastResultsBeforeTheRestIsRead(t *testing.T) {
+	const n = slabResults + 44
+	var answered atomic.Int64
+	allAnswered := make(chan struct{})
+	read := func(ctx context.Context, each func(gemini.Result) error, handedAll func()) error {
+		if err := reader(n, nil)(ctx, each, handedAll); err != nil {
+			return err
+		}
+		select { // the rest of the job, read while the last answers go out
+		case <-allAnswered:
+			return nil
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("%d of %d results answered while the reader read on", answered.Load(), n)
+		}
+	}
+	answerErr, readErr := prefetch(context.Background(), read, func(gemini.Result) error {
+		if answered.Add(1) == n {
+			close(allAnswered)
+		}
+		return nil
+	})
+	if answerErr != nil || readErr != nil {
+		t.Fatalf("errors %v, %v; want none", answerErr, readErr)
 	}
 }

@@ -54,7 +54,7 @@ type fakeAPI struct {
 
 var _ publisher.API = (*fakeAPI)(nil)
 
-func (f *fakeAPI) StreamBatch(_ context.Context, _ string, each func(gemini.Result) error) (*gemini.Operation, error) {
+func (f *fakeAPI) StreamBatch(_ context.Context, _ string, each func(gemini.Result) error, handedAll func()) (*gemini.Operation, error) {
 	f.streams++
 	if f.inline == nil {
 		return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{ResponsesFile: "files/batch-x"}}}, nil
@@ -64,6 +64,7 @@ func (f *fakeAPI) StreamBatch(_ context.Context, _ string, each func(gemini.Resu
 			return nil, err
 		}
 	}
+	handedAll()
 	return &gemini.Operation{Metadata: &gemini.BatchMetadata{State: gemini.StateSucceeded, Output: &gemini.Output{InlinedResponses: &gemini.InlinedResponses{}}}}, nil
 }
 func (f *fakeAPI) Download(context.Context, string) (io.ReadCloser, error) {
