@@ -10,11 +10,11 @@ import (
 	"github.com/gembatch/gembatch/record"
 )
 
-// stalledSinks is a BodyStore whose first Append waits for go: the group is busy writing a
+// stalledSinks is a BodyStore whose first Append waits for resume: the group is busy writing a
 // batch's input while more requests arrive.
 type stalledSinks struct {
 	first   atomic.Bool
-	go_     chan struct{}
+	resume  chan struct{}
 	written atomic.Int64
 }
 
@@ -22,7 +22,7 @@ func (s *stalledSinks) OpenBodies(string) BodySink { return s }
 
 func (s *stalledSinks) Append(record.Request) error {
 	if s.first.CompareAndSwap(false, true) {
-		<-s.go_
+		<-s.resume
 	}
 	s.written.Add(1)
 	return nil
@@ -35,7 +35,7 @@ func (s *stalledSinks) Seal() (int, error) { return 1, nil }
 func TestQueueIsBoundedInBytes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size, limit = 64 << 10, 256 << 10
-		bodies := &stalledSinks{go_: make(chan struct{})}
+		bodies := &stalledSinks{resume: make(chan struct{})}
 		a := New(Config{QueueBytes: limit, Bodies: bodies, Limits: Limits{MaxRequests: 1000, MaxBytes: 1 << 30, MaxWait: time.Hour}},
 			func(*record.Record) {}, (&sink{}).reject, nil)
 		var added atomic.Int64
@@ -50,7 +50,7 @@ func TestQueueIsBoundedInBytes(t *testing.T) {
 		if n := added.Load(); n != 1+limit/size {
 			t.Errorf("%d Adds returned while the group was stalled; want %d", n, 1+limit/size)
 		}
-		close(bodies.go_)
+		close(bodies.resume)
 		synctest.Wait()
 		if n := added.Load(); n != 20 {
 			t.Errorf("%d Adds returned after the group went on; want 20", n)
@@ -65,7 +65,7 @@ func TestQueueIsBoundedInBytes(t *testing.T) {
 // A request larger than the bound still passes, into an empty queue.
 func TestRequestLargerThanTheQueuePasses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		bodies := &stalledSinks{go_: make(chan struct{})}
+		bodies := &stalledSinks{resume: make(chan struct{})}
 		a := New(Config{QueueBytes: 1 << 10, Bodies: bodies, Limits: Limits{MaxRequests: 1000, MaxBytes: 1 << 30, MaxWait: time.Hour}},
 			func(*record.Record) {}, (&sink{}).reject, nil)
 		var added atomic.Int64
@@ -79,7 +79,7 @@ func TestRequestLargerThanTheQueuePasses(t *testing.T) {
 		if n := added.Load(); n != 2 { // one being written, one queued alone
 			t.Errorf("%d Adds of 1 MiB returned past a 1 KiB queue while the group was stalled; want 2", n)
 		}
-		close(bodies.go_)
+		close(bodies.resume)
 		a.Close()
 		if n := bodies.written.Load(); n != 3 {
 			t.Errorf("%d bodies written, want 3", n)
