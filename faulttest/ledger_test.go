@@ -206,6 +206,9 @@ type replyTally struct {
 	// conflicting counts requests answered in more than one way (another Nats-Msg-Id, status
 	// or body): a breach.
 	conflicting int
+	// failed counts requests whose first answer is an error: no trial's fault may cost a
+	// request its answer (the emulator's jobs answer every request).
+	failed int
 }
 
 func (l *replyLedger) tally(keys []string) replyTally {
@@ -219,6 +222,9 @@ func (l *replyLedger) tally(keys []string) replyTally {
 			continue
 		}
 		r.repeatedDeliveries += len(as) - 1
+		if as[0].status != "ok" {
+			r.failed++
+		}
 		distinct := map[answer]bool{}
 		for _, a := range as {
 			distinct[a] = true
@@ -235,10 +241,11 @@ func (l *replyLedger) tally(keys []string) replyTally {
 }
 
 // TestReplyLedgerSeesEveryDelivery checks the instrument: replies repeated within a stream's
-// duplicate window are each counted, repeats of one answer apart from a second, different answer.
+// duplicate window are each counted, repeats of one answer apart from a second, different answer,
+// and an error answer is counted as one.
 func TestReplyLedgerSeesEveryDelivery(t *testing.T) {
 	w := newWorld(t, emulator.Faults{})
-	w.sent = []string{"same", "other", "two-ways", "none"}
+	w.sent = []string{"same", "other", "two-ways", "none", "failed"}
 	reply := func(key, msgID, status, body string) {
 		m := nats.NewMsg("ledger." + key)
 		m.Header.Set("Gembatch-Key", key)
@@ -255,20 +262,21 @@ func TestReplyLedgerSeesEveryDelivery(t *testing.T) {
 	reply("other", "id-other", "ok", `{"key":"other"}`)
 	reply("two-ways", "id-two", "ok", `{"key":"two-ways"}`)
 	reply("two-ways", "id-two-again", "error", `{"key":"two-ways","error":{}}`)
+	reply("failed", "id-failed", "error", `{"key":"failed","error":{}}`)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		info, err := w.replies.stream.Info(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State.Msgs == 4 { // six, less the two repeats its window drops
+		if info.State.Msgs == 5 { // seven, less the two repeats its window drops
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the stream holds %d replies, want 4", info.State.Msgs)
+			t.Fatalf("the stream holds %d replies, want 5", info.State.Msgs)
 		}
 	}
 	got := w.replies.tally(w.sent)
-	want := replyTally{unanswered: 1, deliveries: 6, repeatedDeliveries: 3, repeatedAnswers: 2, conflicting: 1}
+	want := replyTally{unanswered: 1, deliveries: 7, repeatedDeliveries: 3, repeatedAnswers: 2, conflicting: 1, failed: 1}
 	if got != want {
 		t.Fatalf("tally %+v, want %+v", got, want)
 	}

@@ -84,6 +84,7 @@ type figures struct {
 	repeatedDeliv    int // replies beyond the first per request
 	repeatedAnswers  int // of those, the same answer again (allowed)
 	conflicting      int // requests answered in two different ways
+	failed           int // requests answered with an error
 	tokensCounted    int64
 	tokensBilled     int64
 }
@@ -98,15 +99,16 @@ func (f *figures) add(g figures) {
 	f.repeatedDeliv += g.repeatedDeliv
 	f.repeatedAnswers += g.repeatedAnswers
 	f.conflicting += g.conflicting
+	f.failed += g.failed
 	f.tokensCounted += g.tokensCounted
 	f.tokensBilled += g.tokensBilled
 }
 
 func (f figures) String() string {
 	return fmt.Sprintf("trials=%d requests=%d unanswered=%d billed_twice=%d created_twice=%d "+
-		"deliveries=%d repeated_deliveries=%d repeated_answers=%d conflicting_answers=%d tokens_counted=%d tokens_billed=%d",
+		"deliveries=%d repeated_deliveries=%d repeated_answers=%d conflicting_answers=%d failed_answers=%d tokens_counted=%d tokens_billed=%d",
 		f.trials, f.requests, f.unanswered, f.billedTwice, f.createdTwice,
-		f.deliveries, f.repeatedDeliv, f.repeatedAnswers, f.conflicting, f.tokensCounted, f.tokensBilled)
+		f.deliveries, f.repeatedDeliv, f.repeatedAnswers, f.conflicting, f.failed, f.tokensCounted, f.tokensBilled)
 }
 
 // breaches lists how the figures break the promise: a request unanswered or answered two ways,
@@ -120,6 +122,9 @@ func (f figures) breaches(jobs bool) []string {
 	}
 	if f.conflicting > 0 {
 		out = append(out, fmt.Sprintf("%d answered two different ways", f.conflicting))
+	}
+	if f.failed > 0 {
+		out = append(out, fmt.Sprintf("%d answered with an error", f.failed))
 	}
 	if f.billedTwice > 0 {
 		out = append(out, fmt.Sprintf("%d billed twice", f.billedTwice))
@@ -147,7 +152,7 @@ func (w *world) measure() figures {
 		trials: 1, requests: len(w.sent), unanswered: r.unanswered,
 		billedTwice: twice, createdTwice: l.CreatedTwice(),
 		deliveries: r.deliveries, repeatedDeliv: r.repeatedDeliveries, repeatedAnswers: r.repeatedAnswers,
-		conflicting: r.conflicting, tokensBilled: l.Tokens(),
+		conflicting: r.conflicting, failed: r.failed, tokensBilled: l.Tokens(),
 	}
 	f.tokensCounted = w.recordedTokens()
 	return f
