@@ -36,8 +36,8 @@ type BodyStore interface {
 // requests are handed back (Nak) to be delivered again.
 type BodySink interface {
 	Append(record.Request) error
-	// Seal writes what remains and returns how many chunks hold the batch's input.
-	Seal() (chunks int, err error)
+	// Seal writes what remains and says in rec where the batch's input is.
+	Seal(rec *record.Record) error
 }
 
 // requestError is a BodySink error about one request.
@@ -338,12 +338,10 @@ func (o *owner) flush(why Reason) {
 		Images:      o.b.images,
 	}
 	if o.b.bodies != nil {
-		chunks, err := o.b.bodies.Seal()
-		if err != nil {
+		if err := o.b.bodies.Seal(rec); err != nil {
 			o.lose(fmt.Errorf("seal batch %s: %w", o.b.id, err))
 			return
 		}
-		rec.Chunks = chunks
 	}
 	m := o.a.m
 	m.closed.WithLabelValues(string(why)).Inc()

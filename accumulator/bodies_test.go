@@ -57,7 +57,7 @@ func (b *bodySink) Append(q record.Request) error {
 	return nil
 }
 
-func (b *bodySink) Seal() (int, error) { return 1, nil }
+func (b *bodySink) Seal(rec *record.Record) error { rec.Chunks = 1; return nil }
 
 // heldMsg is a stream message that counts its Naks.
 type heldMsg struct{ naks *int }

@@ -28,7 +28,7 @@ func (s *stalledSinks) Append(record.Request) error {
 	return nil
 }
 
-func (s *stalledSinks) Seal() (int, error) { return 1, nil }
+func (s *stalledSinks) Seal(rec *record.Record) error { rec.Chunks = 1; return nil }
 
 // While a group writes a batch's input, the requests that arrive wait in its queue with their
 // bodies: the queue holds at most QueueBytes of bodies, then Add waits.

@@ -243,7 +243,7 @@ func (m *Main) buildIntake(s *stages, js jetstream.JetStream, pub *publisher.Pub
 		seal = (&durableSealer{store: s.store, lease: s.lease, own: own, sub: s.sub, log: m.Log.With().Str("component", "sealer").Logger(),
 			margin: cfg.LeaseTTL / 10, ackWait: cfg.EffectiveAckWait(), now: m.now}).seal
 		acfg.Heartbeat = cfg.EffectiveAckWait() / 4
-		acfg.Bodies = bodySinks{s.store}
+		acfg.Bodies = bodySinks{s.store, s.sin}
 		alog := m.Log.With().Str("component", "accumulator").Logger()
 		acfg.Lost = func(id string, n int, err error) {
 			alog.Error().Err(err).Str("record", id).Int("requests", n).Msg("could not write a batch's input; its requests go back to the stream")

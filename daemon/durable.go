@@ -28,7 +28,7 @@ func (m *Main) openStore(ctx context.Context, js jetstream.JetStream) (*jsstore.
 		RecordsBucket: cfg.RecordsBucket, RequestsBucket: cfg.RequestsBucket,
 		BodiesBucket: cfg.BodiesBucket, BodiesTTL: cfg.StreamMaxAge, // a body lives as long as its message may
 		Replicas: cfg.StreamReplicas, Storage: storageType(cfg.StreamStorage), Retention: cfg.RecordRetention,
-		RedeliveryWindow: 2 * cfg.EffectiveAckWait(),
+		RedeliveryWindow: 2 * cfg.EffectiveAckWait(), Stream: cfg.Stream,
 	}, m.Log.With().Str("component", "store").Logger())
 	if err != nil {
 		return nil, nil, err
@@ -148,8 +148,8 @@ func (d *durableSealer) seal(rec *record.Record) {
 			break
 		}
 		if errors.Is(err, nats.ErrConnectionClosed) {
-			// Shutting down without NATS: whoever takes the record over removes its messages
-			// from the stream before going on (takeOver), so none is delivered again.
+			// Shutting down without NATS: whoever takes the record over settles it before
+			// going on (ready), so none of its messages is batched again.
 			d.log.Warn().Err(err).Str("record", rec.ID).Msg("acknowledgements not confirmed; left to the record's next owner")
 			return
 		}
@@ -160,10 +160,16 @@ func (d *durableSealer) seal(rec *record.Record) {
 	d.sub.Enqueue(rec)
 }
 
-// bodySinks gives the accumulator each open batch's input in the requests bucket.
-type bodySinks struct{ st *jsstore.Store }
+// bodySinks gives the accumulator each open batch's input in the requests bucket, which holds
+// only the bodies that came through the bodies bucket when the stream keeps its messages.
+type bodySinks struct {
+	st *jsstore.Store
+	in *intake.StreamIntake
+}
 
-func (b bodySinks) OpenBodies(id string) accumulator.BodySink { return b.st.OpenInput(id) }
+func (b bodySinks) OpenBodies(id string) accumulator.BodySink {
+	return b.st.OpenInput(id, b.in.KeepsMessages())
+}
 
 // sweepEvery is how often the requests bucket is swept of objects no record names.
 const sweepEvery = 10 * time.Minute
@@ -351,9 +357,10 @@ func (m *Main) takeOver(ctx context.Context, st *jsstore.Store, in *intake.Strea
 }
 
 // ready fills in what a taken-over record needs before its stage can go on. A record still to
-// be submitted needs its requests (its upload streams its input chunks; a record written before
-// chunks needs its bodies in hand), and the messages of a record whose acks were never confirmed
-// are removed from the stream first, so that none is delivered again.
+// be submitted needs its requests (its upload streams its input; a record written before chunks
+// needs its bodies in hand), and a record whose acks were never confirmed is settled: its
+// messages removed from the stream first, so that none is delivered again, unless they hold its
+// bodies.
 func (m *Main) ready(ctx context.Context, st *jsstore.Store, in *intake.StreamIntake, rec *record.Record) error {
 	if rec.State != record.Sealed && rec.State != record.Submitting {
 		return nil
@@ -362,7 +369,7 @@ func (m *Main) ready(ctx context.Context, st *jsstore.Store, in *intake.StreamIn
 	if err != nil {
 		return fmt.Errorf("read its requests: %w", err)
 	}
-	if rec.Chunks == 0 {
+	if rec.Chunks == 0 && !rec.InStream {
 		bodies, err := st.Bodies(ctx, rec.ID)
 		if err != nil {
 			return fmt.Errorf("read its bodies: %w", err)
@@ -375,8 +382,14 @@ func (m *Main) ready(ctx context.Context, st *jsstore.Store, in *intake.StreamIn
 	if rec.Acked {
 		return nil
 	}
-	if err := in.Remove(ctx, rec.Requests); err != nil {
-		return fmt.Errorf("remove its messages from the stream: %w", err)
+	// The messages of a record InStream are its bodies: they stay. One its dead owner left
+	// unacknowledged comes back within an AckWait and is acknowledged as recorded once the
+	// record is confirmed; the index keeps its sequences until twice the AckWait after it is
+	// cleaned.
+	if !rec.InStream {
+		if err := in.Remove(ctx, rec.Requests); err != nil {
+			return fmt.Errorf("remove its messages from the stream: %w", err)
+		}
 	}
 	return st.Confirmed(ctx, rec)
 }

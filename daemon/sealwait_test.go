@@ -32,7 +32,7 @@ func TestBatchThatWaitedItsTurnIsHandedBack(t *testing.T) {
 	cons, msgs := natstest.Pulled(t, nc, 3, time.Minute)
 	now := time.Now()
 	rec := &record.Record{ID: "waited", State: record.Sealed, Sealed: now.Add(-2 * time.Second), Count: 3}
-	input := st.OpenInput(rec.ID)
+	input := st.OpenInput(rec.ID, false)
 	for _, m := range msgs {
 		q := record.Request{Key: fmt.Sprint(len(rec.Requests)), Body: []byte(`{"contents":[]}`), Size: 15, Received: now.Add(-3 * time.Second), Msg: m}
 		if err := input.Append(q); err != nil {
@@ -40,7 +40,7 @@ func TestBatchThatWaitedItsTurnIsHandedBack(t *testing.T) {
 		}
 		rec.Requests = append(rec.Requests, q)
 	}
-	if rec.Chunks, err = input.Seal(); err != nil {
+	if err = input.Seal(rec); err != nil {
 		t.Fatal(err)
 	}
 	d := &durableSealer{store: st, own: func(*record.Record) {}, log: zerolog.Nop(), ackWait: 4 * time.Second, now: func() time.Time { return now }}

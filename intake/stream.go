@@ -126,6 +126,7 @@ type StreamIntake struct {
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
 	stream   jetstream.Stream
+	keeps    bool // see KeepsMessages
 	// avgSize is a moving average of the requests' sizes, to pull about fetchBytes at a time;
 	// only the pull loop uses it.
 	avgSize int
@@ -158,6 +159,11 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 	var err error
 	if in.stream, err = EnsureStream(ctx, in.js, &in.scfg, in.log); err != nil {
 		return err
+	}
+	in.keeps = keepsMessages(in.stream.CachedInfo().Config)
+	if !in.keeps {
+		in.log.Warn().Str("stream", in.scfg.Stream).
+			Msg("the stream may drop messages before their MaxAge (retention other than limits, or a message, byte or per-subject limit): each batch's bodies are copied into the requests bucket")
 	}
 	cons, err := in.js.CreateOrUpdateConsumer(ctx, in.scfg.Stream, jetstream.ConsumerConfig{
 		Durable:        in.scfg.Consumer,
@@ -359,8 +365,9 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time, caughtUp *b
 			req.Body = nil // the batch's input reads it from the object: an open batch holds no bodies
 		}
 		req.ID = fmt.Sprintf("%s-%d", in.scfg.Stream, seq)
-		if msg.Header.Get(HeaderKey) == "" {
-			req.Key = req.ID // the same on every delivery, so a redelivery is known as one
+		if msg.Header.Get(HeaderKey) == "" { // the same on every delivery, so a redelivery is known as one
+			req.Size += gemini.InputLineLen(req.ID, 0) - gemini.InputLineLen(req.Key, 0) // its line carries this key
+			req.Key = req.ID
 		}
 		req.Seq = seq
 		req.Msg = &ackHandle{nc: in.nc, reply: m.Reply()}
@@ -399,6 +406,15 @@ func (in *StreamIntake) removed(seq uint64) bool {
 func gone(ctx context.Context, s jetstream.Stream, seq uint64) bool {
 	_, err := s.GetMsg(ctx, seq)
 	return errors.Is(err, jetstream.ErrMsgNotFound)
+}
+
+// KeepsMessages reports whether the stream, as it was at Start, keeps every message until its
+// MaxAge, acknowledged or not: a recorded batch then reads its bodies back from it, instead of
+// a copy of them.
+func (in *StreamIntake) KeepsMessages() bool { return in.keeps }
+
+func keepsMessages(c jetstream.StreamConfig) bool {
+	return c.Retention == jetstream.LimitsPolicy && c.MaxMsgs <= 0 && c.MaxBytes <= 0 && c.MaxMsgsPerSubject <= 0
 }
 
 // Remove deletes the requests' messages from the stream, so that none is delivered again: for a

@@ -39,20 +39,30 @@ func (e *BodyError) RequestStatus() *gemini.Status { return e.Status }
 
 // Input is an open batch's JSONL input, exactly as the Batch API takes it
 // (`{"key":"...","request":{...}}` a line), put in the requests bucket chunk by chunk as it
-// grows: the batch itself keeps only what it needs to know about each request.
+// grows: the batch itself keeps only what it needs to know about each request. With inStream,
+// the bodies the request stream holds stay there, to be read back by sequence (streamInput):
+// only those that came through the bodies bucket are written.
 type Input struct {
-	s    *Store
-	id   string
-	buf  []byte
-	puts int
+	s        *Store
+	id       string
+	inStream bool
+	buf      []byte
+	puts     int
 }
 
-// OpenInput starts the input of the batch that will be recorded as id.
-func (s *Store) OpenInput(id string) *Input { return &Input{s: s, id: id} }
+// OpenInput starts the input of the batch that will be recorded as id. inStream leaves the
+// bodies of requests read from the stream there: set it only for a stream that keeps every
+// message until its MaxAge, acknowledged or not.
+func (s *Store) OpenInput(id string, inStream bool) *Input {
+	return &Input{s: s, id: id, inStream: inStream}
+}
 
 // Append writes req's input line: its body, or the object of the bodies bucket it names. A
 // BodyError leaves the input as it was; any other error leaves it unusable.
 func (in *Input) Append(req record.Request) error {
+	if in.inStream && req.Seq != 0 && req.BodyObject == "" {
+		return nil // its message is its body
+	}
 	body := []byte(req.Body)
 	if req.BodyObject != "" {
 		var err error
@@ -76,11 +86,11 @@ func (in *Input) Append(req record.Request) error {
 	return nil
 }
 
-// Seal puts what remains of the input and returns how many chunks hold it.
-func (in *Input) Seal() (int, error) {
+// Seal puts what remains of the input and says in rec where it is.
+func (in *Input) Seal(rec *record.Record) error {
 	if len(in.buf) > 0 {
 		if err := in.put(); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if cap(in.buf) >= ChunkSize {
@@ -88,7 +98,8 @@ func (in *Input) Seal() (int, error) {
 		buffers.Put(&b)
 	}
 	in.buf = nil
-	return in.puts, nil
+	rec.Chunks, rec.InStream = in.puts, in.inStream
+	return nil
 }
 
 // buffers keeps chunk buffers between batches: a busy group's next batch reuses its last one's.
@@ -187,12 +198,21 @@ func appendKey(dst []byte, key string) []byte {
 	return append(dst, '"')
 }
 
-// Input reads a record's JSONL input from its chunks, in order, one chunk at a time.
+// Input reads a record's JSONL input: from its chunks, in order, one chunk at a time, and then,
+// for a record InStream, the lines of the bodies the stream holds.
 func (s *Store) Input(ctx context.Context, rec *record.Record) (io.ReadCloser, error) {
+	if rec.InStream {
+		return s.streamInput(ctx, rec)
+	}
 	if rec.Chunks == 0 {
 		return nil, fmt.Errorf("record %s has no input chunks", rec.ID)
 	}
-	return &chunkReader{ctx: ctx, obj: s.obj, id: rec.ID, n: rec.Chunks}, nil
+	return s.chunks(ctx, rec), nil
+}
+
+// chunks reads a record's input chunks as one stream.
+func (s *Store) chunks(ctx context.Context, rec *record.Record) io.ReadCloser {
+	return &chunkReader{ctx: ctx, obj: s.obj, id: rec.ID, n: rec.Chunks}
 }
 
 // chunkReader reads chunks 0 to n-1 of a record's input as one stream.

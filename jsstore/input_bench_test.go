@@ -35,13 +35,13 @@ func BenchmarkInput(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		in := s.OpenInput(fmt.Sprintf("b%d", i))
+		in := s.OpenInput(fmt.Sprintf("b%d", i), false)
 		for _, q := range reqs {
 			if err := in.Append(q); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if _, err := in.Seal(); err != nil {
+		if err := in.Seal(&record.Record{}); err != nil {
 			b.Fatal(err)
 		}
 		base, input = base+t1.Sub(t0), input+time.Since(t1)

@@ -61,7 +61,7 @@ func objectNames(t *testing.T, js jetstream.JetStream, bucket string) map[string
 func TestInputChunksAreTheUploadFile(t *testing.T) {
 	s, js := openJS(t)
 	ctx := context.Background()
-	in := s.OpenInput("b1")
+	in := s.OpenInput("b1", false)
 	var reqs []record.Request
 	var bytesTotal int64
 	for i := range 40 { // 40 × 512 KiB: three chunks
@@ -79,11 +79,11 @@ func TestInputChunksAreTheUploadFile(t *testing.T) {
 		reqs = append(reqs, q)
 		bytesTotal += q.Size
 	}
-	chunks, err := in.Seal()
-	if err != nil {
+	var sealedIn record.Record
+	if err := in.Seal(&sealedIn); err != nil {
 		t.Fatal(err)
 	}
-	if chunks != 3 {
+	if chunks := sealedIn.Chunks; chunks != 3 {
 		t.Fatalf("%d chunks for 20 MiB of input, want 3 of at least %d bytes", chunks, jsstore.ChunkSize)
 	}
 	rec := sealed("b1")
@@ -91,7 +91,7 @@ func TestInputChunksAreTheUploadFile(t *testing.T) {
 		q.Body = nil
 		rec.Requests = append(rec.Requests, q)
 	}
-	rec.Count, rec.Bytes, rec.Chunks = len(reqs), bytesTotal, chunks
+	rec.Count, rec.Bytes, rec.Chunks = len(reqs), bytesTotal, sealedIn.Chunks
 	if err := s.Create(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestInputReadsBodyObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	small := request("small", 10)
-	in := s.OpenInput("b1")
+	in := s.OpenInput("b1", false)
 	ref := big
 	ref.Body, ref.BodyObject = nil, "obj1"
 	if err := in.Append(ref); err != nil {
@@ -179,11 +179,11 @@ func TestInputReadsBodyObjects(t *testing.T) {
 	if err := in.Append(small); err != nil {
 		t.Fatal(err)
 	}
-	n, err := in.Seal()
-	if err != nil {
+	rec := &record.Record{ID: "b1"}
+	if err := in.Seal(rec); err != nil {
 		t.Fatal(err)
 	}
-	rd, err := s.Input(ctx, &record.Record{ID: "b1", Chunks: n})
+	rd, err := s.Input(ctx, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,11 +207,11 @@ func TestSweepRemovesOrphansAndKeepsLiveObjects(t *testing.T) {
 	if err := s.Create(ctx, live); err != nil {
 		t.Fatal(err)
 	}
-	orphan := s.OpenInput("crashed")
+	orphan := s.OpenInput("crashed", false)
 	if err := orphan.Append(request("k", 10)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := orphan.Seal(); err != nil {
+	if err := orphan.Seal(&record.Record{}); err != nil {
 		t.Fatal(err)
 	}
 	cleaned := sealed("cleaned", 2)

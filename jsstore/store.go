@@ -1,10 +1,13 @@
 // Package jsstore keeps batch records in JetStream: each record in a KV bucket, its requests in
 // an object store. What answering needs of each request is one object, named by the record's
-// id; the request bodies are the batch's JSONL input itself, written in chunks while the batch
-// is open (Input), so that an open batch holds no bodies, the upload streams the chunks as they
-// are, and taking over a submitted job never reads them. Every write is a compare-and-set on
-// the revision the writer itself read, so a replica that lost a record cannot write it again.
-// Request bodies too large for a NATS message wait in a bodies bucket until their batch is written.
+// id. The request bodies stay in the request stream, which keeps them until its MaxAge, and
+// are read back from it by sequence for the create (streamInput); those that came through the
+// bodies bucket, or all of them when the stream may drop messages sooner, are written as the
+// batch's JSONL input in chunks while the batch is open (Input). So an open batch holds no
+// bodies, the upload streams its input, and taking over a submitted job never reads it. Every
+// write is a compare-and-set on the revision the writer itself read, so a replica that lost a
+// record cannot write it again. Request bodies too large for a NATS message wait in a bodies
+// bucket until their batch is written.
 package jsstore
 
 import (
@@ -43,11 +46,14 @@ type Config struct {
 	// RedeliveryWindow is how long after a record is cleaned its messages may still be delivered
 	// again (twice the consumer's AckWait); default 10 minutes.
 	RedeliveryWindow time.Duration
+	// Stream is the request stream, from which records InStream read their bodies back.
+	Stream string
 }
 
 // Store is a record.Store on JetStream KV and object store.
 type Store struct {
 	cfg    Config
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	obj    jetstream.ObjectStore
 	bodies jetstream.ObjectStore
@@ -110,7 +116,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.L
 	if err != nil {
 		return nil, fmt.Errorf("bodies bucket %s: %w", cfg.BodiesBucket, err)
 	}
-	return &Store{cfg: cfg, kv: kv, obj: obj, bodies: bodies, chunk: chunkSize(js.Conn().MaxPayload()), log: log,
+	return &Store{cfg: cfg, js: js, kv: kv, obj: obj, bodies: bodies, chunk: chunkSize(js.Conn().MaxPayload()), log: log,
 		seqs: map[uint64]string{}, recSeqs: map[string][]uint64{}, later: map[uint64][]string{}, written: map[string][]uint64{}, settled: map[string]bool{}, cleaned: map[string]time.Time{}}, nil
 }
 
@@ -193,17 +199,15 @@ func (s *Store) Create(ctx context.Context, r *record.Record) error {
 		return record.ErrExists // its requests must not be overwritten
 	}
 	if r.Chunks == 0 && hasBodies(r.Requests) {
-		in := s.OpenInput(r.ID)
+		in := s.OpenInput(r.ID, false) // the bodies in hand: written whole
 		for _, q := range r.Requests {
 			if err := in.Append(q); err != nil {
 				return fmt.Errorf("write input of %s: %w", r.ID, err)
 			}
 		}
-		n, err := in.Seal()
-		if err != nil {
+		if err := in.Seal(r); err != nil {
 			return fmt.Errorf("write input of %s: %w", r.ID, err)
 		}
-		r.Chunks = n
 	}
 	meta, err := encodeRequests(r.Requests)
 	if err != nil {
@@ -366,11 +370,14 @@ func (s *Store) requests(ctx context.Context, id string) ([]record.Request, erro
 func (s *Store) Bodies(ctx context.Context, id string) (map[string]json.RawMessage, error) {
 	s.bodyReads.Add(1)
 	r, err := s.Head(ctx, id)
+	if err == nil && r.InStream { // read back by its requests' sequences
+		r, err = s.Get(ctx, id)
+	}
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]json.RawMessage{}
-	if r.Chunks > 0 {
+	if r.Chunks > 0 || r.InStream {
 		return out, s.EachInput(ctx, r, func(key string, request json.RawMessage) error {
 			out[key] = request
 			return nil

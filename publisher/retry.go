@@ -118,6 +118,11 @@ func (a *answering) body(i int) (json.RawMessage, error) {
 	}
 	if a.stored == nil {
 		bodies, err := a.b.store.Bodies(a.ctx, a.rec.ID)
+		var lost *record.InputLost
+		if errors.As(err, &lost) { // never to be read: each is answered as not held
+			a.b.log.Error().Err(err).Str("record", a.rec.ID).Msg("request bodies lost; failed requests cannot be resubmitted")
+			bodies, err = map[string]json.RawMessage{}, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read the request bodies of record %s back: %w", a.rec.ID, err)
 		}

@@ -113,6 +113,9 @@ type Record struct {
 	// Chunks is how many objects hold the batch's JSONL input, in order (durable mode): its
 	// requests' bodies were written there as they arrived, and Requests carry none.
 	Chunks int `json:"chunks,omitempty"`
+	// InStream: the bodies the request stream holds are read back from it, by Seq, for the
+	// batch's input; Chunks then hold only the bodies that came through the bodies bucket.
+	InStream bool `json:"inStream,omitempty"`
 	// Images: a request of the batch asks for images (Request.Images), so the batch goes by
 	// file whatever its size; durable records carry no bodies to tell it from.
 	Images bool `json:"images,omitempty"`
@@ -182,6 +185,12 @@ var (
 	ErrConflict = errors.New("record: revision conflict")
 	ErrExists   = errors.New("record: already exists")
 )
+
+// InputLost is the error of a batch input that can never be read back (a body's message is no
+// longer in the stream): nothing can be sent, and its requests are answered DATA_LOSS.
+type InputLost struct{ Reason string }
+
+func (e *InputLost) Error() string { return "batch input lost: " + e.Reason }
 
 // Store keeps records. Update is a compare-and-set on Revision: it fails with ErrConflict when
 // the stored record has moved on, so that a writer that lost ownership cannot overwrite it.

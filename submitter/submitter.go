@@ -277,6 +277,12 @@ func (s *Submitter) work(ctx context.Context, rec *record.Record) {
 			s.requeue(rec)
 			return
 		}
+		if lost := (*record.InputLost)(nil); errors.As(err, &lost) { // nothing was sent, and never can be
+			err = s.fail(ctx, rec, err)
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+		}
 		if errors.Is(err, record.ErrConflict) {
 			s.log.Warn().Err(err).Str("record", rec.ID).Msg("record owned elsewhere now; leaving it")
 			s.Release(rec.ID)
@@ -530,8 +536,12 @@ func (s *Submitter) adopt(ctx context.Context, rec *record.Record, op *gemini.Op
 func (s *Submitter) fail(ctx context.Context, rec *record.Record, cause error) error {
 	st := gemini.NewStatus(gemini.CodeInternal, "create batch: %v", cause)
 	var apiErr *gemini.APIError
-	if errors.As(cause, &apiErr) && apiErr.Status.Code != 0 {
+	var lost *record.InputLost
+	switch {
+	case errors.As(cause, &apiErr) && apiErr.Status.Code != 0:
 		st = gemini.NewStatus(httpToCode(apiErr.HTTPStatus), "create batch: %s", apiErr.Status.Message)
+	case errors.As(cause, &lost):
+		st = gemini.NewStatus(gemini.CodeDataLoss, "batch not sent: %s", lost)
 	}
 	rec.State = record.Failed
 	rec.Error = st
@@ -570,9 +580,10 @@ func (s *Submitter) batch(ctx context.Context, rec *record.Record) (gemini.Batch
 	return b, nil
 }
 
-// fromStore: the record's bodies are not in memory but in its input chunks.
+// fromStore: the record's bodies are not in memory but in the store: its input chunks, or the
+// request stream.
 func (s *Submitter) fromStore(rec *record.Record) bool {
-	return rec.Chunks > 0 && s.cfg.Input != nil && (len(rec.Requests) == 0 || rec.Requests[0].Body == nil)
+	return (rec.Chunks > 0 || rec.InStream) && s.cfg.Input != nil && (len(rec.Requests) == 0 || rec.Requests[0].Body == nil)
 }
 
 // upload streams the record's JSONL input to the File API, never holding the file in memory:

@@ -1,0 +1,182 @@
+package jsstore
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gembatch/gembatch/record"
+)
+
+const (
+	// streamFetchBytes bounds what one fetch of a record's messages brings: the memory a read
+	// back holds, whatever the batch's size. streamFetchMax bounds their number: a fetch by
+	// bytes alone asks for a million messages, and the client makes a channel that long for
+	// each (16 MB cleared: two thirds of a 10,000-request read back).
+	streamFetchBytes = 4 << 20
+	streamFetchMax   = 4096
+	// streamFetchWait is how long a fetch waits for messages: one that brings none means the
+	// stream holds no more.
+	streamFetchWait = 2 * time.Second
+)
+
+// streamInput reads a record InStream's input: the lines in its chunks (bodies that came through
+// the bodies bucket), then one line for each other request, from its message in the request
+// stream, read back in stream order by an ordered consumer. The order of the lines does not
+// matter to the Batch API, which answers by key; their bytes are those of Input.Append.
+func (s *Store) streamInput(ctx context.Context, rec *record.Record) (io.ReadCloser, error) {
+	if s.cfg.Stream == "" {
+		return nil, fmt.Errorf("record %s reads its bodies from the request stream, and no stream is set", rec.ID)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		w := bufio.NewWriterSize(pw, 64<<10)
+		err := s.writeStreamInput(ctx, rec, w)
+		if err == nil {
+			err = w.Flush()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+// writeStreamInput writes the record's input to w; a record.InputLost when a body can never be
+// read back.
+func (s *Store) writeStreamInput(ctx context.Context, rec *record.Record, w io.Writer) error {
+	inChunks := 0
+	if rec.Chunks > 0 {
+		rd := s.chunks(ctx, rec)
+		lines := &lineCounter{w: w}
+		_, err := io.Copy(lines, rd)
+		_ = rd.Close()
+		if err != nil {
+			return err
+		}
+		inChunks = lines.n
+	}
+	order := bySeq(rec.Requests)
+	if len(order) == 0 {
+		return nil
+	}
+	objects, err := s.readBack(ctx, rec, order, w)
+	if err != nil {
+		return err
+	}
+	if objects != inChunks {
+		return &record.InputLost{Reason: fmt.Sprintf("record %s has %d input lines in its chunks, and %d of its messages name a body object",
+			rec.ID, inChunks, objects)}
+	}
+	return nil
+}
+
+// bySeq returns the indexes of reqs in stream order.
+func bySeq(reqs []record.Request) []int {
+	order := make([]int, len(reqs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(reqs[a].Seq, reqs[b].Seq) })
+	return order
+}
+
+// readBack reads the messages of the requests in order (stream order) and writes the line of
+// each that carries its body; it returns how many carried none (their bodies came through the
+// bodies bucket and are in the record's chunks).
+func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w io.Writer) (objects int, err error) {
+	reqs := rec.Requests
+	first := reqs[order[0]].Seq
+	if first == 0 {
+		return 0, fmt.Errorf("record %s reads its bodies from the stream, and request %q has no sequence", rec.ID, reqs[order[0]].Key)
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: first,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
+	}
+	defer func() { // the server would drop it after 5 idle minutes
+		if info := cons.CachedInfo(); info != nil {
+			_ = s.js.DeleteConsumer(context.Background(), s.cfg.Stream, info.Name)
+		}
+	}()
+	next, line := 0, make([]byte, 0, 64<<10)
+	for next < len(order) {
+		batch, err := cons.Fetch(streamFetchMax, jetstream.FetchMaxBytes(streamFetchBytes), jetstream.FetchMaxWait(streamFetchWait))
+		if err != nil {
+			return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				return 0, fmt.Errorf("read the bodies of record %s: %w", rec.ID, err)
+			}
+			seq := meta.Sequence.Stream
+			if q := &reqs[order[next]]; q.Seq < seq {
+				return 0, s.lostBody(rec, q)
+			} else if q.Seq > seq {
+				continue // another batch's
+			}
+			q := reqs[order[next]]
+			next++
+			body := bytes.TrimSpace(m.Data())
+			if len(body) == 0 { // its body is in an object, written to the chunks
+				objects++
+			} else if line, err = s.bodyLine(line[:0], rec, q, body); err != nil {
+				return 0, err
+			} else if _, err := w.Write(line); err != nil {
+				return 0, err
+			}
+			if next == len(order) {
+				return objects, nil
+			}
+			if meta.NumPending == 0 {
+				return 0, s.lostBody(rec, &reqs[order[next]])
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
+		}
+		if got == 0 {
+			return 0, s.lostBody(rec, &reqs[order[next]])
+		}
+	}
+	return objects, nil
+}
+
+// bodyLine appends q's input line, from the body its message carries: the body intake
+// accepted, by its line's size, or the request is not the one recorded.
+func (s *Store) bodyLine(dst []byte, rec *record.Record, q record.Request, body []byte) ([]byte, error) {
+	start := len(dst)
+	dst, err := appendLine(dst, q.Key, body) // as gemini.InputLineSize counts it
+	if err != nil || int64(len(dst)-start) != q.Size {
+		return dst, &record.InputLost{Reason: fmt.Sprintf("message %d of stream %s is not request %q of record %s (was the stream recreated?)",
+			q.Seq, s.cfg.Stream, q.Key, rec.ID)}
+	}
+	return dst, nil
+}
+
+// lostBody is the error of a request whose message the stream no longer holds.
+func (s *Store) lostBody(rec *record.Record, q *record.Request) error {
+	return &record.InputLost{Reason: fmt.Sprintf("message %d of stream %s (request %q of record %s) is no longer in the stream: older than its MaxAge (GEMBATCH_STREAM_MAX_AGE), or deleted",
+		q.Seq, s.cfg.Stream, q.Key, rec.ID)}
+}
+
+// lineCounter counts the lines written through it.
+type lineCounter struct {
+	w io.Writer
+	n int
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.n += bytes.Count(p, []byte{'\n'})
+	return c.w.Write(p)
+}
