@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -208,5 +209,47 @@ func TestStreamThatMayDropMessagesGetsCopies(t *testing.T) {
 	checkAnswers(t, publishBodies(t, c, bodies), bodies, time.Minute)
 	if got := copied.Load(); got < streamBytes {
 		t.Fatalf("%d bytes put into the requests bucket, want the %d bytes of bodies copied", got, streamBytes)
+	}
+}
+
+// The consumer filters by subject only when the stream captures more than requests: a filter of
+// two subjects costs the server a match of every message against both.
+func TestConsumerFiltersOnlyWhatItMust(t *testing.T) {
+	cfg := testConfig()
+	cfg.Durable = "true"
+	h := start(t, cfg, emulator.Options{})
+	js, _ := jetstream.New(h.nc)
+	ctx := context.Background()
+	filters := func() []string {
+		t.Helper()
+		c, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(c.CachedInfo().Config.FilterSubjects, c.CachedInfo().Config.FilterSubject)
+	}
+	if f := strings.Join(filters(), ""); f != "" {
+		t.Fatalf("consumer of a stream of requests alone filters %q", f)
+	}
+	stream, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := stream.CachedInfo().Config
+	sc.Subjects = append(sc.Subjects, "audit.>")
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	h.Restart(cfg)
+	if _, err := js.Publish(ctx, "audit.x", []byte(`{"contents":[{"parts":[{"text":"not a request"}]}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	h.send(cfg.SubjectGenerate, "real", generateBody("a request"))
+	h.waitReplies([]string{"real"}, 30*time.Second)
+	if f := filters(); !slices.Contains(f, cfg.StreamSubject+".generate") || !slices.Contains(f, cfg.StreamSubject+".embed") {
+		t.Fatalf("consumer of a stream that captures audit.> too filters %q", f)
+	}
+	if n := h.metricOf(h.Main, "gembatch_intake_requests_accepted_total"); n != 1 {
+		t.Fatalf("%v requests accepted, want the one request, not the audit message", n)
 	}
 }

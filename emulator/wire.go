@@ -73,7 +73,11 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, errorf("Request payload size exceeds the limit: %d bytes.", limit)
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	// Sized from Content-Length when given: io.ReadAll grows a 10 MB create body about twenty
+	// times, copying it as often.
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(r.ContentLength, limit))+bytes.MinRead)) // ReadFrom wants MinRead free to read EOF
+	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	b := buf.Bytes()
 	if err != nil {
 		return nil, errorf("Reading the request body failed: %v", err)
 	}
