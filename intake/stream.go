@@ -384,7 +384,7 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time, caughtUp *b
 			req.Key = req.ID
 		}
 		req.Seq = seq
-		req.Msg = &ackHandle{nc: in.nc, reply: m.Reply()}
+		req.Msg = &ackHandle{nc: in.nc, reply: m.Reply(), consumer: in.scfg.Consumer}
 		if err := in.sink.Add(g, req); err == nil {
 			in.m.accepted.WithLabelValues(string(kind), g.Model).Inc()
 			return
@@ -473,9 +473,10 @@ func (in *StreamIntake) Drain(ctx context.Context) error {
 // jetstream.Msg itself kept the whole message, body and all, alive until the batch was recorded:
 // 132 MB of a 128 MiB batch's peak heap, which the batch's input chunks hold durably already.
 type ackHandle struct {
-	nc    *nats.Conn
-	reply string
-	acked atomic.Bool // a confirmed ack is not asked again (jetstream says ErrMsgAlreadyAckd)
+	nc       *nats.Conn
+	reply    string
+	consumer string      // whose delivery it is: see confirmOn
+	acked    atomic.Bool // a confirmed ack is not asked again (jetstream says ErrMsgAlreadyAckd)
 }
 
 // ackTimeout bounds a double ack whose context has no deadline, as jetstream's default does.
