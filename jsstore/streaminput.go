@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -121,7 +122,7 @@ func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w
 			}
 			seq := meta.Sequence.Stream
 			if q := &reqs[order[next]]; q.Seq < seq {
-				return 0, s.lostBody(rec, q)
+				return 0, s.missing(ctx, rec, q)
 			} else if q.Seq > seq {
 				continue // another batch's
 			}
@@ -139,14 +140,14 @@ func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w
 				return objects, nil
 			}
 			if meta.NumPending == 0 {
-				return 0, s.lostBody(rec, &reqs[order[next]])
+				return 0, s.missing(ctx, rec, &reqs[order[next]])
 			}
 		}
 		if err := batch.Error(); err != nil {
 			return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
 		}
 		if got == 0 {
-			return 0, s.lostBody(rec, &reqs[order[next]])
+			return 0, s.missing(ctx, rec, &reqs[order[next]])
 		}
 	}
 	return objects, nil
@@ -162,6 +163,24 @@ func (s *Store) bodyLine(dst []byte, rec *record.Record, q record.Request, body 
 			q.Seq, s.cfg.Stream, q.Key, rec.ID)}
 	}
 	return dst, nil
+}
+
+// missing is the error of a request whose message the read back did not bring: lost if the
+// stream itself says it no longer holds it, or else a failure to try again later (an ordered
+// consumer can come up short while a cluster node rejoins: seen in TestNATSClusterNodeLoss).
+func (s *Store) missing(ctx context.Context, rec *record.Record, q *record.Request) error {
+	stream, err := s.js.Stream(ctx, s.cfg.Stream)
+	if err == nil {
+		_, err = stream.GetMsg(ctx, q.Seq)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return s.lostBody(rec, q)
+	case err != nil:
+		return fmt.Errorf("read the bodies of record %s: message %d of stream %s not read back, and the stream cannot say whether it holds it: %w",
+			rec.ID, q.Seq, s.cfg.Stream, err)
+	}
+	return fmt.Errorf("read the bodies of record %s: message %d of stream %s not read back, though the stream holds it", rec.ID, q.Seq, s.cfg.Stream)
 }
 
 // lostBody is the error of a request whose message the stream no longer holds.
