@@ -23,8 +23,8 @@ const (
 	// each (16 MB cleared: two thirds of a 10,000-request read back).
 	streamFetchBytes = 4 << 20
 	streamFetchMax   = 4096
-	// streamFetchWait is how long a fetch waits for messages: one that brings none means the
-	// stream holds no more.
+	// streamFetchWait is how long a fetch waits for messages: when one brings none, the stream
+	// is asked whether the message wanted next is gone.
 	streamFetchWait = 2 * time.Second
 )
 
@@ -91,10 +91,9 @@ func bySeq(reqs []record.Request) []int {
 // each that carries its body; it returns how many carried none (their bodies came through the
 // bodies bucket and are in the record's chunks).
 func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w io.Writer) (objects int, err error) {
-	reqs := rec.Requests
-	first := reqs[order[0]].Seq
+	first := rec.Requests[order[0]].Seq
 	if first == 0 {
-		return 0, fmt.Errorf("record %s reads its bodies from the stream, and request %q has no sequence", rec.ID, reqs[order[0]].Key)
+		return 0, fmt.Errorf("record %s reads its bodies from the stream, and request %q has no sequence", rec.ID, rec.Requests[order[0]].Key)
 	}
 	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: first,
@@ -107,8 +106,8 @@ func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w
 			_ = s.js.DeleteConsumer(context.Background(), s.cfg.Stream, info.Name)
 		}
 	}()
-	next, line := 0, make([]byte, 0, 64<<10)
-	for next < len(order) {
+	b := &backReader{s: s, rec: rec, order: order, w: w, line: make([]byte, 0, 64<<10)}
+	for b.next < len(order) {
 		batch, err := cons.Fetch(streamFetchMax, jetstream.FetchMaxBytes(streamFetchBytes), jetstream.FetchMaxWait(streamFetchWait))
 		if err != nil {
 			return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
@@ -116,41 +115,65 @@ func (s *Store) readBack(ctx context.Context, rec *record.Record, order []int, w
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				return 0, fmt.Errorf("read the bodies of record %s: %w", rec.ID, err)
-			}
-			seq := meta.Sequence.Stream
-			if q := &reqs[order[next]]; q.Seq < seq {
-				return 0, s.missing(ctx, rec, q)
-			} else if q.Seq > seq {
-				continue // another batch's
-			}
-			q := reqs[order[next]]
-			next++
-			body := bytes.TrimSpace(m.Data())
-			if len(body) == 0 { // its body is in an object, written to the chunks
-				objects++
-			} else if line, err = s.bodyLine(line[:0], rec, q, body); err != nil {
-				return 0, err
-			} else if _, err := w.Write(line); err != nil {
-				return 0, err
-			}
-			if next == len(order) {
-				return objects, nil
-			}
-			if meta.NumPending == 0 {
-				return 0, s.missing(ctx, rec, &reqs[order[next]])
+			if done, err := b.take(ctx, m); done || err != nil {
+				return b.objects, err
 			}
 		}
 		if err := batch.Error(); err != nil {
 			return 0, fmt.Errorf("read the bodies of record %s from stream %s: %w", rec.ID, s.cfg.Stream, err)
 		}
-		if got == 0 {
-			return 0, s.missing(ctx, rec, &reqs[order[next]])
+		if got == 0 { // nothing more came: the stream says whether the next one is gone
+			return 0, s.missing(ctx, rec, b.want())
 		}
 	}
-	return objects, nil
+	return b.objects, nil
+}
+
+// backReader follows a read back: the record's requests in stream order, the next one wanted,
+// and how many of those read so far had their bodies in objects.
+type backReader struct {
+	s       *Store
+	rec     *record.Record
+	order   []int
+	next    int
+	objects int
+	w       io.Writer
+	line    []byte
+}
+
+func (b *backReader) want() *record.Request { return &b.rec.Requests[b.order[b.next]] }
+
+// take handles one message of the stream: the next request's (its line written), another
+// batch's (skipped), or one past it (the request's message did not come). done once the last
+// request is read.
+func (b *backReader) take(ctx context.Context, m jetstream.Msg) (done bool, err error) {
+	meta, err := m.Metadata()
+	if err != nil {
+		return false, fmt.Errorf("read the bodies of record %s: %w", b.rec.ID, err)
+	}
+	q := b.want()
+	switch seq := meta.Sequence.Stream; {
+	case q.Seq > seq:
+		return false, nil
+	case q.Seq < seq:
+		return false, b.s.missing(ctx, b.rec, q)
+	}
+	b.next++
+	body := bytes.TrimSpace(m.Data())
+	if len(body) == 0 { // its body is in an object, written to the chunks
+		b.objects++
+	} else if b.line, err = b.s.bodyLine(b.line[:0], b.rec, *q, body); err != nil {
+		return false, err
+	} else if _, err := b.w.Write(b.line); err != nil {
+		return false, err
+	}
+	if b.next == len(b.order) {
+		return true, nil
+	}
+	if meta.NumPending == 0 {
+		return false, b.s.missing(ctx, b.rec, b.want())
+	}
+	return false, nil
 }
 
 // bodyLine appends q's input line, from the body its message carries: the body intake
