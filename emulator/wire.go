@@ -73,8 +73,8 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, errorf("Request payload size exceeds the limit: %d bytes.", limit)
 	}
-	// Sized from Content-Length when given: io.ReadAll grows a 10 MB create body about twenty
-	// times, copying it as often.
+	// Sized from Content-Length when given: io.ReadAll grows a 10 MB create body step by step,
+	// copying it at each (0.17 s of the CPU of five of the bench's durable rounds).
 	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(r.ContentLength, limit))+bytes.MinRead)) // ReadFrom wants MinRead free to read EOF
 	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	b := buf.Bytes()

@@ -371,7 +371,7 @@ func (s *Store) Bodies(ctx context.Context, id string) (map[string]json.RawMessa
 	s.bodyReads.Add(1)
 	r, err := s.Head(ctx, id)
 	if err == nil && r.InStream { // read back by its requests' sequences
-		r, err = s.Get(ctx, id)
+		r.Requests, err = s.requests(ctx, id)
 	}
 	if err != nil {
 		return nil, err
