@@ -35,7 +35,9 @@ type BodyStore interface {
 // written, and it is refused with that status. Any other error loses the batch's bodies: its
 // requests are handed back (Nak) to be delivered again.
 type BodySink interface {
-	Append(record.Request) error
+	// Append writes req's body to the batch's input, or leaves it where it is durable already
+	// (its stream message) and says so with inPlace.
+	Append(req record.Request) (inPlace bool, err error)
 	// Seal writes what remains and says in rec where the batch's input is.
 	Seal(rec *record.Record) error
 }
@@ -63,6 +65,11 @@ type Config struct {
 	// Bodies, when set, takes every request's body as it joins a batch (durable mode); nil
 	// keeps the bodies in the batch (core mode).
 	Bodies BodyStore
+	// HoldBodies is how many bytes of bodies an open batch keeps (durable mode) when its sink
+	// leaves them in place: a batch that small is sent from memory, where reading its bodies
+	// back from the stream delivered each message a second time. A batch that grows past it
+	// lets them all go. 0 keeps none.
+	HoldBodies int64
 	// Lost hears of a batch whose bodies could not be written, and whose requests were handed back.
 	Lost func(batchID string, requests int, err error)
 	// Now and NewID are for tests; default time.Now and a NUID.
@@ -190,6 +197,10 @@ type batch struct {
 	id     string
 	reqs   held
 	bodies BodySink
+	// holding: the batch keeps the bodies its sink left in place, heldBytes of them, while
+	// every body of the batch is kept and they fit in Config.HoldBodies.
+	holding   bool
+	heldBytes int64
 	// images: a request asks for images (as intake found), kept for the record, which may
 	// carry no bodies.
 	images bool
@@ -289,7 +300,7 @@ func (o *owner) take(req record.Request) {
 		}
 	}
 	if o.b == nil {
-		o.b = &batch{id: o.a.cfg.NewID()}
+		o.b = &batch{id: o.a.cfg.NewID(), holding: o.a.cfg.HoldBodies > 0}
 		if o.a.cfg.Bodies != nil {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
@@ -304,12 +315,15 @@ func (o *owner) take(req record.Request) {
 	}
 }
 
-// writeBody gives req's body to the batch's sink and drops it from req. When the sink refuses
-// it, the request is refused, or the whole batch handed back; false then.
+// writeBody gives req's body to the batch's sink and drops it from req, unless the batch holds
+// its bodies (see hold). When the sink refuses it, the request is refused, or the whole batch
+// handed back; false then.
 func (o *owner) writeBody(req *record.Request) bool {
-	err := o.b.bodies.Append(*req)
+	inPlace, err := o.b.bodies.Append(*req)
 	if err == nil {
-		req.Body = nil // in the batch's input now
+		if !o.hold(req, inPlace) {
+			req.Body = nil // in the batch's input, or in the stream, now
+		}
 		return true
 	}
 	o.a.release(1, req.Size) // not in the policy's count
@@ -320,6 +334,22 @@ func (o *owner) writeBody(req *record.Request) bool {
 	}
 	o.b.reqs.add(*req) // handed back with the rest
 	o.lose(fmt.Errorf("write a body of batch %s: %w", o.b.id, err))
+	return false
+}
+
+// hold reports whether the batch keeps req's body: while it has kept every body so far, this
+// one is left in place by the sink (a copy in the input would make holding it pointless), and
+// they fit in HoldBodies. Otherwise the batch lets go of those it kept.
+func (o *owner) hold(req *record.Request, inPlace bool) bool {
+	if !o.b.holding {
+		return false
+	}
+	if inPlace && req.Body != nil && o.b.heldBytes+int64(len(req.Body)) <= o.a.cfg.HoldBodies {
+		o.b.heldBytes += int64(len(req.Body))
+		return true
+	}
+	o.b.holding, o.b.heldBytes = false, 0
+	o.b.reqs.dropBodies()
 	return false
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -21,6 +22,7 @@ type bodyStore struct {
 	written map[string][]string // batch → keys whose bodies it holds
 	refuse  string
 	fail    string
+	inPlace string // a key prefix whose bodies are left in place, not written
 }
 
 var _ BodyStore = (*bodyStore)(nil)
@@ -42,19 +44,21 @@ func (s *bodyStore) OpenBodies(id string) BodySink {
 	return &bodySink{s: s, id: id}
 }
 
-func (b *bodySink) Append(q record.Request) error {
+func (b *bodySink) Append(q record.Request) (bool, error) {
 	b.s.mu.Lock()
 	defer b.s.mu.Unlock()
 	switch {
 	case q.Body == nil:
-		return errors.New("no body")
+		return false, errors.New("no body")
 	case q.Key == b.s.refuse:
-		return fmt.Errorf("wrapped: %w", refused{gemini.NewStatus(gemini.CodeNotFound, "body object gone")})
+		return false, fmt.Errorf("wrapped: %w", refused{gemini.NewStatus(gemini.CodeNotFound, "body object gone")})
 	case q.Key == b.s.fail:
-		return errors.New("object store down")
+		return false, errors.New("object store down")
+	case b.s.inPlace != "" && strings.HasPrefix(q.Key, b.s.inPlace):
+		return true, nil
 	}
 	b.s.written[b.id] = append(b.s.written[b.id], q.Key)
-	return nil
+	return false, nil
 }
 
 func (b *bodySink) Seal(rec *record.Record) error { rec.Chunks = 1; return nil }
@@ -100,6 +104,48 @@ func TestBodiesGoToTheSinkAsTheyArrive(t *testing.T) {
 		}
 		if p, b := a.Pending(); p != 0 || b != 0 {
 			t.Fatalf("pending after close = %d, %d", p, b)
+		}
+	})
+}
+
+// A batch whose bodies the sink leaves in place keeps them while they fit in HoldBodies, so
+// that it is sent from memory; one that grows past it, or gets a body the sink wrote, lets go
+// of every one.
+func TestBatchHoldsTheBodiesLeftInPlaceWhileSmall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		body := withBody("").Body
+		for _, tc := range []struct {
+			name string
+			keys []string
+			hold int64
+			want string // bodies held, by request
+		}{
+			{"small", []string{"s1", "s2", "s3"}, 3 * int64(len(body)), "[true true true]"},
+			{"grows past", []string{"s1", "s2", "s3"}, 2 * int64(len(body)), "[false false false]"},
+			{"one written", []string{"s1", "w2", "s3"}, 1 << 20, "[false false false]"},
+			{"holds none", []string{"s1", "s2", "s3"}, 0, "[false false false]"},
+		} {
+			var s sink
+			store := &bodyStore{written: map[string][]string{}, inPlace: "s"}
+			a := New(Config{Limits: Limits{MaxRequests: 3, MaxBytes: 1 << 20, MaxWait: time.Hour}, Bodies: store, HoldBodies: tc.hold}, s.seal, s.reject, nil)
+			for _, k := range tc.keys {
+				_ = a.Add(gen, withBody(k))
+			}
+			a.Close()
+			sealed, _ := s.snapshot()
+			if len(sealed) != 1 {
+				t.Fatalf("%s: %d batches sealed, want 1", tc.name, len(sealed))
+			}
+			var held []bool
+			for _, q := range sealed[0].Requests {
+				held = append(held, q.Body != nil)
+				if q.Body != nil && string(q.Body) != string(body) {
+					t.Fatalf("%s: %s held %q, want %q", tc.name, q.Key, q.Body, body)
+				}
+			}
+			if fmt.Sprint(held) != tc.want {
+				t.Fatalf("%s: bodies held %v, want %s", tc.name, held, tc.want)
+			}
 		}
 	})
 }

@@ -20,12 +20,12 @@ type stalledSinks struct {
 
 func (s *stalledSinks) OpenBodies(string) BodySink { return s }
 
-func (s *stalledSinks) Append(record.Request) error {
+func (s *stalledSinks) Append(record.Request) (bool, error) {
 	if s.first.CompareAndSwap(false, true) {
 		<-s.resume
 	}
 	s.written.Add(1)
-	return nil
+	return false, nil
 }
 
 func (s *stalledSinks) Seal(rec *record.Record) error { rec.Chunks = 1; return nil }

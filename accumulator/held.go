@@ -124,6 +124,16 @@ func (h *held) copyBody(b []byte) []byte {
 	return h.slab[start:len(h.slab):len(h.slab)]
 }
 
+// dropBodies lets go of every body held.
+func (h *held) dropBodies() {
+	for _, c := range h.chunks {
+		for i := range c {
+			c[i].body = nil
+		}
+	}
+	h.slab = nil
+}
+
 // requests returns the batch as the record carries it.
 func (h *held) requests() []record.Request {
 	if h.n == 0 {

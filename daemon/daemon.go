@@ -244,6 +244,9 @@ func (m *Main) buildIntake(s *stages, js jetstream.JetStream, pub *publisher.Pub
 			margin: cfg.LeaseTTL / 10, ackWait: cfg.EffectiveAckWait(), now: m.now}).seal
 		acfg.Heartbeat = cfg.EffectiveAckWait() / 4
 		acfg.Bodies = bodySinks{s.store, s.sin}
+		// Up to the inline limit: a batch larger goes by file, whose upload reads its bodies
+		// from the stream at its own pace, and holding them would make an open 1 GB batch 1 GB.
+		acfg.HoldBodies = int64(cfg.InlineMaxBytes)
 		alog := m.Log.With().Str("component", "accumulator").Logger()
 		acfg.Lost = func(id string, n int, err error) {
 			alog.Error().Err(err).Str("record", id).Int("requests", n).Msg("could not write a batch's input; its requests go back to the stream")

@@ -35,7 +35,7 @@ func TestBatchThatWaitedItsTurnIsHandedBack(t *testing.T) {
 	input := st.OpenInput(rec.ID, false)
 	for _, m := range msgs {
 		q := record.Request{Key: fmt.Sprint(len(rec.Requests)), Body: []byte(`{"contents":[]}`), Size: 15, Received: now.Add(-3 * time.Second), Msg: m}
-		if err := input.Append(q); err != nil {
+		if _, err := input.Append(q); err != nil {
 			t.Fatal(err)
 		}
 		rec.Requests = append(rec.Requests, q)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,6 +91,71 @@ func TestStreamBodiesAreReadBackNotCopied(t *testing.T) {
 	if got, most := copied.Load(), objectBytes+int64(len(byFile)+len(inline))*400; got > most {
 		t.Fatalf("%d bytes put into the requests bucket, want at most %d: the %d bytes of bodies in the stream were copied",
 			got, most, streamBytes)
+	}
+}
+
+// readBacks counts, as the server announces them, the ordered consumers created on a stream
+// from now on: a batch's bodies are read back from the stream by one of them. An ordered
+// consumer is named <id>_<n>, n counting its resets.
+func readBacks(t *testing.T, nc *nats.Conn, stream, durable string) func() int {
+	t.Helper()
+	var mu sync.Mutex
+	ids := map[string]bool{}
+	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED."+stream+".*", func(m *nats.Msg) {
+		name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+		if id, _, ordered := strings.Cut(name, "_"); ordered && name != durable {
+			mu.Lock()
+			ids[id] = true
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(ids)
+	}
+}
+
+// A batch small enough to go inline is sent from the bodies intake took off the stream, held
+// until its create: reading 10,000 bodies back for each create was a second delivery of every
+// message, measured as a tenth of durable intake's CPU. A batch that grows past the inline
+// limit lets them go and reads them back, and so does a replica that takes a batch over.
+func TestInlineBatchIsSentFromTheBodiesTakenOffTheStream(t *testing.T) {
+	cfg := bigConfig()
+	cfg.BatchMaxRequests = 5
+	cfg.KeepJobs = true // counted below
+	h := startSmall(t, cfg)
+	c, err := client.New(h.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	reads := readBacks(t, h.nc, cfg.Stream, cfg.Consumer)
+	inline := map[string][]byte{}
+	for i := range 5 {
+		inline[fmt.Sprintf("i%d", i)] = bigBody(fmt.Sprintf("inline %d", i), 1<<10, i == 2)
+	}
+	checkAnswers(t, publishBodies(t, c, inline), inline, time.Minute)
+	if n := reads(); n != 0 {
+		t.Fatalf("%d ordered consumers read the stream back for an inline batch whose bodies intake held", n)
+	}
+	byFile := map[string][]byte{}
+	for i := range 5 {
+		byFile[fmt.Sprintf("f%d", i)] = bigBody(fmt.Sprintf("by file %d", i), 60<<10, false)
+	}
+	checkAnswers(t, publishBodies(t, c, byFile), byFile, time.Minute)
+	if n := reads(); n != 1 {
+		t.Fatalf("%d ordered consumers read the stream back for a batch by file, want 1", n)
+	}
+	if got := len(h.emu.Batches()); got != 2 {
+		t.Fatalf("%d batches created, want 2", got)
 	}
 }
 

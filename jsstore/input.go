@@ -57,12 +57,18 @@ func (s *Store) OpenInput(id string, inStream bool) *Input {
 	return &Input{s: s, id: id, inStream: inStream}
 }
 
-// Append writes req's input line: its body, or the object of the bodies bucket it names. A
-// BodyError leaves the input as it was; any other error leaves it unusable.
-func (in *Input) Append(req record.Request) error {
+// Append writes req's input line: its body, or the object of the bodies bucket it names; or,
+// inPlace, nothing, when its stream message is its body. A BodyError leaves the input as it
+// was; any other error leaves it unusable.
+func (in *Input) Append(req record.Request) (inPlace bool, err error) {
 	if in.inStream && req.Seq != 0 && req.BodyObject == "" {
-		return nil // its message is its body
+		return true, nil
 	}
+	return false, in.appendLine(req)
+}
+
+// appendLine writes req's input line.
+func (in *Input) appendLine(req record.Request) error {
 	body := []byte(req.Body)
 	if req.BodyObject != "" {
 		var err error

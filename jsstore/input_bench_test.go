@@ -37,7 +37,7 @@ func BenchmarkInput(b *testing.B) {
 		t1 := time.Now()
 		in := s.OpenInput(fmt.Sprintf("b%d", i), false)
 		for _, q := range reqs {
-			if err := in.Append(q); err != nil {
+			if _, err := in.Append(q); err != nil {
 				b.Fatal(err)
 			}
 		}

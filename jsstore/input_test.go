@@ -73,7 +73,7 @@ func TestInputChunksAreTheUploadFile(t *testing.T) {
 			q.Body = json.RawMessage("{\n  \"contents\": [{\"parts\": [{\"text\": \"spans lines\"}]}]\n}")
 			q.Size = gemini.InputLineSize(q.Key, q.Body)
 		}
-		if err := in.Append(q); err != nil {
+		if _, err := in.Append(q); err != nil {
 			t.Fatal(err)
 		}
 		reqs = append(reqs, q)
@@ -162,7 +162,7 @@ func TestInputReadsBodyObjects(t *testing.T) {
 	in := s.OpenInput("b1", false)
 	ref := big
 	ref.Body, ref.BodyObject = nil, "obj1"
-	if err := in.Append(ref); err != nil {
+	if _, err := in.Append(ref); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -172,11 +172,11 @@ func TestInputReadsBodyObjects(t *testing.T) {
 		q := changed
 		q.Body, q.BodyObject = nil, tc.object
 		var be *jsstore.BodyError
-		if err := in.Append(q); !errors.As(err, &be) || be.RequestStatus().Code != tc.code {
+		if _, err := in.Append(q); !errors.As(err, &be) || be.RequestStatus().Code != tc.code {
 			t.Fatalf("%s object: err = %v, want a BodyError with code %d", tc.name, err, tc.code)
 		}
 	}
-	if err := in.Append(small); err != nil {
+	if _, err := in.Append(small); err != nil {
 		t.Fatal(err)
 	}
 	rec := &record.Record{ID: "b1"}
@@ -208,7 +208,7 @@ func TestSweepRemovesOrphansAndKeepsLiveObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphan := s.OpenInput("crashed", false)
-	if err := orphan.Append(request("k", 10)); err != nil {
+	if _, err := orphan.Append(request("k", 10)); err != nil {
 		t.Fatal(err)
 	}
 	if err := orphan.Seal(&record.Record{}); err != nil {

@@ -193,15 +193,16 @@ func bodiesObject(id string) string { return id + ".bodies" }
 
 // Create writes the request lines, then the record. The record must name its owner: it is
 // owned from the moment it is visible. A record whose input was not written while its batch
-// was open (a resubmission, a part of a split) has it written here from its requests' bodies.
+// was open (a resubmission, a part of a split) has it written here from its requests' bodies;
+// a record InStream has its input where it is, whatever bodies it holds as well.
 func (s *Store) Create(ctx context.Context, r *record.Record) error {
 	if _, err := s.kv.Get(ctx, r.ID); err == nil {
 		return record.ErrExists // its requests must not be overwritten
 	}
-	if r.Chunks == 0 && hasBodies(r.Requests) {
+	if r.Chunks == 0 && !r.InStream && hasBodies(r.Requests) {
 		in := s.OpenInput(r.ID, false) // the bodies in hand: written whole
 		for _, q := range r.Requests {
-			if err := in.Append(q); err != nil {
+			if _, err := in.Append(q); err != nil {
 				return fmt.Errorf("write input of %s: %w", r.ID, err)
 			}
 		}

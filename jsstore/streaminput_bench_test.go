@@ -53,7 +53,7 @@ func BenchmarkReadBack(b *testing.B) {
 	chunked := &record.Record{ID: "chunked"}
 	in := s.OpenInput(chunked.ID, false)
 	for _, q := range reqs {
-		if err := in.Append(q); err != nil {
+		if _, err := in.Append(q); err != nil {
 			b.Fatal(err)
 		}
 	}

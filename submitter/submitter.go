@@ -580,10 +580,20 @@ func (s *Submitter) batch(ctx context.Context, rec *record.Record) (gemini.Batch
 	return b, nil
 }
 
-// fromStore: the record's bodies are not in memory but in the store: its input chunks, or the
-// request stream.
+// fromStore: the record's bodies are not all in memory but in the store: its input chunks, or
+// the request stream.
 func (s *Submitter) fromStore(rec *record.Record) bool {
-	return (rec.Chunks > 0 || rec.InStream) && s.cfg.Input != nil && (len(rec.Requests) == 0 || rec.Requests[0].Body == nil)
+	return (rec.Chunks > 0 || rec.InStream) && s.cfg.Input != nil && !allHeld(rec.Requests)
+}
+
+// allHeld reports whether every request holds its body.
+func allHeld(reqs []record.Request) bool {
+	for _, q := range reqs {
+		if q.Body == nil {
+			return false
+		}
+	}
+	return len(reqs) > 0
 }
 
 // upload streams the record's JSONL input to the File API, never holding the file in memory:
