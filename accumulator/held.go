@@ -89,15 +89,20 @@ func (h *held) index(key string, i int32) {
 
 func (h *held) at(i int) *pending { return &h.chunks[i/chunkLen][i%chunkLen] }
 
-// add keeps a request whose key is not held yet. Its body and key are copied out of the message they came in: the body
-// shares an allocation with the message's header block, rounded up to a size class, and the
-// key is a substring of that header block, so keeping either would keep all of it.
+// add keeps a request whose key is not held yet. Its body and key are copied out of the message
+// they came in: the body shares an allocation with the message's header block, rounded up to a
+// size class, and the key is a substring of that header block, so keeping either would keep all
+// of it. A body from the stream is kept as it is: a durable batch holds bodies only while they
+// are few (Config.HoldBodies), and copying them cost a kilobyte allocated and copied a request.
 func (h *held) add(r record.Request) {
 	if h.n%chunkLen == 0 {
 		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
 	}
-	p := pending{id: r.ID, key: r.Key, reply: r.Reply, body: h.copyBody(r.Body), size: r.Size,
+	p := pending{id: r.ID, key: r.Key, reply: r.Reply, body: r.Body, size: r.Size,
 		seq: r.Seq, stream: streamOf(r), attempt: int32(r.Attempt), received: nanos(r.Received), deadline: nanos(r.Deadline)}
+	if p.stream == nil {
+		p.body = h.copyBody(r.Body)
+	}
 	if r.Key != r.ID { // a generated key is the id itself
 		p.key = strings.Clone(r.Key)
 	}
