@@ -121,8 +121,9 @@ type StreamIntake struct {
 	*Intake
 	scfg     StreamConfig
 	js       jetstream.JetStream
-	fwd      jetstream.JetStream // forwards, and hears of what the stream refused (unstored)
 	sealed   Sealed
+	futures  chan forwarded
+	fwdDone  chan struct{}
 	stop     chan struct{} // closed by Drain: the pull loop ends
 	pullDone chan struct{}
 	stream   jetstream.Stream
@@ -140,10 +141,17 @@ const (
 	fetchBytes = 8 << 20
 )
 
+type forwarded struct {
+	kind  gemini.Kind
+	reply string
+	key   string
+	f     jetstream.PubAckFuture
+}
+
 // NewStream returns durable intake; Start forwards and consumes.
 func NewStream(cfg StreamConfig, nc *nats.Conn, js jetstream.JetStream, sealed Sealed, rej Rejecter, log zerolog.Logger, m *Metrics) *StreamIntake {
 	in := New(cfg.Config, nc, nil, rej, log, m)
-	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed,
+	return &StreamIntake{Intake: in, scfg: cfg, js: js, sealed: sealed, futures: make(chan forwarded, 4096), fwdDone: make(chan struct{}),
 		stop: make(chan struct{}), pullDone: make(chan struct{}), avgSize: 256 << 10} // cautious until sizes are seen
 }
 
@@ -170,18 +178,16 @@ func (in *StreamIntake) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer %s on stream %s: %w", in.scfg.Consumer, in.scfg.Stream, err)
 	}
-	// The stream's refusals come to unstored: a future for each forward, and a goroutine
-	// waiting on each in turn, cost 1.3 us of CPU a request in the bench's forwarded rounds.
-	if in.fwd, err = jetstream.New(in.nc, jetstream.WithPublishAsyncMaxPending(8192), jetstream.WithPublishAsyncErrHandler(in.unstored)); err != nil {
-		return fmt.Errorf("forward to stream %s: %w", in.scfg.Stream, err)
-	}
+	go in.confirm()
 	// Every replica forwards every core request, each with the same Nats-Msg-Id: the stream
 	// keeps one, and a request received by a replica that dies before forwarding it is still
 	// stored by the others.
 	if err := in.subscribe("", in.forward); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = in.Intake.Drain(dctx)
+		if in.Intake.Drain(dctx) == nil { // no forwarder can run any more
+			close(in.futures)
+		}
 		return err
 	}
 	go in.pull(cons)
@@ -267,34 +273,28 @@ func (in *StreamIntake) room() int {
 	return room
 }
 
-// forward stores one producer message in the stream: the message itself, which is intake's
-// alone once delivered, with its reply subject moved into a header. A message with no reply
-// subject cannot be answered and is refused here.
+// forward stores one producer message in the stream. A message with no reply subject cannot be
+// answered and is refused here.
 func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
 	in.m.received.WithLabelValues(string(kind)).Inc()
 	if msg.Reply == "" {
 		in.Reject(kind, "", reject(ReasonNoReply, msg.Header.Get(HeaderKey), gemini.CodeInvalidArgument, "message has no reply subject"))
 		return
 	}
-	id, reply := ForwardID(kind, msg), msg.Reply
-	msg.Subject, msg.Reply = in.scfg.StreamSubject(kind), ""
-	if msg.Header == nil {
-		msg.Header = nats.Header{}
+	out := &nats.Msg{Subject: in.scfg.StreamSubject(kind), Data: msg.Data, Header: nats.Header{}}
+	for k, v := range msg.Header {
+		out.Header[k] = v
 	}
-	msg.Header.Set(HeaderReply, reply)
-	msg.Header.Set(nats.MsgIdHdr, id)
+	out.Header.Set(HeaderReply, msg.Reply)
+	out.Header.Set(nats.MsgIdHdr, ForwardID(kind, msg))
 	// When the stream falls behind, wait (holding the subscription: NATS buffers the rest) rather
 	// than refuse at once.
-	if _, err := in.fwd.PublishMsgAsync(msg, jetstream.WithStallWait(10*time.Second)); err != nil {
-		in.unstored(in.fwd, msg, err)
+	f, err := in.js.PublishMsgAsync(out, jetstream.WithStallWait(10*time.Second))
+	if err != nil {
+		in.Reject(kind, msg.Reply, reject(ReasonUnstored, msg.Header.Get(HeaderKey), gemini.CodeUnavailable, "could not store the request: %v; retry later", err))
+		return
 	}
-}
-
-// unstored answers a forwarded request the stream did not store.
-func (in *StreamIntake) unstored(_ jetstream.JetStream, msg *nats.Msg, err error) {
-	kind := gemini.Kind(msg.Subject[strings.LastIndexByte(msg.Subject, '.')+1:])
-	in.Reject(kind, msg.Header.Get(HeaderReply), reject(ReasonUnstored, msg.Header.Get(HeaderKey), gemini.CodeUnavailable,
-		"could not store the request: %v; retry later", err))
+	in.futures <- forwarded{kind: kind, reply: msg.Reply, key: msg.Header.Get(HeaderKey), f: f}
 }
 
 // ForwardID is the Nats-Msg-Id a core request is stored under: built from what every replica
@@ -311,6 +311,30 @@ func ForwardID(kind gemini.Kind, msg *nats.Msg) string {
 	}
 	h.Write(msg.Data)
 	return "gb-" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// confirm answers forwarded messages the stream refused.
+func (in *StreamIntake) confirm() {
+	defer close(in.fwdDone)
+	for {
+		var fw forwarded
+		select {
+		case f, ok := <-in.futures:
+			if !ok {
+				return
+			}
+			fw = f
+		case <-in.stop: // shutting down without NATS: an acknowledgement may never come
+			return
+		}
+		select {
+		case <-fw.f.Ok():
+		case err := <-fw.f.Err():
+			in.Reject(fw.kind, fw.reply, reject(ReasonUnstored, fw.key, gemini.CodeUnavailable, "could not store the request: %v; retry later", err))
+		case <-in.stop:
+			return
+		}
+	}
 }
 
 // consume checks one stored request and hands it to the accumulator with its acknowledgement.
@@ -429,9 +453,10 @@ func (in *StreamIntake) Remove(ctx context.Context, reqs []record.Request) error
 // Drain stops forwarding and consuming and returns once what was delivered is handled.
 func (in *StreamIntake) Drain(ctx context.Context) error {
 	err := in.Intake.Drain(ctx)
-	if err == nil && in.fwd != nil { // no forwarder can run any more: the stream's last answers are awaited
+	if err == nil { // no forwarder can run any more
+		close(in.futures)
 		select {
-		case <-in.fwd.PublishAsyncComplete():
+		case <-in.fwdDone:
 		case <-ctx.Done():
 		}
 	}
