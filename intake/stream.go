@@ -276,7 +276,7 @@ func (in *StreamIntake) room() int {
 // forward stores one producer message in the stream. A message with no reply subject cannot be
 // answered and is refused here.
 func (in *StreamIntake) forward(kind gemini.Kind, msg *nats.Msg) {
-	in.m.received.WithLabelValues(string(kind)).Inc()
+	in.m.receivedOf(kind).Inc()
 	if msg.Reply == "" {
 		in.Reject(kind, "", reject(ReasonNoReply, msg.Header.Get(HeaderKey), gemini.CodeInvalidArgument, "message has no reply subject"))
 		return
@@ -387,7 +387,7 @@ func (in *StreamIntake) consume(m jetstream.Msg, received time.Time, caughtUp *b
 		req.Seq = seq
 		req.Msg = &ackHandle{nc: in.nc, reply: m.Reply(), consumer: in.scfg.Consumer}
 		if err := in.sink.Add(g, req); err == nil {
-			in.m.accepted.WithLabelValues(string(kind), g.Model).Inc()
+			in.m.acceptedOf(kind, g.Model).Inc()
 			return
 		}
 		// Shutting down: leave it in the stream for the next consumer.
