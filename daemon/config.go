@@ -41,7 +41,7 @@ type Config struct {
 	BatchMaxRequests int           `envconfig:"GEMBATCH_BATCH_MAX_REQUESTS" default:"10000" desc:"a batch closes at this many requests"`
 	BatchMaxBytes    ByteSize      `envconfig:"GEMBATCH_BATCH_MAX_BYTES" default:"100MiB" desc:"a batch closes at this many encoded bytes (at most 2GB)"`
 	BatchMaxWait     time.Duration `envconfig:"GEMBATCH_BATCH_MAX_WAIT" default:"1m" desc:"a batch closes this long after its first request"`
-	InlineMaxBytes   ByteSize      `envconfig:"GEMBATCH_INLINE_MAX_BYTES" default:"19MiB" desc:"batches up to this size are sent inline, larger ones as a JSONL file (the API's inline limit is 20MB)"`
+	InlineMaxBytes   ByteSize      `envconfig:"GEMBATCH_INLINE_MAX_BYTES" default:"19MiB" desc:"batches up to this size are sent inline, larger ones as a JSONL file (the API's inline limit is 20MB); in durable mode an open batch keeps up to this many bytes of the bodies it took off the stream, to be sent without reading them back"`
 
 	PollInterval     time.Duration `envconfig:"GEMBATCH_POLL_INTERVAL" default:"15s" desc:"first wait before polling a submitted batch"`
 	PollMaxInterval  time.Duration `envconfig:"GEMBATCH_POLL_MAX_INTERVAL" default:"5m" desc:"longest wait between polls of one batch"`
