@@ -137,3 +137,53 @@ func TestConfirmAcksAsksAgainOnlyForTheUnconfirmed(t *testing.T) {
 		t.Fatalf("server sent %d acknowledgements and the unconfirmed subjects %d; want 10 and 6 (3 twice)", a, l)
 	}
 }
+
+// When the connection reconnects while a batch's last acknowledgement is being confirmed, the
+// plain acknowledgements before it may have been lost with the old connection: each of them is
+// then confirmed on its own. The last one here goes to a responder that forces the reconnect
+// before it answers; the server's confirmations of the others are counted on the wire.
+func TestConfirmAcksConfirmsEachAfterAReconnect(t *testing.T) {
+	nc, cons, reqs, _ := pulled(t, 200)
+	other, err := nats.Connect(nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	before := nc.Stats().Reconnects
+	sub, err := other.Subscribe("slow.last", func(m *nats.Msg) {
+		go func() {
+			_ = nc.ForceReconnect()
+			for nc.Stats().Reconnects == before || !nc.IsConnected() {
+				time.Sleep(time.Millisecond)
+			}
+			_ = nc.Flush() // the confirmation's subscription is back on the server
+			_ = m.Respond(nil)
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := other.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	reqs = append(reqs, record.Request{Msg: &ackHandle{nc: nc, reply: "slow.last", consumer: cons.CachedInfo().Name}})
+	acks := watch(t, other, "$JS.ACK.>") // on the connection that stays: none of its copies is lost
+	confirmations := watch(t, other, "_INBOX.>")
+	if err := ConfirmAcks(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	if nc.Stats().Reconnects == before {
+		t.Fatal("the connection did not reconnect")
+	}
+	if a, c := acks.count(t, other, 400), confirmations.count(t, other, 201); a != 400 || c != 201 {
+		t.Fatalf("server was sent %d acknowledgements and %d confirmations went out, want 400 (each twice) and 201 (each of 200 and the last)", a, c)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.AckFloor.Stream != 200 {
+		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 200", info.NumAckPending, info.AckFloor.Stream)
+	}
+}
