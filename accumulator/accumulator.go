@@ -246,6 +246,7 @@ func (a *Accumulator) run(gr *group) {
 	defer func() { close(o.sealed); <-sealerDone }()
 	timer := time.NewTimer(a.cfg.IdleAfter)
 	defer timer.Stop()
+	var armed time.Time // the open batch's deadline the timer is set for; zero: the idle wait
 	var beat <-chan time.Time
 	if a.cfg.Heartbeat > 0 {
 		t := time.NewTicker(a.cfg.Heartbeat)
@@ -253,6 +254,7 @@ func (a *Accumulator) run(gr *group) {
 		beat = t.C
 	}
 	for {
+		fired := false
 		select {
 		case <-beat:
 			if o.b != nil {
@@ -269,16 +271,23 @@ func (a *Accumulator) run(gr *group) {
 			gr.queued.leave(int64(len(req.Body)))
 			o.take(req)
 		case <-timer.C:
+			fired = true
 			if until, open := o.p.Until(a.cfg.Now()); open && until <= 0 {
 				o.flush(ReasonWait)
 			} else if !open && a.retire(gr) {
 				return
 			}
 		}
-		if until, open := o.p.Until(a.cfg.Now()); open {
-			timer.Reset(until)
-		} else {
+		// An open batch's deadline is set when it opens: the timer is set again then, not for
+		// each request (time.Now and Timer.Reset were 13% of BenchmarkAdd's CPU).
+		deadline, open := o.p.Deadline()
+		switch {
+		case open && (fired || !deadline.Equal(armed)):
+			timer.Reset(max(0, deadline.Sub(a.cfg.Now())))
+			armed = deadline
+		case !open:
 			timer.Reset(a.cfg.IdleAfter)
+			armed = time.Time{}
 		}
 	}
 }
@@ -310,7 +319,11 @@ func (o *owner) take(req record.Request) {
 	}
 	o.b.images = o.b.images || req.Images
 	o.b.reqs.add(req)
-	if full, why := o.p.Add(req.Size, o.a.cfg.Now()); full {
+	var now time.Time // only the first request's time counts: it opens the batch's wait
+	if o.p.Count() == 0 {
+		now = o.a.cfg.Now()
+	}
+	if full, why := o.p.Add(req.Size, now); full {
 		o.flush(why)
 	}
 }

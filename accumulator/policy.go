@@ -40,7 +40,8 @@ func (p *Policy) Fits(size int64) bool {
 	return p.count == 0 || p.bytes+size <= p.limits.MaxBytes
 }
 
-// Add counts a request in and reports whether the batch is now full, and why.
+// Add counts a request in and reports whether the batch is now full, and why. now is read only
+// for the first request, whose time starts the batch's wait.
 func (p *Policy) Add(size int64, now time.Time) (full bool, why Reason) {
 	if p.count == 0 {
 		p.first = now
@@ -58,10 +59,19 @@ func (p *Policy) Add(size int64, now time.Time) (full bool, why Reason) {
 
 // Until says how long from now the batch is due; false when it is empty.
 func (p *Policy) Until(now time.Time) (time.Duration, bool) {
-	if p.count == 0 {
+	deadline, open := p.Deadline()
+	if !open {
 		return 0, false
 	}
-	return max(0, p.first.Add(p.limits.MaxWait).Sub(now)), true
+	return max(0, deadline.Sub(now)), true
+}
+
+// Deadline is when the open batch closes by time, and whether a batch is open.
+func (p *Policy) Deadline() (time.Time, bool) {
+	if p.count == 0 {
+		return time.Time{}, false
+	}
+	return p.first.Add(p.limits.MaxWait), true
 }
 
 // Reset empties the batch.
