@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -140,5 +141,58 @@ func TestLateCreateIsCancelledUnlessTheRecordNamesIt(t *testing.T) {
 				t.Fatalf("%d jobs; want %d", n, 1+tc.successorJobs)
 			}
 		})
+	}
+}
+
+// lostAnswerAPI is a create that reaches the service while the replica is frozen past its lease:
+// the job is made, the successor takes the record over and records a job of its own (answered
+// and deleted since, so the list shows only ours), and the answer, past its deadline on waking,
+// is lost.
+type lostAnswerAPI struct {
+	submitter.API
+	t     *testing.T
+	store record.Store
+	once  sync.Once
+}
+
+func (a *lostAnswerAPI) CreateBatch(ctx context.Context, kind gemini.Kind, model string, b gemini.Batch) (*gemini.Operation, error) {
+	op, err := a.API.CreateBatch(ctx, kind, model, b)
+	lost := false
+	if err == nil {
+		a.once.Do(func() {
+			takeOver(a.t, a.store, b.DisplayName[len("gembatch-"):], "batches/answered-and-deleted")
+			lost = true
+		})
+	}
+	if lost {
+		return nil, fmt.Errorf("%w: frozen past the create's deadline", gemini.ErrOutcomeUnknown)
+	}
+	return op, err
+}
+
+// A create whose answer was lost is found in the list and adopted; when the record was taken
+// over meanwhile, the job found is cancelled before it runs, as an answered late create is. The
+// long fault campaign found this: a replica frozen with its create on the wire adopted its job
+// on waking, the adoption met the successor's record, and the job ran (31 requests billed twice).
+func TestJobFoundAfterALostAnswerIsCancelledWhenTheRecordWasTakenOver(t *testing.T) {
+	rec := sealed(2, 1)
+	api := &lostAnswerAPI{t: t}
+	e := setupWrapped(t, emulator.Options{JobDelay: 5 * time.Second}, submitter.Config{InlineMaxBytes: 1 << 20, CreateGrace: time.Second},
+		func(inner submitter.API) submitter.API { api.API = inner; return api })
+	api.store = e.store
+	e.run(t, rec)
+	jobs := e.emu.Batches()
+	if len(jobs) != 1 {
+		t.Fatalf("%d jobs; want the one created with its answer lost", len(jobs))
+	}
+	if st := jobs[0].State(); st != gemini.StateCancelled {
+		t.Errorf("the job found after the lost answer is %s; the record names another job, so it must be cancelled before it runs", st)
+	}
+	stored, err := e.store.Get(context.Background(), rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.RemoteName != "batches/answered-and-deleted" {
+		t.Errorf("the record names %q; the successor's job must stay recorded", stored.RemoteName)
 	}
 }
