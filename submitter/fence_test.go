@@ -196,3 +196,59 @@ func TestJobFoundAfterALostAnswerIsCancelledWhenTheRecordWasTakenOver(t *testing
 		t.Errorf("the record names %q; the successor's job must stay recorded", stored.RemoteName)
 	}
 }
+
+// frozenCreateAPI is a create sent just before the replica froze past its lease and the create's
+// deadline: on waking, its answer is lost at once, and the request, still in the socket's
+// buffer, reaches the service a moment later. Meanwhile a successor took the record over, made
+// its own job and answered it (the record names that job).
+type frozenCreateAPI struct {
+	submitter.API
+	t      *testing.T
+	store  record.Store
+	frozen *atomic.Int64 // nanoseconds the replica's clock jumped while frozen
+	landed sync.WaitGroup
+	once   sync.Once
+}
+
+func (a *frozenCreateAPI) CreateBatch(ctx context.Context, kind gemini.Kind, model string, b gemini.Batch) (*gemini.Operation, error) {
+	late := false
+	a.once.Do(func() {
+		late = true
+		a.frozen.Add(int64(10 * time.Second))
+		takeOver(a.t, a.store, b.DisplayName[len("gembatch-"):], "batches/answered-by-the-successor")
+		a.landed.Go(func() {
+			time.Sleep(100 * time.Millisecond)
+			if _, err := a.API.CreateBatch(context.Background(), kind, model, b); err != nil {
+				a.t.Error(err)
+			}
+		})
+	})
+	if late {
+		return nil, fmt.Errorf("%w: %w", gemini.ErrOutcomeUnknown, context.DeadlineExceeded)
+	}
+	return a.API.CreateBatch(ctx, kind, model, b)
+}
+
+// A create whose answer is lost may still land after it, and the grace for finding it in the
+// list runs from then, not from the intent written before a freeze: the long fault campaign
+// (seed 2029, a before-create freeze) found the job missing from one look at the list, the
+// replica left the record to its successor, which had already answered it, and the job ran
+// (25 requests billed twice).
+func TestCreateThatLandsAfterItsLostAnswerIsFound(t *testing.T) {
+	rec := sealed(2, 1)
+	frozen := new(atomic.Int64)
+	api := &frozenCreateAPI{t: t, frozen: frozen}
+	e := setupWrapped(t, emulator.Options{JobDelay: 5 * time.Second}, submitter.Config{InlineMaxBytes: 1 << 20, CreateGrace: time.Second,
+		Now: func() time.Time { return time.Now().Add(time.Duration(frozen.Load())) }},
+		func(inner submitter.API) submitter.API { api.API = inner; return api })
+	api.store = e.store
+	e.run(t, rec)
+	api.landed.Wait()
+	jobs := e.emu.Batches()
+	if len(jobs) != 1 {
+		t.Fatalf("%d jobs; want the one whose create landed after its answer was lost", len(jobs))
+	}
+	if st := jobs[0].State(); st != gemini.StateCancelled {
+		t.Errorf("the job that landed late is %s; the record names the successor's job, so it must be found and cancelled before it runs", st)
+	}
+}

@@ -356,8 +356,12 @@ func (s *Submitter) submit(ctx context.Context, rec *record.Record) error {
 				Msg("create throttled (429 RESOURCE_EXHAUSTED); holding the model's batches back")
 			return errThrottled
 		case errors.Is(err, gemini.ErrOutcomeUnknown):
-			// The job may exist though the answer was lost: look before creating again.
+			// The job may exist though the answer was lost: look before creating again. The
+			// grace for it to show in the list runs from now, not from the intent: the request
+			// may land after its answer was lost (a freeze with its body half written: the
+			// campaign's seed 2029 billed 25 requests twice when one look found nothing).
 			s.m.ambiguous.Inc()
+			rec.IntentSeen = s.cfg.Now()
 			s.log.Warn().Err(err).Str("record", rec.ID).Msg("create answer lost; checking the remote list before any new create")
 			op, err := s.resolve(ctx, rec)
 			if err != nil {
