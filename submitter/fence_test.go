@@ -13,6 +13,7 @@ import (
 
 	"github.com/gembatch/gembatch/emulator"
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/backoff"
 	"github.com/gembatch/gembatch/record"
 	"github.com/gembatch/gembatch/submitter"
 )
@@ -233,13 +234,16 @@ func (a *frozenCreateAPI) CreateBatch(ctx context.Context, kind gemini.Kind, mod
 // list runs from then, not from the intent written before a freeze: the long fault campaign
 // (seed 2029, a before-create freeze) found the job missing from one look at the list, the
 // replica left the record to its successor, which had already answered it, and the job ran
-// (25 requests billed twice).
+// (25 requests billed twice). The job is looked for again soon, as it lands within moments of
+// the lost answer and may run at once (the campaign's jobs end 300 ms after their create, and a
+// second look a second later, the submitter's backoff, found one ended).
 func TestCreateThatLandsAfterItsLostAnswerIsFound(t *testing.T) {
 	rec := sealed(2, 1)
 	frozen := new(atomic.Int64)
 	api := &frozenCreateAPI{t: t, frozen: frozen}
-	e := setupWrapped(t, emulator.Options{JobDelay: 5 * time.Second}, submitter.Config{InlineMaxBytes: 1 << 20, CreateGrace: time.Second,
-		Now: func() time.Time { return time.Now().Add(time.Duration(frozen.Load())) }},
+	e := setupWrapped(t, emulator.Options{JobDelay: 300 * time.Millisecond}, submitter.Config{InlineMaxBytes: 1 << 20, CreateGrace: time.Second,
+		Backoff: backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}, // the default
+		Now:     func() time.Time { return time.Now().Add(time.Duration(frozen.Load())) }},
 		func(inner submitter.API) submitter.API { api.API = inner; return api })
 	api.store = e.store
 	e.run(t, rec)

@@ -412,8 +412,15 @@ func (s *Submitter) create(ctx context.Context, rec *record.Record) (*gemini.Ope
 	return s.api.CreateBatch(cctx, rec.Group.Kind, rec.Group.Model, b)
 }
 
+// lookAgain is how soon resolve looks at the list again, doubling each time: a create that lands
+// after its lost answer lands within moments of it, and its job may run at once, before a
+// cancel (the fault campaign's jobs end 300 ms after their create; a second look a second
+// later, the submitter's backoff, found one ended).
+const lookAgain = 50 * time.Millisecond
+
 // resolve looks for rec's job in the remote list, waiting out the list's lag: it returns the job,
-// or nil once CreateGrace has passed, on this process's own clock, since it first saw the intent.
+// or nil once CreateGrace has passed, on this process's own clock, since it first saw the intent
+// (or lost the create's answer).
 func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Operation, error) {
 	if rec.IntentSeen.IsZero() {
 		rec.IntentSeen = s.cfg.Now()
@@ -429,8 +436,11 @@ func (s *Submitter) resolve(ctx context.Context, rec *record.Record) (*gemini.Op
 		} else if s.cfg.Now().Sub(rec.IntentSeen) >= s.cfg.CreateGrace {
 			return nil, nil
 		}
-		d := min(s.cfg.Backoff.Delay(attempt), max(time.Second, s.cfg.CreateGrace/4))
-		if !backoff.Sleep(ctx, d) {
+		d := lookAgain << min(attempt, 10)
+		if err != nil {
+			d = s.cfg.Backoff.Delay(attempt)
+		}
+		if !backoff.Sleep(ctx, min(d, max(time.Second, s.cfg.CreateGrace/4))) {
 			return nil, ctx.Err()
 		}
 	}
