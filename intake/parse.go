@@ -215,6 +215,11 @@ func (r *Rules) replyAllowed(subject string) bool {
 // SubjectMatches reports whether a subject matches a NATS pattern with * and > wildcards. It
 // walks both token by token instead of splitting them: it runs for every request.
 func SubjectMatches(pattern, subject string) bool {
+	// Most checks are of a reply inbox against patterns whose first token differs from its first
+	// byte on: $SYS.> and the request subjects, denied, for every request (a fifth of Parse).
+	if pattern != "" && subject != "" && pattern[0] != subject[0] && pattern[0] != '*' && pattern[0] != '>' {
+		return false
+	}
 	subjectLeft := true // a subject, even empty, has at least one token
 	for {
 		p, pRest, pMore := strings.Cut(pattern, ".")

@@ -129,6 +129,15 @@ func TestSubjectMatches(t *testing.T) {
 		{"a.b.c", "a.b", false},
 		{"", "", true},
 		{"", "a", false},
+		// The first byte differs: no match unless the pattern starts with a wildcard.
+		{"$SYS.>", "_INBOX.abc", false},
+		{"gembatch.generate", "_INBOX.abc", false},
+		{"*.b", "a.b", true},
+		{">", "a", true},
+		{"*x.b", "ax.b", false}, // "*x" is a literal token, not a wildcard
+		{".a", "a", false},
+		{"a", ".a", false},
+		{".a", ".a", true},
 	} {
 		if got := SubjectMatches(tt.pattern, tt.subject); got != tt.want {
 			t.Errorf("SubjectMatches(%q, %q) = %v", tt.pattern, tt.subject, got)
