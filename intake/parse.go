@@ -216,7 +216,7 @@ func (r *Rules) replyAllowed(subject string) bool {
 // walks both token by token instead of splitting them: it runs for every request.
 func SubjectMatches(pattern, subject string) bool {
 	// Most checks are of a reply inbox against patterns whose first token differs from its first
-	// byte on: $SYS.> and the request subjects, denied, for every request (a fifth of Parse).
+	// byte on: $SYS.> and the request subjects, denied, for every request (13% of Parse).
 	if pattern != "" && subject != "" && pattern[0] != subject[0] && pattern[0] != '*' && pattern[0] != '>' {
 		return false
 	}
