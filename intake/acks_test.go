@@ -75,13 +75,7 @@ func TestConfirmAcksConfirmsEveryMessage(t *testing.T) {
 	if err := ConfirmAcks(context.Background(), reqs); err != nil {
 		t.Fatal(err)
 	}
-	info, err := cons.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.NumAckPending != 0 || info.AckFloor.Stream != 500 {
-		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 500", info.NumAckPending, info.AckFloor.Stream)
-	}
+	allHandled(t, cons, 500)
 	if n := acks.count(t, nc, 500); n != 500 {
 		t.Fatalf("server was sent %d acknowledgements, want 500", n)
 	}
@@ -105,13 +99,7 @@ func TestConfirmAcksAsksOneConfirmationABatch(t *testing.T) {
 	if a, c := acks.count(t, nc, 500), confirmations.count(t, nc, 1); a != 500 || c != 1 {
 		t.Fatalf("server was sent %d acknowledgements and sent %d confirmations, want 500 and 1", a, c)
 	}
-	info, err := cons.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.NumAckPending != 0 || info.AckFloor.Stream != 500 {
-		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 500", info.NumAckPending, info.AckFloor.Stream)
-	}
+	allHandled(t, cons, 500)
 }
 
 // Acknowledgements that are not confirmed make an error that counts them, and a second call
@@ -179,11 +167,18 @@ func TestConfirmAcksConfirmsEachAfterAReconnect(t *testing.T) {
 	if a, c := acks.count(t, other, 400), confirmations.count(t, other, 201); a != 400 || c != 201 {
 		t.Fatalf("server was sent %d acknowledgements and %d confirmations went out, want 400 (each twice) and 201 (each of 200 and the last)", a, c)
 	}
+	allHandled(t, cons, 200)
+}
+
+// allHandled fails unless the consumer has nothing pending and its ack floor is at stream
+// sequence n: every one of the n messages handled.
+func allHandled(t *testing.T, cons jetstream.Consumer, n uint64) {
+	t.Helper()
 	info, err := cons.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.NumAckPending != 0 || info.AckFloor.Stream != 200 {
-		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and 200", info.NumAckPending, info.AckFloor.Stream)
+	if info.NumAckPending != 0 || info.AckFloor.Stream != n {
+		t.Fatalf("consumer has %d pending, ack floor %d; want 0 and %d", info.NumAckPending, info.AckFloor.Stream, n)
 	}
 }
