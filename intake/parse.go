@@ -213,13 +213,28 @@ func (r *Rules) replyAllowed(subject string) bool {
 }
 
 // SubjectMatches reports whether a subject matches a NATS pattern with * and > wildcards. It
-// walks both token by token instead of splitting them: it runs for every request.
+// runs for every request, against every reply pattern: the usual patterns (a literal subject,
+// or a literal prefix and a final >) are settled by one comparison, the rest by a token walk.
 func SubjectMatches(pattern, subject string) bool {
 	// Most checks are of a reply inbox against patterns whose first token differs from its first
-	// byte on: $SYS.> and the request subjects, denied, for every request (13% of Parse).
+	// byte on: $SYS.> and the request subjects, denied, for every request.
 	if pattern != "" && subject != "" && pattern[0] != subject[0] && pattern[0] != '*' && pattern[0] != '>' {
 		return false
 	}
+	if strings.IndexByte(pattern, '*') < 0 {
+		switch gt := strings.IndexByte(pattern, '>'); {
+		case gt < 0:
+			return pattern == subject
+		case gt == len(pattern)-1 && (gt == 0 || pattern[gt-1] == '.'):
+			return strings.HasPrefix(subject, pattern[:gt])
+		}
+	}
+	return matchTokens(pattern, subject)
+}
+
+// matchTokens is SubjectMatches for any pattern: it walks both token by token instead of
+// splitting them.
+func matchTokens(pattern, subject string) bool {
 	subjectLeft := true // a subject, even empty, has at least one token
 	for {
 		p, pRest, pMore := strings.Cut(pattern, ".")

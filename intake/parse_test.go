@@ -138,11 +138,29 @@ func TestSubjectMatches(t *testing.T) {
 		{".a", "a", false},
 		{"a", ".a", false},
 		{".a", ".a", true},
+		// A literal prefix and a final >: settled by one comparison.
+		{"n.reply.>", "n.reply.void", true},
+		{"n.reply.>", "n.reply", false},
+		{"n.reply.>", "n.replyx.void", false},
+		{"a>.>", "a>.b", true}, // "a>" is a literal token
+		{"a.b>", "a.b", false},
 	} {
 		if got := SubjectMatches(tt.pattern, tt.subject); got != tt.want {
 			t.Errorf("SubjectMatches(%q, %q) = %v", tt.pattern, tt.subject, got)
 		}
 	}
+}
+
+// FuzzSubjectMatches holds the one-comparison paths of SubjectMatches to the token walk.
+func FuzzSubjectMatches(f *testing.F) {
+	for _, s := range [][2]string{{"_INBOX.>", "_INBOX.a"}, {"a.*.c", "a.b.c"}, {"a.>", "a."}, {">", ""}, {"a>.>", "a>.b"}, {"$SYS.>", "$SYS"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, subject string) {
+		if got, want := SubjectMatches(pattern, subject), matchTokens(pattern, subject); got != want {
+			t.Fatalf("SubjectMatches(%q, %q) = %v; the token walk says %v", pattern, subject, got, want)
+		}
+	})
 }
 
 // stdVerdict is how Parse judged a body when it decoded it with encoding/json: the reference
