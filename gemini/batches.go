@@ -33,8 +33,7 @@ func (c *Client) CreateBatch(ctx context.Context, kind Kind, model string, b Bat
 	if name == "" {
 		return nil, fmt.Errorf("gemini: %s: empty model", op)
 	}
-	body := createBody(b)
-	k := call{op: op, method: http.MethodPost, path: "/v1beta/models/" + url.PathEscape(name) + method, body: body}
+	k := call{op: op, method: http.MethodPost, path: "/v1beta/models/" + url.PathEscape(name) + method, create: &b}
 	// Catch a bad base URL here, so that every failure past this point happened on the wire.
 	if _, err := url.Parse(k.url(c.base)); err != nil {
 		return nil, fmt.Errorf("gemini: %s: %s", op, c.redact(err.Error()))

@@ -155,6 +155,7 @@ type call struct {
 	path      string // below the base URL, escaped
 	query     url.Values
 	body      []byte // JSON, or nil
+	create    *Batch // a batches.create, whose body is written as it is sent (instead of body)
 	unmetered bool   // left out of the metrics (health pings)
 }
 
@@ -188,6 +189,9 @@ func (c *Client) attemptJSON(ctx context.Context, k call, out any) error {
 	req, err := c.newRequest(ctx, k.op, k.method, k.url(c.base), k.body, "application/json")
 	if err != nil {
 		return err
+	}
+	if k.create != nil {
+		setCreateBody(req, *k.create)
 	}
 	m := c.metrics
 	if k.unmetered {
@@ -243,6 +247,15 @@ func (c *Client) newRequest(ctx context.Context, op, method, u string, body []by
 		req.Header.Set("Content-Type", contentType)
 	}
 	return req, nil
+}
+
+// setCreateBody makes b's create body the request's, written as it is sent. GetBody makes
+// another, so that the transport may still resend a create it could not write a byte of.
+func setCreateBody(req *http.Request, b Batch) {
+	body := newCreateBody(b)
+	req.Body, req.ContentLength = io.NopCloser(body), body.size
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newCreateBody(b)), nil }
+	req.Header.Set("Content-Type", "application/json")
 }
 
 // unmetered receives the metrics of calls kept out of the registered ones.

@@ -3,25 +3,28 @@ package gemini
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strconv"
 	"unicode/utf8"
 )
 
-// createBody encodes a batches.create body as encodeJSON does, but writes each inline request as
-// it is held instead of through encoding/json, which validates and compacts every RawMessage it
-// writes: a second scan of bodies intake has already validated, and the larger part of encoding
-// a 10 MB inline batch.
-func createBody(b Batch) []byte {
-	size := 128 + len(b.Model) + len(b.DisplayName) + len(b.InputConfig.FileName)
-	if r := b.InputConfig.Requests; r != nil {
-		for _, q := range r.Requests {
-			size += len(q.Request) + 48
-			if q.Metadata != nil {
-				size += len(q.Metadata.Key)
-			}
-		}
-	}
-	out := append(make([]byte, 0, size), `{"batch":{`...)
+// createBody is a batches.create body, written as it is read: the same bytes encodeJSON would
+// write, but each inline request is copied from where it is held straight to the wire. Joining
+// them first held a second copy of every body (up to 20 MB) for as long as the upload took, and
+// encoding/json validates and compacts every RawMessage it writes: a second scan of bodies intake
+// has already validated. A createBody is read once; newCreateBody makes another.
+type createBody struct {
+	head, tail []byte           // before the first inline request and after the last
+	reqs       []InlinedRequest // the inline requests, if any
+	size       int64            // the whole body's length, for Content-Length
+	part       int              // the next part: 0 the head, 1+3i+j part j of request i, then the tail
+	cur        []byte           // what is left of the part being read
+	scratch    []byte           // a request's framing, reused
+}
+
+// newCreateBody lays out the create body of b.
+func newCreateBody(b Batch) *createBody {
+	out := append(make([]byte, 0, 256), `{"batch":{`...)
 	comma := false
 	member := func(name string) {
 		if comma {
@@ -44,50 +47,95 @@ func createBody(b Batch) []byte {
 		out = append(out, '"')
 	}
 	member("inputConfig")
-	out = appendInputConfig(append(out, '{'), b.InputConfig)
-	return append(out, "}}\n"...)
+	c := &createBody{tail: []byte("}}}\n")} // closes inputConfig, batch and the body
+	c.head = c.appendInputConfig(append(out, '{'), b.InputConfig)
+	c.size = int64(len(c.head) + len(c.tail))
+	for i := range c.reqs {
+		for j := range 3 {
+			c.size += int64(len(c.requestPart(i, j)))
+		}
+	}
+	return c
 }
 
-// appendInputConfig writes an InputConfig's members and closes its object.
-func appendInputConfig(out []byte, in InputConfig) []byte {
+// appendInputConfig writes an InputConfig's members up to its first inline request, and sets
+// the tail that closes them.
+func (c *createBody) appendInputConfig(out []byte, in InputConfig) []byte {
 	if in.FileName != "" {
 		out = appendJSONString(append(out, `"fileName":`...), in.FileName)
 		if in.Requests != nil {
 			out = append(out, ',')
 		}
 	}
-	if in.Requests != nil {
-		out = append(out, `"requests":{"requests":`...)
-		if in.Requests.Requests == nil {
-			out = append(out, "null"...)
-		} else {
-			out = appendInlined(out, in.Requests.Requests)
-		}
-		out = append(out, '}')
+	if in.Requests == nil {
+		return out
 	}
-	return append(out, '}')
+	out = append(out, `"requests":{"requests":`...)
+	if in.Requests.Requests == nil {
+		c.tail = append([]byte("}"), c.tail...)
+		return append(out, "null"...)
+	}
+	c.reqs = in.Requests.Requests
+	c.tail = append([]byte("]}"), c.tail...)
+	return append(out, '[')
 }
 
-// appendInlined writes the inline requests as a JSON array, each body as it is held.
-func appendInlined(out []byte, reqs []InlinedRequest) []byte {
-	out = append(out, '[')
-	for i, q := range reqs {
+// requestPart is part j of inline request i: its opening, its body as held, its closing.
+func (c *createBody) requestPart(i, j int) []byte {
+	q := c.reqs[i]
+	switch j {
+	case 0:
+		c.scratch = c.scratch[:0]
 		if i > 0 {
-			out = append(out, ',')
+			c.scratch = append(c.scratch, ',')
 		}
-		out = append(out, `{"request":`...)
+		return append(c.scratch, `{"request":`...)
+	case 1:
 		if len(q.Request) == 0 {
-			out = append(out, "null"...)
-		} else {
-			out = append(out, q.Request...)
+			return []byte("null")
 		}
+		return q.Request
+	default:
+		c.scratch = c.scratch[:0]
 		if q.Metadata != nil {
-			out = appendJSONString(append(out, `,"metadata":{"key":`...), q.Metadata.Key)
-			out = append(out, '}')
+			c.scratch = appendJSONString(append(c.scratch, `,"metadata":{"key":`...), q.Metadata.Key)
+			c.scratch = append(c.scratch, '}')
 		}
-		out = append(out, '}')
+		return append(c.scratch, '}')
 	}
-	return append(out, ']')
+}
+
+// Read implements io.Reader.
+func (c *createBody) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if len(c.cur) == 0 && !c.next() {
+			if n == 0 {
+				return 0, io.EOF
+			}
+			break
+		}
+		k := copy(p[n:], c.cur)
+		c.cur, n = c.cur[k:], n+k
+	}
+	return n, nil
+}
+
+// next moves to the next part; false when there is none.
+func (c *createBody) next() bool {
+	last := 1 + 3*len(c.reqs)
+	switch p := c.part; {
+	case p == 0:
+		c.cur = c.head
+	case p < last:
+		c.cur = c.requestPart((p-1)/3, (p-1)%3)
+	case p == last:
+		c.cur = c.tail
+	default:
+		return false
+	}
+	c.part++
+	return true
 }
 
 // appendJSONString appends s as encodeJSON writes it (no HTML escaping): as is between quotes

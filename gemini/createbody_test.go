@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"testing"
+	"testing/iotest"
 )
 
 // createBatchRequest is the create body as encoding/json writes it: the oracle createBody is
@@ -43,8 +45,33 @@ func TestCreateBodyIsWhatEncodingJSONWrites(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if got := createBody(b); !bytes.Equal(got, want) {
+		if got := readCreateBody(t, b); !bytes.Equal(got, want) {
 			t.Errorf("%s:\n got %s\nwant %s", name, got, want)
+		}
+	}
+}
+
+// readCreateBody reads b's create body whole, and checks that its size was announced right.
+func readCreateBody(t *testing.T, b Batch) []byte {
+	t.Helper()
+	c := newCreateBody(b)
+	out, err := io.ReadAll(c)
+	if err != nil || int64(len(out)) != c.size {
+		t.Fatalf("read %d bytes (%v); the body announced %d", len(out), err, c.size)
+	}
+	return out
+}
+
+// TestCreateBodyReadsInAnyPieces: however small the reads, the body is the same bytes, and the
+// reader keeps io.Reader's rules (testing/iotest checks them).
+func TestCreateBodyReadsInAnyPieces(t *testing.T) {
+	for name, b := range createBodies() {
+		if err := iotest.TestReader(newCreateBody(b), readCreateBody(t, b)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		var got bytes.Buffer
+		if _, err := io.Copy(&got, iotest.OneByteReader(newCreateBody(b))); err != nil || !bytes.Equal(got.Bytes(), readCreateBody(t, b)) {
+			t.Errorf("%s: read a byte at a time (%v):\n%s", name, err, got.Bytes())
 		}
 	}
 }
@@ -54,7 +81,7 @@ func TestCreateBodyIsWhatEncodingJSONWrites(t *testing.T) {
 func TestCreateBodyKeepsRequestsAsHeld(t *testing.T) {
 	body := "{\n  \"contents\": [ {\"parts\":[{\"text\":\"a b\"}]} ]\n}"
 	b := Batch{InputConfig: InputConfig{Requests: &InlinedRequests{Requests: []InlinedRequest{{Request: json.RawMessage(body), Metadata: &RequestMetadata{Key: "k"}}}}}}
-	got := createBody(b)
+	got := readCreateBody(t, b)
 	if !bytes.Contains(got, []byte(body)) {
 		t.Fatalf("the request body was not sent as held: %s", got)
 	}
@@ -67,7 +94,7 @@ func TestCreateBodyKeepsRequestsAsHeld(t *testing.T) {
 	}
 }
 
-// BenchmarkCreateBody encodes a 10,000-request inline create of 1 KiB bodies, and in the same run
+// BenchmarkCreateBody writes a 10,000-request inline create of 1 KiB bodies, and in the same run
 // the same batch through encoding/json as it was encoded before.
 func BenchmarkCreateBody(b *testing.B) {
 	text := bytes.Repeat([]byte("x"), 1000)
@@ -77,7 +104,7 @@ func BenchmarkCreateBody(b *testing.B) {
 		reqs[i] = InlinedRequest{Request: body, Metadata: &RequestMetadata{Key: fmt.Sprintf("req-%d", i)}}
 	}
 	batch := Batch{DisplayName: "gembatch-bench", InputConfig: InputConfig{Requests: &InlinedRequests{Requests: reqs}}}
-	size := int64(len(createBody(batch)))
+	size := newCreateBody(batch).size
 	var base, fast float64
 	b.Run("encoding-json", func(b *testing.B) {
 		b.SetBytes(size)
@@ -91,7 +118,9 @@ func BenchmarkCreateBody(b *testing.B) {
 	b.Run("createBody", func(b *testing.B) {
 		b.SetBytes(size)
 		for b.Loop() {
-			_ = createBody(batch)
+			if _, err := io.Copy(io.Discard, newCreateBody(batch)); err != nil {
+				b.Fatal(err)
+			}
 		}
 		fast = b.Elapsed().Seconds() / float64(b.N)
 		if base > 0 {
