@@ -89,7 +89,8 @@ func (c *createBody) requestPart(i, j int) []byte {
 		if i > 0 {
 			c.scratch = append(c.scratch, ',')
 		}
-		return append(c.scratch, `{"request":`...)
+		c.scratch = append(c.scratch, `{"request":`...)
+		return c.scratch
 	case 1:
 		if len(q.Request) == 0 {
 			return []byte("null")
@@ -101,7 +102,8 @@ func (c *createBody) requestPart(i, j int) []byte {
 			c.scratch = appendJSONString(append(c.scratch, `,"metadata":{"key":`...), q.Metadata.Key)
 			c.scratch = append(c.scratch, '}')
 		}
-		return append(c.scratch, '}')
+		c.scratch = append(c.scratch, '}')
+		return c.scratch
 	}
 }
 
