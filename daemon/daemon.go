@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/accumulator"
@@ -34,7 +33,7 @@ type Main struct {
 	Config Config
 	Log    zerolog.Logger
 	// Registry receives every metric; NewMain makes one with the Go and process collectors.
-	Registry *prometheus.Registry
+	Registry metrics.Registry
 	Build    metrics.Build
 	// Store keeps batch records; default in memory.
 	Store record.Store

@@ -22,6 +22,13 @@ type Build struct {
 	Commit  string
 }
 
+// Registry is where a daemon registers its metrics and what its /metrics endpoint gathers: a
+// *prometheus.Registry, or one that wraps it to watch some series more closely (gembatch bench).
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
 // NewRegistry returns a registry with the Go and process collectors and gembatch_build_info.
 func NewRegistry(b Build) *prometheus.Registry {
 	reg := prometheus.NewRegistry()

@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/gembatch/gembatch/daemon"
@@ -159,6 +158,7 @@ func (a *api) close() {
 // gembatchd is one in-process daemon.
 type gembatchd struct {
 	main *daemon.Main
+	reg  *watchedRegistry
 	cfg  daemon.Config
 	js   jetstream.JetStream // the run's connection, to read the daemon's consumer
 	stop context.CancelFunc
@@ -199,11 +199,11 @@ func replySubject(cfg daemon.Config, leaf string) string {
 
 func (e *env) startDaemon(cfg daemon.Config) (*gembatchd, error) {
 	log := zerolog.New(os.Stderr).Level(zerolog.ErrorLevel).With().Timestamp().Str("gembatchd", cfg.Instance).Logger()
-	d := &gembatchd{main: daemon.NewMain(cfg, log, metrics.Build{Version: "bench"}), cfg: cfg, js: e.js, done: make(chan error, 1)}
-	// The bench reads the daemon's counters a hundred times a second while it measures: without
-	// the Go and process collectors (the latter reads /proc at each gather), reading them does
-	// not weigh on the figures.
-	d.main.Registry = prometheus.NewRegistry()
+	d := &gembatchd{main: daemon.NewMain(cfg, log, metrics.Build{Version: "bench"}), reg: newWatchedRegistry(), cfg: cfg, js: e.js, done: make(chan error, 1)}
+	// The bench reads the daemon's counters while it measures: without the Go and process
+	// collectors (the latter reads /proc at each gather), and the counters it times a round by
+	// apart from the rest (watchedRegistry), reading them does not weigh on the figures.
+	d.main.Registry = d.reg
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop = cancel
 	go func() { d.done <- d.main.Run(ctx) }()
@@ -233,12 +233,16 @@ func (d *gembatchd) close() error {
 
 // metric sums a metric of the daemon's registry.
 func (d *gembatchd) metric(name string, labels ...string) float64 {
-	v, _ := metrics.Sum(d.main.Registry, name, labels...)
-	return v
+	return d.reg.metric(name, labels...)
 }
 
 // waitFor polls cond every 10ms until it holds, ctx ends or within passes.
 func waitFor(ctx context.Context, within time.Duration, what string, cond func() bool) error {
+	return pollFor(ctx, 10*time.Millisecond, within, what, cond) // a Gather costs about a millisecond: poll gently
+}
+
+// pollFor polls cond every interval until it holds, ctx ends or within passes.
+func pollFor(ctx context.Context, interval, within time.Duration, what string, cond func() bool) error {
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -247,7 +251,7 @@ func waitFor(ctx context.Context, within time.Duration, what string, cond func()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(10 * time.Millisecond): // a Gather costs about a millisecond: poll gently
+		case <-time.After(interval):
 		}
 	}
 	return nil
