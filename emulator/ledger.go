@@ -127,7 +127,7 @@ func digest(request json.RawMessage) [sha256.Size]byte {
 // run into the digest.
 func entryID(key string, d [sha256.Size]byte) [sha256.Size]byte {
 	h := sha256.New()
-	_ = binary.Write(h, binary.BigEndian, uint64(len(key)))
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(key))))
 	h.Write([]byte(key))
 	h.Write(d[:])
 	var id [sha256.Size]byte

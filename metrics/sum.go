@@ -22,10 +22,16 @@ func Sum(g prometheus.Gatherer, name string, labels ...string) (float64, error) 
 			if !hasLabels(m, labels) {
 				continue
 			}
-			total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
+			total += Value(m)
 		}
 	}
 	return total, nil
+}
+
+// Value is what Sum counts of one series: a counter's or gauge's value, a histogram's sample
+// count.
+func Value(m *dto.Metric) float64 {
+	return m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 }
 
 func hasLabels(m *dto.Metric, labels []string) bool {

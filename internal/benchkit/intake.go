@@ -162,7 +162,7 @@ func (e *env) rawPubSub(ctx context.Context, f *fleet, msgs [][]*nats.Msg, n int
 // accepted times send until the daemon has accepted n more requests (and, durable, recorded
 // and acknowledged them all), in requests per second.
 func (d *gembatchd) accepted(ctx context.Context, n int, send func() error) (float64, error) {
-	before := d.metric("gembatch_intake_requests_accepted_total")
+	before := d.metric(acceptedSeries)
 	t0 := time.Now()
 	if err := send(); err != nil {
 		return 0, err
@@ -172,7 +172,7 @@ func (d *gembatchd) accepted(ctx context.Context, n int, send func() error) (flo
 	// consumer's state, a request to the server, only once every request is accepted: a durable
 	// round ends when their batches are recorded and acknowledged.
 	err := pollFor(ctx, time.Millisecond, 5*time.Minute, "accept every request", func() bool {
-		return d.metric("gembatch_intake_requests_accepted_total")-before >= float64(n) && d.unacked(ctx) == 0
+		return d.metric(acceptedSeries)-before >= float64(n) && d.unacked(ctx) == 0
 	})
 	return rate(n, time.Since(t0)), err
 }

@@ -261,6 +261,6 @@ func pollFor(ctx context.Context, interval, within time.Duration, what string, c
 // next round does not share the machine with this one's batches.
 func (d *gembatchd) drained(ctx context.Context) error {
 	return waitFor(ctx, 5*time.Minute, "answer every accepted request", func() bool {
-		return d.metric("gembatch_publisher_replies_published_total") >= d.metric("gembatch_intake_requests_accepted_total")
+		return d.metric("gembatch_publisher_replies_published_total") >= d.metric(acceptedSeries)
 	})
 }
