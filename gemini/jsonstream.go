@@ -133,6 +133,19 @@ func (s *jsonStream) value() ([]byte, error) {
 	return out, err
 }
 
+// buffered returns what the reader holds that has not been read yet, without reading more: good
+// until the next read.
+func (s *jsonStream) buffered() []byte {
+	if s.err != nil {
+		return nil
+	}
+	b, _ := s.br.Peek(s.br.Buffered())
+	return b
+}
+
+// discard reads past n bytes of what buffered returned.
+func (s *jsonStream) discard(n int) { _, _ = s.br.Discard(n) }
+
 // skip reads past the value that comes next, holding a buffer of it at a time.
 func (s *jsonStream) skip() error { return s.scan(nil) }
 

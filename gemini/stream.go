@@ -19,7 +19,8 @@ var errHandedOver = errors.New("answers already handed over")
 
 // StreamBatch gets the job named "batches/x" like GetBatch, without ever holding its inline
 // answers together: each is decoded on its own, handed to each in order, and dropped, so that a
-// job of a thousand image answers is read one answer at a time. each may be nil, to learn the
+// job of a thousand image answers is read one answer at a time. A Result's Response and Usage
+// are good until each returns: they point into the reader's buffer, as ResultReader's do. each may be nil, to learn the
 // job's state alone. The Operation returned holds no inline answers; its Output's
 // InlinedResponses is set (and empty) when the job answered inline. An error from each stops
 // the read and is returned as it is. handedAll, if set, is called once the last inline answer
@@ -127,6 +128,7 @@ type opDecoder struct {
 	handedAll func() // nil: nobody asked
 	seen      bool   // an inline answers array was handed over
 	handed    int
+	usage     UsageMetadata // the usage of the answer being handed over
 }
 
 // decodeOperation reads an Operation from r, handing each inline answer to each, then calling
@@ -261,7 +263,10 @@ func (d *opDecoder) inlined() (*InlinedResponses, error) {
 	}
 }
 
-// items hands over each item of the array that comes next.
+// items hands over each item of the array that comes next. An item that lies whole in the
+// reader's buffer, as answers of a few KiB mostly do, is read where it lies, in one pass that
+// also validates it; any other (cut by the buffer's end, larger than it, or not valid) is read
+// as the stream reads any value, copied out, then decoded. Either way each gets the same Result.
 func (d *opDecoder) items() error {
 	if open, err := d.js.enter('['); err != nil || !open {
 		return err
@@ -271,14 +276,16 @@ func (d *opDecoder) items() error {
 		if err != nil || !more {
 			return err
 		}
-		item, err := d.js.value()
-		if err != nil {
-			return err
-		}
 		d.handed++
-		r, err := inlineItem(d.handed, item)
-		if err != nil {
-			return err
+		r, ok := d.bufferedItem()
+		if !ok {
+			item, err := d.js.value()
+			if err != nil {
+				return err
+			}
+			if r, err = inlineItem(d.handed, item, &d.usage); err != nil {
+				return err
+			}
 		}
 		if err := d.each(r); err != nil {
 			return err
@@ -286,43 +293,77 @@ func (d *opDecoder) items() error {
 	}
 }
 
+// bufferedItem reads the next item where it lies in the reader's buffer, if it lies there whole
+// and is valid, and moves past it. Its Result points into the buffer, good until the next read.
+func (d *opDecoder) bufferedItem() (Result, bool) {
+	s := jsonscan.New(d.js.buffered())
+	f := itemFields(&s, &d.usage)
+	if s.Err() != nil {
+		return Result{}, false
+	}
+	r, err := f.result(d.handed)
+	if err != nil {
+		return Result{}, false
+	}
+	d.js.discard(s.Offset())
+	return r, true
+}
+
 // inlineItem is the keyed result of the n-th inline answer (from 1), read in one pass: its
-// response as written, with its usage; its error; its metadata's key.
-func inlineItem(n int, item []byte) (Result, error) {
-	var response, errValue, metadata []byte
-	usage, hasUsage := new(UsageMetadata), false
+// response as written, with its usage (read into usage); its error; its metadata's key.
+func inlineItem(n int, item []byte, usage *UsageMetadata) (Result, error) {
 	s := jsonscan.New(item)
+	f := itemFields(&s, usage)
+	if err := s.End(); err != nil {
+		return Result{}, fmt.Errorf("inline response %d: %w", n, err)
+	}
+	return f.result(n)
+}
+
+// fields are the members of an inline answer, as written.
+type fields struct {
+	response, errValue, metadata []byte
+	usage                        *UsageMetadata // nil when the response has none
+}
+
+// itemFields reads the inline answer that comes next in s, an object; s.Err says whether it
+// was one.
+func itemFields(s *jsonscan.Scanner, usage *UsageMetadata) fields {
+	var f fields
+	hasUsage := false
 	for s.Open(); s.More(); {
 		k := s.Key()
 		switch {
 		case jsonscan.KeyIs(k, "response"):
-			response, hasUsage = responseWithUsage(&s, usage)
+			f.response, hasUsage = responseWithUsage(s, usage)
 		case jsonscan.KeyIs(k, "error"):
-			errValue = s.Skip()
+			f.errValue = s.Skip()
 		case jsonscan.KeyIs(k, "metadata"):
-			metadata = s.Skip()
+			f.metadata = s.Skip()
 		default:
 			s.Skip()
 		}
 	}
-	if err := s.End(); err != nil {
-		return Result{}, fmt.Errorf("inline response %d: %w", n, err)
+	if hasUsage {
+		f.usage = usage
 	}
+	return f
+}
+
+// result is the n-th answer's Result.
+func (f fields) result(n int) (Result, error) {
 	var ir InlinedResponse
-	if errValue != nil {
-		if err := json.Unmarshal(errValue, &ir.Error); err != nil {
+	if f.errValue != nil {
+		if err := json.Unmarshal(f.errValue, &ir.Error); err != nil {
 			return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
 		}
 	}
 	var err error
-	if ir.Metadata, err = responseMetadata(metadata); err != nil {
+	if ir.Metadata, err = responseMetadata(f.metadata); err != nil {
 		return Result{}, fmt.Errorf("inline response %d: metadata: %w", n, err)
 	}
-	ir.Response = response
-	if !hasUsage {
-		usage = nil
-	}
-	return inlineResult(n, ir, usage), nil
+	ir.Response = f.response
+	return inlineResult(n, ir, f.usage), nil
 }
 
 // responseMetadata reads an answer's metadata, already validated, as encoding/json would read

@@ -99,7 +99,7 @@ func FuzzStreamOperation(f *testing.F) {
 			if (r.Error == nil) == (r.Response == nil) || (r.Response != nil && !json.Valid(r.Response)) {
 				t.Errorf("result breaks the contract: %+v", r)
 			}
-			handed = append(handed, r)
+			handed = append(handed, keptResult(r))
 			return nil
 		}, nil)
 		var whole Operation
@@ -144,8 +144,7 @@ func TestStringsAcrossChunks(t *testing.T) {
 	} {
 		var got []Result
 		op, err := decodeOperation(rd(), func(r Result) error {
-			r.Response = bytes.Clone(r.Response)
-			got = append(got, r)
+			got = append(got, keptResult(r))
 			return nil
 		}, nil)
 		if err != nil || op.Metadata == nil || op.Metadata.DisplayName != `a"b\` {
@@ -193,5 +192,47 @@ func TestHandedAllComesBeforeTheMirrorIsRead(t *testing.T) {
 	}
 	if readThen >= len(data)/2 {
 		t.Errorf("%d of %d bytes read when handedAll was called; want the mirror still unread", readThen, len(data))
+	}
+}
+
+// keptResult copies what a Result points to in the reader's buffer, for a test that keeps it
+// past the callback it was handed to.
+func keptResult(r Result) Result {
+	r.Response = bytes.Clone(r.Response)
+	if r.Usage != nil {
+		u := *r.Usage
+		r.Usage = &u
+	}
+	return r
+}
+
+// KeptResult is keptResult, for the package's external tests.
+var KeptResult = keptResult
+
+// TestBufferedAnswersAreNotCopied: answers that lie whole in the reader's buffer are handed
+// over from there. Reading 2,000 answers of 4 KiB (8.2 MB) allocates less than a quarter of
+// one copy of them: 0.9 MB, most of it the copies of the answers cut by the buffer's end.
+// Reading each as a value of its own allocated 10.1 MB.
+func TestBufferedAnswersAreNotCopied(t *testing.T) {
+	const n, size = 2000, 4 << 10
+	op := inlineOperation(n, size)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	got := 0
+	if _, err := decodeOperation(bytes.NewReader(op), func(r Result) error {
+		if len(r.Response) < size || r.Usage == nil {
+			return fmt.Errorf("answer %q of %d bytes, usage %v", r.Key, len(r.Response), r.Usage)
+		}
+		got++
+		return nil
+	}, nil); err != nil || got != n {
+		t.Fatalf("%d of %d answers: %v", got, n, err)
+	}
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d answers of %d bytes: %d bytes allocated", n, size, alloc)
+	if alloc > n*size/4 {
+		t.Fatalf("reading %d answers of %d bytes allocated %d bytes: answers are copied", n, size, alloc)
 	}
 }

@@ -31,7 +31,7 @@ func TestStreamBatchMatchesGetBatch(t *testing.T) {
 	}
 	whole := waitDone(t, c, op.Name)
 	var got []gemini.Result
-	streamed, err := c.StreamBatch(t.Context(), op.Name, func(r gemini.Result) error { got = append(got, r); return nil }, nil)
+	streamed, err := c.StreamBatch(t.Context(), op.Name, func(r gemini.Result) error { got = append(got, gemini.KeptResult(r)); return nil }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
