@@ -178,7 +178,10 @@ func (d *gembatchd) accepted(ctx context.Context, n int, send func() error) (flo
 }
 
 // unacked is the number of stream messages not yet acknowledged by a durable daemon (0 in core
-// mode): they are acknowledged once their batch is recorded.
+// mode): they are acknowledged once their batch is recorded. One consumer info request: the
+// info that looking the consumer up brings. Asking again with Info cost as much once more
+// (about 120 µs of the process's CPU a request, in-process server included), every
+// millisecond while the round's last acknowledgements were being handled.
 func (d *gembatchd) unacked(ctx context.Context) int {
 	if d.cfg.Durable != "true" {
 		return 0
@@ -187,10 +190,7 @@ func (d *gembatchd) unacked(ctx context.Context) int {
 	if err != nil {
 		return -1
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return -1
-	}
+	info := c.CachedInfo()
 	return info.NumAckPending + int(info.NumPending)
 }
 
