@@ -29,7 +29,8 @@ func inlineOperation(n, size int) []byte {
 
 // BenchmarkInlineOperation reads a finished inline job of 10,000 answers of 1 KiB (both copies
 // the service sends: 24 MB) as StreamBatch does, handing each answer over with its usage, and
-// reports MB/s and answers/s, the time to hand each answer over (the mirror not yet read), next to a whole encoding/json decode of the same operation (what
+// reports MB/s and answers/s, and the time to hand each answer over (until the last, before
+// the mirror is read), next to a whole encoding/json decode of the same operation (what
 // GetBatch did before answers were streamed), timed interleaved in the same run.
 func BenchmarkInlineOperation(b *testing.B) {
 	const n = 10000

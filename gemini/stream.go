@@ -20,8 +20,8 @@ var errHandedOver = errors.New("answers already handed over")
 // StreamBatch gets the job named "batches/x" like GetBatch, without ever holding its inline
 // answers together: each is decoded on its own, handed to each in order, and dropped, so that a
 // job of a thousand image answers is read one answer at a time. A Result's Response and Usage
-// are good until each returns: they point into the reader's buffer, as ResultReader's do. each may be nil, to learn the
-// job's state alone. The Operation returned holds no inline answers; its Output's
+// are good until each returns: they point into the reader's buffer, as ResultReader's do. each
+// may be nil, to learn the job's state alone. The Operation returned holds no inline answers; its Output's
 // InlinedResponses is set (and empty) when the job answered inline. An error from each stops
 // the read and is returned as it is. handedAll, if set, is called once the last inline answer
 // has been handed over, while the rest of the job (the service's mirror of the answers, up to
@@ -297,11 +297,11 @@ func (d *opDecoder) items() error {
 // and is valid, and moves past it. Its Result points into the buffer, good until the next read.
 func (d *opDecoder) bufferedItem() (Result, bool) {
 	s := jsonscan.New(d.js.buffered())
-	f := itemFields(&s, &d.usage)
+	it := readItem(&s, &d.usage)
 	if s.Err() != nil {
 		return Result{}, false
 	}
-	r, err := f.result(d.handed)
+	r, err := it.result(d.handed)
 	if err != nil {
 		return Result{}, false
 	}
@@ -313,57 +313,57 @@ func (d *opDecoder) bufferedItem() (Result, bool) {
 // response as written, with its usage (read into usage); its error; its metadata's key.
 func inlineItem(n int, item []byte, usage *UsageMetadata) (Result, error) {
 	s := jsonscan.New(item)
-	f := itemFields(&s, usage)
+	it := readItem(&s, usage)
 	if err := s.End(); err != nil {
 		return Result{}, fmt.Errorf("inline response %d: %w", n, err)
 	}
-	return f.result(n)
+	return it.result(n)
 }
 
-// fields are the members of an inline answer, as written.
-type fields struct {
+// item is an inline answer's members, as written, and its response's usage.
+type item struct {
 	response, errValue, metadata []byte
 	usage                        *UsageMetadata // nil when the response has none
 }
 
-// itemFields reads the inline answer that comes next in s, an object; s.Err says whether it
-// was one.
-func itemFields(s *jsonscan.Scanner, usage *UsageMetadata) fields {
-	var f fields
+// readItem reads the inline answer that comes next in s, an object, with its response's usage
+// into usage; s.Err says whether it was one.
+func readItem(s *jsonscan.Scanner, usage *UsageMetadata) item {
+	var it item
 	hasUsage := false
 	for s.Open(); s.More(); {
 		k := s.Key()
 		switch {
 		case jsonscan.KeyIs(k, "response"):
-			f.response, hasUsage = responseWithUsage(s, usage)
+			it.response, hasUsage = responseWithUsage(s, usage)
 		case jsonscan.KeyIs(k, "error"):
-			f.errValue = s.Skip()
+			it.errValue = s.Skip()
 		case jsonscan.KeyIs(k, "metadata"):
-			f.metadata = s.Skip()
+			it.metadata = s.Skip()
 		default:
 			s.Skip()
 		}
 	}
 	if hasUsage {
-		f.usage = usage
+		it.usage = usage
 	}
-	return f
+	return it
 }
 
 // result is the n-th answer's Result.
-func (f fields) result(n int) (Result, error) {
+func (it item) result(n int) (Result, error) {
 	var ir InlinedResponse
-	if f.errValue != nil {
-		if err := json.Unmarshal(f.errValue, &ir.Error); err != nil {
+	if it.errValue != nil {
+		if err := json.Unmarshal(it.errValue, &ir.Error); err != nil {
 			return Result{}, fmt.Errorf("inline response %d: error: %w", n, err)
 		}
 	}
 	var err error
-	if ir.Metadata, err = responseMetadata(f.metadata); err != nil {
+	if ir.Metadata, err = responseMetadata(it.metadata); err != nil {
 		return Result{}, fmt.Errorf("inline response %d: metadata: %w", n, err)
 	}
-	ir.Response = f.response
-	return inlineResult(n, ir, f.usage), nil
+	ir.Response = it.response
+	return inlineResult(n, ir, it.usage), nil
 }
 
 // responseMetadata reads an answer's metadata, already validated, as encoding/json would read

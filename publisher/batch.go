@@ -18,8 +18,9 @@ import (
 
 // API is the part of the Gemini client that answering a batch needs.
 type API interface {
-	// StreamBatch gets a job, handing its inline answers to each one at a time, and calls
-	// handedAll after the last one, before the rest of the job is read.
+	// StreamBatch gets a job, handing its inline answers to each one at a time (each Result's
+	// Response and Usage good until each returns), and calls handedAll after the last one,
+	// before the rest of the job is read.
 	StreamBatch(ctx context.Context, name string, each func(gemini.Result) error, handedAll func()) (*gemini.Operation, error)
 	Download(ctx context.Context, name string) (io.ReadCloser, error)
 	DeleteFile(ctx context.Context, name string) error
