@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/gembatch/gembatch/internal/kvsnap"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -426,29 +427,18 @@ func (s *Store) List(ctx context.Context) ([]*record.Record, error) {
 // each calls f with every record in the bucket, without its requests. It reads the bucket's
 // current values as one stream (a watcher's initial values), not one request per key.
 func (s *Store) each(ctx context.Context, f func(*record.Record) error) error {
-	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	err := kvsnap.Each(ctx, s.js, s.kv, func(e jetstream.KeyValueEntry) error {
+		r, _, err := decode(e)
+		if err != nil {
+			s.log.Error().Err(err).Str("record", e.Key()).Msg("skipping a record that does not decode")
+			return nil
+		}
+		return f(r)
+	})
 	if err != nil {
 		return fmt.Errorf("list records: %w", err)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("list records: %w", ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok || e == nil { // nil: the current values are all read
-				return nil
-			}
-			r, _, err := decode(e)
-			if err != nil {
-				s.log.Error().Err(err).Str("record", e.Key()).Msg("skipping a record that does not decode")
-				continue
-			}
-			if err := f(r); err != nil {
-				return err
-			}
-		}
-	}
+	return nil
 }
 
 // Delete drops a record's request objects (its input chunks are numbered from 0 without a
@@ -475,8 +465,12 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // Watch calls f with every record as it is written, from the records that exist at the start
 // on, and keeps the sequences of live records (and of those cleaned within the redelivery
 // window), so that a redelivered message whose batch is recorded is recognised. It closes
-// ready once the records that exist at the start are read, and returns when ctx ends.
+// ready once every record that exists at the start is read, and returns when ctx ends.
 func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record.Record)) error {
+	start, err := kvsnap.Begin(ctx, s.js, s.kv)
+	if err != nil {
+		return fmt.Errorf("watch records: %w", err)
+	}
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch records: %w", err)
@@ -484,46 +478,57 @@ func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record
 	defer w.Stop()
 	prune := time.NewTicker(s.window() / 4)
 	defer prune.Stop()
+	var recheck <-chan time.Time // while records of the start are late: drop those gone since
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-prune.C:
 			s.pruneCleaned(time.Now())
+		case <-recheck:
+			recheck = nil
+			if err := start.DropGone(ctx); err != nil {
+				s.log.Warn().Err(err).Msg("records watch: look up the records not delivered yet")
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil
 			}
-			if e == nil { // the initial values are all read
-				if ready != nil {
-					close(ready)
-					ready = nil
-				}
-				continue
+			if e != nil {
+				s.observe(e, f)
 			}
-			if e.Operation() != jetstream.KeyValuePut {
-				s.watched.Store(e.Revision())
-				continue
-			}
-			r, seqs, err := decode(e)
-			if err != nil {
-				s.watched.Store(e.Revision())
-				continue
-			}
-			switch {
-			case r.State != record.Cleaned:
-				s.index(r.ID, seqs, r.Acked || (r.State != record.Sealed && r.State != record.Submitting), time.Time{})
-			case r.Replied > 0 && time.Since(e.Created()) < s.window():
-				s.index(r.ID, seqs, true, e.Created()) // answered: its messages are done with
-			default: // abandoned before it was sent (its messages are to be batched again), or long done
-				s.mu.Lock()
-				s.unindex(r.ID)
-				s.mu.Unlock()
-			}
-			s.watched.Store(e.Revision()) // indexed: Sealed answers for it
-			f(r)
+			start.Saw(e)
+		}
+		switch {
+		case ready == nil:
+		case start.Done():
+			close(ready)
+			ready = nil
+		case start.Late() && recheck == nil:
+			recheck = time.After(100 * time.Millisecond)
 		}
 	}
+}
+
+// observe indexes a record as the watch delivers it, and passes it to f.
+func (s *Store) observe(e jetstream.KeyValueEntry, f func(*record.Record)) {
+	r, seqs, err := decode(e)
+	if e.Operation() != jetstream.KeyValuePut || err != nil {
+		s.watched.Store(e.Revision())
+		return
+	}
+	switch {
+	case r.State != record.Cleaned:
+		s.index(r.ID, seqs, r.Acked || (r.State != record.Sealed && r.State != record.Submitting), time.Time{})
+	case r.Replied > 0 && time.Since(e.Created()) < s.window():
+		s.index(r.ID, seqs, true, e.Created()) // answered: its messages are done with
+	default: // abandoned before it was sent (its messages are to be batched again), or long done
+		s.mu.Lock()
+		s.unindex(r.ID)
+		s.mu.Unlock()
+	}
+	s.watched.Store(e.Revision()) // indexed: Sealed answers for it
+	f(r)
 }
 
 // window is how long the messages of a cleaned record may still be delivered again.

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/gemini"
+	"github.com/gembatch/gembatch/internal/kvsnap"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -111,7 +112,7 @@ func jobs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gembatch jobs: -o %q: use table or json\n", f.output)
 		return 2
 	}
-	kv, closeNATS, err := openRecords(ctx, f.natsURL, f.bucket)
+	b, closeNATS, err := openRecords(ctx, f.natsURL, f.bucket)
 	if err != nil {
 		fmt.Fprintf(stderr, "gembatch jobs: %v\n", err)
 		return 1
@@ -119,7 +120,7 @@ func jobs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer closeNATS()
 	tty := isTerminal(stdout)
 	for {
-		recs, err := listRecords(ctx, kv)
+		recs, err := listRecords(ctx, b)
 		if err != nil {
 			if f.watch && ctx.Err() != nil {
 				return 0
@@ -192,16 +193,22 @@ func age(d time.Duration) string {
 	}
 }
 
+// recordsBucket is gembatchd's records bucket, with the JetStream context that lists its keys.
+type recordsBucket struct {
+	js jetstream.JetStream
+	kv jetstream.KeyValue
+}
+
 // openRecords connects to NATS and opens the records bucket.
-func openRecords(ctx context.Context, url, bucket string) (jetstream.KeyValue, func(), error) {
+func openRecords(ctx context.Context, url, bucket string) (recordsBucket, func(), error) {
 	nc, err := nats.Connect(url, nats.Name("gembatch"), nats.Timeout(5*time.Second))
 	if err != nil {
-		return nil, nil, fmt.Errorf("cannot reach NATS at %s: is gembatchd's NATS running? set GEMBATCH_NATS_URL or --nats (%v)", url, err)
+		return recordsBucket{}, nil, fmt.Errorf("cannot reach NATS at %s: is gembatchd's NATS running? set GEMBATCH_NATS_URL or --nats (%v)", url, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		return recordsBucket{}, nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -209,43 +216,32 @@ func openRecords(ctx context.Context, url, bucket string) (jetstream.KeyValue, f
 	if err != nil {
 		nc.Close()
 		if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
-			return nil, nil, fmt.Errorf("no records bucket %q at %s: gembatchd keeps records only in durable mode (JetStream; GEMBATCH_DURABLE); set --bucket if GEMBATCH_RECORDS_BUCKET names another (%v)", bucket, url, err)
+			return recordsBucket{}, nil, fmt.Errorf("no records bucket %q at %s: gembatchd keeps records only in durable mode (JetStream; GEMBATCH_DURABLE); set --bucket if GEMBATCH_RECORDS_BUCKET names another (%v)", bucket, url, err)
 		}
-		return nil, nil, fmt.Errorf("records bucket %q: %w", bucket, err)
+		return recordsBucket{}, nil, fmt.Errorf("records bucket %q: %w", bucket, err)
 	}
-	return kv, nc.Close, nil
+	return recordsBucket{js, kv}, nc.Close, nil
 }
 
 // listRecords reads every record in the bucket, oldest first.
-func listRecords(ctx context.Context, kv jetstream.KeyValue) ([]*record.Record, error) {
+func listRecords(ctx context.Context, b recordsBucket) ([]*record.Record, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	w, err := kv.WatchAll(cctx, jetstream.IgnoreDeletes())
+	var recs []*record.Record
+	err := kvsnap.Each(cctx, b.js, b.kv, func(e jetstream.KeyValueEntry) error {
+		r, err := decodeRecord(e.Value())
+		if err != nil {
+			return fmt.Errorf("record %s: %w", e.Key(), err)
+		}
+		r.Revision = e.Revision()
+		recs = append(recs, r)
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list records: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
-	var recs []*record.Record
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, fmt.Errorf("list records: %w", cctx.Err())
-			}
-			if e == nil { // every current value has been seen
-				slices.SortFunc(recs, func(a, b *record.Record) int { return a.Sealed.Compare(b.Sealed) })
-				return recs, nil
-			}
-			r, err := decodeRecord(e.Value())
-			if err != nil {
-				return nil, fmt.Errorf("record %s: %w", e.Key(), err)
-			}
-			r.Revision = e.Revision()
-			recs = append(recs, r)
-		case <-cctx.Done():
-			return nil, fmt.Errorf("list records: %w", cctx.Err())
-		}
-	}
+	slices.SortFunc(recs, func(a, b *record.Record) int { return a.Sealed.Compare(b.Sealed) })
+	return recs, nil
 }
 
 // decodeRecord reads a record as gembatchd stores it (the record's fields, plus the request
@@ -260,9 +256,9 @@ func decodeRecord(b []byte) (*record.Record, error) {
 
 // findRecord resolves "ID" or "batches/NAME" to a record; for a batch name with no record it
 // returns nil and no error.
-func findRecord(ctx context.Context, kv jetstream.KeyValue, arg string) (*record.Record, error) {
+func findRecord(ctx context.Context, b recordsBucket, arg string) (*record.Record, error) {
 	if !strings.HasPrefix(arg, "batches/") {
-		e, err := kv.Get(ctx, arg)
+		e, err := b.kv.Get(ctx, arg)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, fmt.Errorf("no record %q: run \"gembatch jobs\" for the ids, or give the remote name batches/NAME", arg)
 		}
@@ -276,7 +272,7 @@ func findRecord(ctx context.Context, kv jetstream.KeyValue, arg string) (*record
 		r.Revision = e.Revision()
 		return r, nil
 	}
-	recs, err := listRecords(ctx, kv)
+	recs, err := listRecords(ctx, b)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +299,7 @@ func geminiClient(baseURL string) (*gemini.Client, error) {
 // resolve finds the record (if any) and the remote batch name of "ID" or "batches/NAME". A
 // batch name is usable without NATS; a record id needs it.
 func resolve(ctx context.Context, f *jobsFlags, arg string) (*record.Record, string, error) {
-	kv, closeNATS, err := openRecords(ctx, f.natsURL, f.bucket)
+	b, closeNATS, err := openRecords(ctx, f.natsURL, f.bucket)
 	if err != nil {
 		if strings.HasPrefix(arg, "batches/") {
 			return nil, arg, nil // the remote job alone
@@ -311,7 +307,7 @@ func resolve(ctx context.Context, f *jobsFlags, arg string) (*record.Record, str
 		return nil, "", err
 	}
 	defer closeNATS()
-	r, err := findRecord(ctx, kv, arg)
+	r, err := findRecord(ctx, b, arg)
 	if err != nil {
 		return nil, "", err
 	}

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gembatch/gembatch/client"
+	"github.com/gembatch/gembatch/internal/stacktest"
 	"github.com/gembatch/gembatch/record"
 )
 
@@ -149,6 +151,48 @@ func TestShowResubmission(t *testing.T) {
 	for _, want := range []string{"resubmits  x", "stuck      cancelled by gembatchd"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("show output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestJobsListsEveryRecordWhileOneIsWritten: `gembatch jobs` lists every record, though
+// gembatchd writes one of them all the while (CI once met a cancelled batch missing from the
+// list while its replies were recorded).
+func TestJobsListsEveryRecordWhileOneIsWritten(t *testing.T) {
+	nc := stacktest.NATS(t)
+	ctx := t.Context()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "gembatch-records", History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		b, _ := json.Marshal(record.Record{ID: fmt.Sprintf("r%d", i), State: record.Submitted, Sealed: time.Unix(int64(i), 0)})
+		if _, err := kv.Put(ctx, fmt.Sprintf("r%d", i), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, stop := context.WithCancel(ctx)
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		b, _ := json.Marshal(record.Record{ID: "r2", State: record.Finished, Sealed: time.Unix(2, 0)})
+		for wctx.Err() == nil {
+			_, _ = kv.Put(wctx, "r2", b)
+		}
+	}()
+	defer func() { stop(); <-written }()
+	for try := range 100 {
+		code, stdout, stderr := cmd(ctx, "jobs", "-o", "json", "--nats", nc.ConnectedUrl())
+		var recs []*record.Record
+		if code != 0 || json.Unmarshal([]byte(stdout), &recs) != nil {
+			t.Fatalf("jobs -o json: exit %d: %s%s", code, stdout, stderr)
+		}
+		if len(recs) != 3 {
+			t.Fatalf("list %d while r2 is written: %d records, want 3:\n%s", try, len(recs), stdout)
 		}
 	}
 }

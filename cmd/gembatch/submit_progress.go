@@ -136,7 +136,7 @@ func watchJobs(ctx context.Context, nc *nats.Conn, since time.Time, every time.D
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			if recs, err := listRecords(ctx, kv); err == nil {
+			if recs, err := listRecords(ctx, recordsBucket{js, kv}); err == nil {
 				v := viewJobs(recs, since)
 				w.view.Store(&v)
 			}
