@@ -103,3 +103,22 @@ func TestWatchIsReadyOnceEveryRecordIsSeen(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepKeepsTheObjectsOfARecordBeingWritten: the sweep's list of live records is taken
+// while replicas write them; a record left out of it would lose its request lines, and its
+// batch could not be answered.
+func TestSweepKeepsTheObjectsOfARecordBeingWritten(t *testing.T) {
+	s, js := openJS(t)
+	ctx := context.Background()
+	for i := range 3 {
+		if err := s.Create(ctx, sealed(fmt.Sprintf("r%d", i), uint64(i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rewriting(t, js, "records", "r2")
+	for try := range 100 {
+		if n, err := s.Sweep(ctx, time.Now().Add(time.Hour)); err != nil || n != 0 {
+			t.Fatalf("sweep %d while r2 is written: deleted %d objects of live records (%v)", try, n, err)
+		}
+	}
+}
