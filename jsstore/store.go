@@ -67,6 +67,11 @@ type Store struct {
 
 	// watched is the records bucket's stream sequence the watch has indexed up to.
 	watched atomic.Uint64
+	// skips counts the gaps in the sequences the watch delivered: messages deleted before the
+	// server sent them (a later revision of their record replaced them), whose later revision
+	// comes after them. Only the watch's goroutine touches watchedTop, the highest it delivered.
+	skips      atomic.Uint64
+	watchedTop uint64
 
 	// lost holds, by record id, the value of the last write whose answer was lost and whose
 	// outcome is unknown.
@@ -512,6 +517,12 @@ func (s *Store) Watch(ctx context.Context, ready chan<- struct{}, f func(*record
 
 // observe indexes a record as the watch delivers it, and passes it to f.
 func (s *Store) observe(e jetstream.KeyValueEntry, f func(*record.Record)) {
+	if rev := e.Revision(); rev > s.watchedTop {
+		if rev > s.watchedTop+1 {
+			s.skips.Add(1)
+		}
+		s.watchedTop = rev
+	}
 	r, seqs, err := decode(e)
 	if e.Operation() != jetstream.KeyValuePut || err != nil {
 		s.watched.Store(e.Revision())
@@ -597,27 +608,42 @@ func (s *Store) pruneCleaned(now time.Time) {
 // CaughtUp returns once the watch has passed every record written before the call, so that
 // Sealed answers for all of them.
 func (s *Store) CaughtUp(ctx context.Context) error {
+	for {
+		skips := s.skips.Load()
+		last, err := s.lastSeq(ctx)
+		if err != nil {
+			return err
+		}
+		for s.watched.Load() < last {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("records watch at %d, bucket at %d: %w", s.watched.Load(), last, ctx.Err())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		// A record whose revision the watch skipped on the way has a later one, written
+		// before the skip and so at or below the bucket's last sequence read after it.
+		if s.skips.Load() == skips {
+			return nil
+		}
+	}
+}
+
+// lastSeq is the records bucket's last stream sequence, 0 if it holds none (or all expired:
+// the newest record expires last).
+func (s *Store) lastSeq(ctx context.Context) (uint64, error) {
 	st, err := s.kv.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("records bucket %s: %w", s.cfg.RecordsBucket, err)
+		return 0, fmt.Errorf("records bucket %s: %w", s.cfg.RecordsBucket, err)
 	}
 	bs, ok := st.(*jetstream.KeyValueBucketStatus)
 	if !ok {
-		return fmt.Errorf("records bucket %s: no stream state", s.cfg.RecordsBucket)
+		return 0, fmt.Errorf("records bucket %s: no stream state", s.cfg.RecordsBucket)
 	}
-	state := bs.StreamInfo().State
-	if state.Msgs == 0 { // none, or all expired: the newest record expires last
-		return nil
+	if state := bs.StreamInfo().State; state.Msgs > 0 {
+		return state.LastSeq, nil
 	}
-	last := state.LastSeq
-	for s.watched.Load() < last {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("records watch at %d, bucket at %d: %w", s.watched.Load(), last, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return nil
+	return 0, nil
 }
 
 // HeldElsewhere reports whether a message of r belongs to a record written before it. A
