@@ -41,17 +41,23 @@ func rewriting(t *testing.T, js jetstream.JetStream, bucket, key string) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// TestListSeesEveryRecordWhileOneIsWritten: a list taken while a record is being written holds
-// every record that existed before it, each time.
-func TestListSeesEveryRecordWhileOneIsWritten(t *testing.T) {
+// busyStore is a store holding records r0, r1 and r2, the last of them written all the while.
+func busyStore(t *testing.T) *jsstore.Store {
+	t.Helper()
 	s, js := openJS(t)
-	ctx := context.Background()
 	for i := range 3 {
-		if err := s.Create(ctx, sealed(fmt.Sprintf("r%d", i), uint64(i+1))); err != nil {
+		if err := s.Create(context.Background(), sealed(fmt.Sprintf("r%d", i), uint64(i+1))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	rewriting(t, js, "records", "r2")
+	return s
+}
+
+// TestListSeesEveryRecordWhileOneIsWritten: a list taken while a record is being written holds
+// every record that existed before it, each time.
+func TestListSeesEveryRecordWhileOneIsWritten(t *testing.T) {
+	s, ctx := busyStore(t), context.Background()
 	for try := range 300 {
 		recs, err := s.List(ctx)
 		if err != nil {
@@ -67,14 +73,7 @@ func TestListSeesEveryRecordWhileOneIsWritten(t *testing.T) {
 // record that existed before it (intake starts then, and checks redelivered messages against
 // them), however busy the bucket.
 func TestWatchIsReadyOnceEveryRecordIsSeen(t *testing.T) {
-	s, js := openJS(t)
-	ctx := context.Background()
-	for i := range 3 {
-		if err := s.Create(ctx, sealed(fmt.Sprintf("r%d", i), uint64(i+1))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rewriting(t, js, "records", "r2")
+	s, ctx := busyStore(t), context.Background()
 	for try := range 200 {
 		var seen []string
 		late := ""
@@ -112,14 +111,7 @@ func TestWatchIsReadyOnceEveryRecordIsSeen(t *testing.T) {
 // while replicas write them; a record left out of it would lose its request lines, and its
 // batch could not be answered.
 func TestSweepKeepsTheObjectsOfARecordBeingWritten(t *testing.T) {
-	s, js := openJS(t)
-	ctx := context.Background()
-	for i := range 3 {
-		if err := s.Create(ctx, sealed(fmt.Sprintf("r%d", i), uint64(i+1))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rewriting(t, js, "records", "r2")
+	s, ctx := busyStore(t), context.Background()
 	for try := range 100 {
 		if n, err := s.Sweep(ctx, time.Now().Add(time.Hour)); err != nil || n != 0 {
 			t.Fatalf("sweep %d while r2 is written: deleted %d objects of live records (%v)", try, n, err)
