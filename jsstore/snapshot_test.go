@@ -23,6 +23,7 @@ import (
 func rewriting(t *testing.T, js jetstream.JetStream, bucket, key string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil {
 		t.Fatal(err)
