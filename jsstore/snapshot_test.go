@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
-	"github.com/gembatch/gembatch/internal/stacktest"
 	"github.com/gembatch/gembatch/jsstore"
 	"github.com/gembatch/gembatch/record"
 )
@@ -196,30 +194,12 @@ func (w *laggingWatcher) release(buf []jetstream.KeyValueEntry) {
 // first, and two replicas submit it.
 func TestCaughtUpSeesARecordWhoseFirstRevisionWasSkipped(t *testing.T) {
 	ctx := context.Background()
-	js, err := jetstream.New(stacktest.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, _, stopA := watching(t, js, time.Minute)
-	defer stopA()
-	b, err := jsstore.Open(ctx, js, jsstore.Config{RecordsBucket: "records", RequestsBucket: "requests", BodiesBucket: "bodies",
-		Replicas: 1, Storage: jetstream.FileStorage, Retention: time.Hour}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, js := openJS(t)
+	b := openOn(t, js, time.Minute)
 	lag := &laggingKV{held: make(chan struct{})}
 	b.WrapKV(func(kv jetstream.KeyValue) jetstream.KeyValue { lag.KeyValue = kv; return lag })
-	ready := make(chan struct{})
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.Watch(wctx, ready, func(*record.Record) {}) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	<-ready
+	_, stop := watch(t, b)
+	defer stop()
 	lag.holding.Store(true)
 
 	x, y := sealed("x", 10), sealed("y", 20)

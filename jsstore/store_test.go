@@ -179,6 +179,14 @@ func TestSealedIndexCoversRecordsThroughTheRedeliveryWindow(t *testing.T) {
 // watching opens a store on js with the given redelivery window and watches its records.
 func watching(t *testing.T, js jetstream.JetStream, window time.Duration) (*jsstore.Store, <-chan *record.Record, func()) {
 	t.Helper()
+	s := openOn(t, js, window)
+	seen, stop := watch(t, s)
+	return s, seen, stop
+}
+
+// openOn opens a store on js with the given redelivery window.
+func openOn(t *testing.T, js jetstream.JetStream, window time.Duration) *jsstore.Store {
+	t.Helper()
 	s, err := jsstore.Open(context.Background(), js, jsstore.Config{
 		RecordsBucket: "records", RequestsBucket: "requests", BodiesBucket: "bodies", Replicas: 1, Storage: jetstream.FileStorage,
 		Retention: 72 * time.Hour, RedeliveryWindow: window,
@@ -186,6 +194,12 @@ func watching(t *testing.T, js jetstream.JetStream, window time.Duration) (*jsst
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// watch watches s's records until the returned stop, once the records there are now are read.
+func watch(t *testing.T, s *jsstore.Store) (<-chan *record.Record, func()) {
+	t.Helper()
 	seen := make(chan *record.Record, 10)
 	ready := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,7 +213,7 @@ func watching(t *testing.T, js jetstream.JetStream, window time.Duration) (*jsst
 		})
 	}()
 	<-ready
-	return s, seen, func() {
+	return seen, func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
