@@ -60,6 +60,11 @@ func checkRow(t *testing.T, row benchkit.Row) {
 	positive := func(what string, s *benchkit.Stats) {
 		if s == nil || s.Min <= 0 || s.Median < s.Min || s.Max < s.Median {
 			t.Errorf("%s: %s is not a positive median within its spread: %+v", row.Measure, what, s)
+			return
+		}
+		// Each round's figure, so that runs can be pooled: one here (--rounds 1).
+		if len(s.Rounds) != 1 || s.Rounds[0] != s.Median {
+			t.Errorf("%s: %s does not give its one round's figure: %+v", row.Measure, what, s)
 		}
 	}
 	if row.Measure == "" || row.Unit == "" || (row.Better != "higher" && row.Better != "lower") {

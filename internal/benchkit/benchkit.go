@@ -48,6 +48,9 @@ type Stats struct {
 	Median float64 `json:"median"`
 	Min    float64 `json:"min"`
 	Max    float64 `json:"max"`
+	// Rounds is each round's figure, in the order the rounds ran, so that runs can be pooled:
+	// the median of one run of a few rounds moves with the machine's load.
+	Rounds []float64 `json:"rounds"`
 }
 
 // Row is one line of the report: a figure of gembatchd, its baseline measured in the same
@@ -169,7 +172,7 @@ func summarize(v []float64) *Stats {
 	if len(s)%2 == 0 {
 		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	return &Stats{Median: med, Min: s[0], Max: s[len(s)-1]}
+	return &Stats{Median: med, Min: s[0], Max: s[len(s)-1], Rounds: slices.Clone(v)}
 }
 
 func machine() Machine {

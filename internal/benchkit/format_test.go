@@ -2,6 +2,7 @@ package benchkit
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,10 +23,10 @@ func TestNum(t *testing.T) {
 }
 
 func TestSummarize(t *testing.T) {
-	if s := summarize([]float64{3, 1, 2}); *s != (Stats{Median: 2, Min: 1, Max: 3}) {
+	if s := summarize([]float64{3, 1, 2}); !reflect.DeepEqual(*s, Stats{Median: 2, Min: 1, Max: 3, Rounds: []float64{3, 1, 2}}) {
 		t.Errorf("odd: %+v", s)
 	}
-	if s := summarize([]float64{4, 1, 2, 3}); *s != (Stats{Median: 2.5, Min: 1, Max: 4}) {
+	if s := summarize([]float64{4, 1, 2, 3}); !reflect.DeepEqual(*s, Stats{Median: 2.5, Min: 1, Max: 4, Rounds: []float64{4, 1, 2, 3}}) {
 		t.Errorf("even: %+v", s)
 	}
 	if summarize(nil) != nil {
@@ -37,7 +38,7 @@ func TestSummarize(t *testing.T) {
 func TestRowRatioPerRound(t *testing.T) {
 	r := rounds{base: []float64{100, 200, 300}, daemon: []float64{50, 20, 150}}
 	row := r.row("m", "msg/s", "higher", "raw")
-	if *row.Ratio != (Stats{Median: 0.5, Min: 0.1, Max: 0.5}) {
+	if !reflect.DeepEqual(*row.Ratio, Stats{Median: 0.5, Min: 0.1, Max: 0.5, Rounds: []float64{0.5, 0.1, 0.5}}) {
 		t.Errorf("ratio %+v", row.Ratio)
 	}
 }

@@ -75,7 +75,7 @@ func polling(ctx context.Context, e *env) ([]Row, error) {
 	calls := float64(a.calls.Load()-calls0) / window.Minutes()
 	what := fmt.Sprintf("polling %d active jobs, %s records in the store (POLL_INTERVAL %s growing to %s, LEASE_TTL %s), first %s",
 		activeJobs, num(float64(records)), cfg.PollInterval, cfg.PollMaxInterval, cfg.LeaseTTL, window)
-	one := func(v float64) *Stats { return &Stats{Median: v, Min: v, Max: v} }
+	one := func(v float64) *Stats { return summarize([]float64{v}) }
 	return []Row{
 		{Measure: what + ": API calls", Unit: "calls/min", Better: "lower", Gembatchd: one(calls),
 			Note: "counted by the emulator; each job's wait grows by half per poll, so the rate falls after the first minutes"},
