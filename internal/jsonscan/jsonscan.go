@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"math/bits"
 	"strconv"
+	"unicode/utf8"
 )
 
 // maxDepth is encoding/json's nesting limit: deeper documents are invalid there, so here too.
@@ -178,13 +179,14 @@ func KeyIs(key []byte, name string) bool {
 }
 
 // String returns the contents of a string value from Skip: as written when it has no escapes
-// (no copy), decoded otherwise. ok is false when the value is not a string.
+// and is UTF-8 (no copy), decoded by encoding/json otherwise, which gives each byte that is not
+// UTF-8 as U+FFFD. ok is false when the value is not a string.
 func String(v []byte) (s []byte, ok bool) {
 	if len(v) < 2 || v[0] != '"' {
 		return nil, false
 	}
 	in := v[1 : len(v)-1]
-	if bytes.IndexByte(in, '\\') < 0 {
+	if bytes.IndexByte(in, '\\') < 0 && utf8.Valid(in) {
 		return in, true
 	}
 	var d string

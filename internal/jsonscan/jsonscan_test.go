@@ -126,6 +126,41 @@ func TestString(t *testing.T) {
 	}
 }
 
+// TestStringDecodesAsEncodingJSONDoes: bytes that are not UTF-8 come out as U+FFFD, as
+// encoding/json gives them, with or without escapes in the string (FuzzStreamOperation found a
+// key read raw by the one and replaced by the other).
+func TestStringDecodesAsEncodingJSONDoes(t *testing.T) {
+	for _, in := range []string{"\"\xb2\"", "\"a\xffb\"", "\"\xe2\x82\"", "\"\xed\xa0\x80\"", "\"é\xb2\\n\"", `"ok"`, `"é"`} {
+		checkString(t, []byte(in))
+	}
+}
+
+// FuzzString holds String to encoding/json's decoding of the same string value.
+func FuzzString(f *testing.F) {
+	for _, s := range []string{`"abc"`, `"a\nb"`, `"\u00e9"`, "\"\xb2\"", `"\ud800"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		s := New(v)
+		val := s.Skip()
+		if val == nil || s.End() != nil || val[0] != '"' {
+			return // String is given the string values Skip returns
+		}
+		checkString(t, val)
+	})
+}
+
+func checkString(t *testing.T, v []byte) {
+	t.Helper()
+	var want string
+	if err := json.Unmarshal(v, &want); err != nil {
+		t.Fatalf("encoding/json refuses %q: %v", v, err)
+	}
+	if got, ok := String(v); !ok || string(got) != want {
+		t.Errorf("String(%q) = %q, %v; encoding/json gives %q", v, got, ok, want)
+	}
+}
+
 func TestScanDoesNotAllocate(t *testing.T) {
 	doc := []byte(`{"model":"models/x","contents":[{"parts":[{"text":"hello \"world\" \u00e9"}]}],"n":[1,-2.5e3,true,null]}`)
 	allocs := testing.AllocsPerRun(100, func() {
