@@ -87,9 +87,10 @@ type Accumulator struct {
 	m      *Metrics
 
 	mu      sync.Mutex
-	drained *sync.Cond // signalled when a sender leaves, so Close can wait for them
+	drained *sync.Cond // signalled when a sender leaves once Close has begun
 	groups  map[record.Group]*group
 	closed  bool
+	closing atomic.Bool // closed, read by senders without the lock
 	wg      sync.WaitGroup
 
 	pendingRequests atomic.Int64
@@ -97,10 +98,12 @@ type Accumulator struct {
 }
 
 type group struct {
-	key     record.Group
-	in      chan record.Request
-	queued  byteGate // the bytes of the bodies in in
-	senders int      // Adds between lookup and send; guarded by Accumulator.mu
+	key    record.Group
+	in     chan record.Request
+	queued byteGate // the bytes of the bodies in in
+	// senders counts the Adds between looking the group up and sending to it. It is raised
+	// under Accumulator.mu and lowered without it: a lock taken once a request, not twice.
+	senders atomic.Int32
 }
 
 // New returns a running Accumulator.
@@ -145,7 +148,7 @@ func (a *Accumulator) Add(g record.Group, req record.Request) error {
 		a.m.openGroups.Inc()
 		go a.run(gr)
 	}
-	gr.senders++
+	gr.senders.Add(1)
 	a.mu.Unlock()
 
 	a.pendingRequests.Add(1)
@@ -155,10 +158,12 @@ func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	gr.queued.enter(int64(len(req.Body)))
 	gr.in <- req
 
-	a.mu.Lock()
-	gr.senders--
-	a.drained.Broadcast()
-	a.mu.Unlock()
+	gr.senders.Add(-1)
+	if a.closing.Load() { // Close waits for the last sender
+		a.mu.Lock()
+		a.drained.Broadcast()
+		a.mu.Unlock()
+	}
 	return nil
 }
 
@@ -172,6 +177,7 @@ func (a *Accumulator) Pending() (requests, bytes int64) {
 func (a *Accumulator) Close() {
 	a.mu.Lock()
 	a.closed = true
+	a.closing.Store(true)
 	for a.busy() {
 		a.drained.Wait()
 	}
@@ -184,7 +190,7 @@ func (a *Accumulator) Close() {
 
 func (a *Accumulator) busy() bool {
 	for _, gr := range a.groups {
-		if gr.senders > 0 {
+		if gr.senders.Load() > 0 {
 			return true
 		}
 	}
@@ -262,14 +268,12 @@ func (a *Accumulator) run(gr *group) {
 			}
 			continue
 		case req, ok := <-gr.in:
-			if !ok {
+			if !ok || !o.takeQueued(req) {
 				if o.p.Count() > 0 {
 					o.flush(ReasonShutdown)
 				}
 				return
 			}
-			gr.queued.leave(int64(len(req.Body)))
-			o.take(req)
 		case <-timer.C:
 			fired = true
 			if until, open := o.p.Until(a.cfg.Now()); open && until <= 0 {
@@ -291,6 +295,32 @@ func (a *Accumulator) run(gr *group) {
 		}
 	}
 }
+
+// takeQueued takes req and the requests queued behind it, up to a run of queueRun, so that the
+// select over every channel, and the timer check after it, are paid once a run rather than
+// once a request. It is false once the queue is closed.
+func (o *owner) takeQueued(req record.Request) bool {
+	for n := 1; ; n++ {
+		o.gr.queued.leave(int64(len(req.Body)))
+		o.take(req)
+		if n == queueRun {
+			return true
+		}
+		select {
+		case next, ok := <-o.gr.in:
+			if !ok {
+				return false
+			}
+			req = next
+		default:
+			return true
+		}
+	}
+}
+
+// queueRun is the most requests takeQueued takes at once: the open batch's timer and the
+// heartbeat wait no longer than that.
+const queueRun = 64
 
 // take puts req into the open batch: refused if its key is already waiting there, after
 // sealing the batch if req would not fit.
@@ -424,7 +454,9 @@ func (a *Accumulator) release(n int, bytes int64) {
 func (a *Accumulator) retire(gr *group) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed || gr.senders > 0 || len(gr.in) > 0 {
+	// A sender counted here has not sent yet; one no longer counted has sent, and what it sent
+	// is still in the queue, as this goroutine alone takes from it.
+	if a.closed || gr.senders.Load() > 0 || len(gr.in) > 0 {
 		return false
 	}
 	delete(a.groups, gr.key)
