@@ -301,3 +301,52 @@ func TestNextBatchFillsWhileOneIsSealed(t *testing.T) {
 		t.Errorf("pending %d, %d after Close, want 0", n, b)
 	}
 }
+
+// TestCloseAndRetireWhileAdding: Adds from several goroutines race Close and groups retiring
+// (idle after a millisecond, queues of two). Every request whose Add returned nil is sealed,
+// once; the others got ErrClosed; nothing is sent to a closed or retired group's queue.
+func TestCloseAndRetireWhileAdding(t *testing.T) {
+	for range 20 {
+		var s sink
+		a := New(Config{Limits: Limits{MaxRequests: 3, MaxBytes: 1 << 20, MaxWait: time.Hour}, IdleAfter: time.Millisecond, Buffer: 2},
+			s.seal, s.reject, nil)
+		var added atomic.Int64
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					g := gen
+					g.Model = fmt.Sprintf("models/m%d", i%3)
+					err := a.Add(g, req(fmt.Sprintf("w%d-%d", w, i), 1))
+					if err == ErrClosed {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					added.Add(1)
+					if i%50 == 49 {
+						time.Sleep(2 * time.Millisecond) // let groups go idle and retire
+					}
+				}
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		a.Close()
+		wg.Wait()
+		sealed, rejected := s.snapshot()
+		keys := map[string]bool{}
+		for _, r := range sealed {
+			for _, q := range r.Requests {
+				if keys[q.Key] {
+					t.Fatalf("request %s sealed twice", q.Key)
+				}
+				keys[q.Key] = true
+			}
+		}
+		if int64(len(keys)) != added.Load() || len(rejected) != 0 {
+			t.Fatalf("%d requests added, %d sealed, %d rejected", added.Load(), len(keys), len(rejected))
+		}
+	}
+}
