@@ -325,8 +325,9 @@ const queueRun = 64
 // take puts req into the open batch: refused if its key is already waiting there, after
 // sealing the batch if req would not fit.
 func (o *owner) take(req record.Request) {
+	sum := keySum(req.Key)
 	if o.b != nil {
-		if i, dup := o.b.reqs.find(req.Key); dup {
+		if i, dup := o.b.reqs.find(req.Key, sum); dup {
 			o.a.release(1, req.Size)
 			if o.b.reqs.at(i).id != req.ID {
 				o.a.reject(o.gr.key, req, gemini.NewStatus(gemini.CodeAlreadyExists,
@@ -344,11 +345,11 @@ func (o *owner) take(req record.Request) {
 			o.b.bodies = o.a.cfg.Bodies.OpenBodies(o.b.id)
 		}
 	}
-	if o.b.bodies != nil && !o.writeBody(&req) {
+	if o.b.bodies != nil && !o.writeBody(&req, sum) {
 		return
 	}
 	o.b.images = o.b.images || req.Images
-	o.b.reqs.add(req)
+	o.b.reqs.add(req, sum)
 	var now time.Time // only the first request's time counts: it opens the batch's wait
 	if o.p.Count() == 0 {
 		now = o.a.cfg.Now()
@@ -361,7 +362,7 @@ func (o *owner) take(req record.Request) {
 // writeBody gives req's body to the batch's sink and drops it from req, unless the batch holds
 // its bodies (see hold). When the sink refuses it, the request is refused, or the whole batch
 // handed back; false then.
-func (o *owner) writeBody(req *record.Request) bool {
+func (o *owner) writeBody(req *record.Request, sum uint64) bool {
 	inPlace, err := o.b.bodies.Append(*req)
 	if err == nil {
 		if !o.hold(req, inPlace) {
@@ -375,7 +376,7 @@ func (o *owner) writeBody(req *record.Request) bool {
 		o.a.reject(o.gr.key, *req, re.RequestStatus())
 		return false
 	}
-	o.b.reqs.add(*req) // handed back with the rest
+	o.b.reqs.add(*req, sum) // handed back with the rest
 	o.lose(fmt.Errorf("write a body of batch %s: %w", o.b.id, err))
 	return false
 }

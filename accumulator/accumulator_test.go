@@ -223,7 +223,7 @@ func TestHeldKeepsRequests(t *testing.T) {
 	}
 	var h held
 	for _, r := range in {
-		h.add(r)
+		h.add(r, keySum(r.Key))
 	}
 	out := h.requests()
 	if len(out) != len(in) {
@@ -245,15 +245,16 @@ func TestHeldKeepsRequests(t *testing.T) {
 // TestHeldFindsKeysWhoseHashesClash: two keys with the same hash are both found, and a third
 // key with that hash is not taken for either.
 func TestHeldFindsKeysWhoseHashesClash(t *testing.T) {
-	h := held{hash: func(string) uint64 { return 42 }}
-	h.add(record.Request{ID: "1", Key: "a"})
-	h.add(record.Request{ID: "2", Key: "b"})
+	const sum = 42 // every key's
+	var h held
+	h.add(record.Request{ID: "1", Key: "a"}, sum)
+	h.add(record.Request{ID: "2", Key: "b"}, sum)
 	for key, want := range map[string]int{"a": 0, "b": 1} {
-		if i, ok := h.find(key); !ok || i != want {
+		if i, ok := h.find(key, sum); !ok || i != want {
 			t.Errorf("find(%q) = %d, %v; want %d", key, i, ok, want)
 		}
 	}
-	if _, ok := h.find("c"); ok {
+	if _, ok := h.find("c", sum); ok {
 		t.Error("found a key never added")
 	}
 }

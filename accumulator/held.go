@@ -30,7 +30,6 @@ type held struct {
 
 	// The keys' index, for duplicates: by a 64-bit hash of the key (a 16-byte map slot where a
 	// string key takes 24), and by the key itself for the rare key whose hash another has.
-	hash    func(string) uint64
 	byHash  map[uint64]int32
 	clashes map[string]int32
 }
@@ -55,28 +54,20 @@ type fromStream struct {
 	bodyObject string
 }
 
-// find returns the index of the request with this key.
-func (h *held) find(key string) (int, bool) {
-	if h.byHash == nil {
-		return 0, false
-	}
-	if i, ok := h.byHash[h.hash(key)]; ok && h.at(int(i)).key == key {
+// find returns the index of the request with this key, whose hash is sum (keySum).
+func (h *held) find(key string, sum uint64) (int, bool) {
+	if i, ok := h.byHash[sum]; ok && h.at(int(i)).key == key {
 		return int(i), true
 	}
 	i, ok := h.clashes[key]
 	return int(i), ok
 }
 
-// index adds the key of request i, which find does not know yet.
-func (h *held) index(key string, i int32) {
+// index adds the key of request i, whose hash is sum, which find does not know yet.
+func (h *held) index(key string, sum uint64, i int32) {
 	if h.byHash == nil {
-		if h.hash == nil {
-			seed := maphash.MakeSeed()
-			h.hash = func(s string) uint64 { return maphash.String(seed, s) }
-		}
 		h.byHash = make(map[uint64]int32)
 	}
-	sum := h.hash(key)
 	if _, taken := h.byHash[sum]; !taken {
 		h.byHash[sum] = i
 		return
@@ -89,12 +80,17 @@ func (h *held) index(key string, i int32) {
 
 func (h *held) at(i int) *pending { return &h.chunks[i/chunkLen][i%chunkLen] }
 
-// add keeps a request whose key is not held yet. Its body and key are copied out of the message
-// they came in: the body shares an allocation with the message's header block, rounded up to a
-// size class, and the key is a substring of that header block, so keeping either would keep all
-// of it. A body from the stream is kept as it is: a durable batch holds bodies only while they
+// keySum is the hash find and add index a key by: computed once a request, for both.
+func keySum(key string) uint64 { return maphash.String(keySeed, key) }
+
+var keySeed = maphash.MakeSeed()
+
+// add keeps a request whose key (hashed to sum) is not held yet. Its body and key are copied out
+// of the message they came in: the body shares an allocation with the message's header block,
+// rounded up to a size class, and the key is a substring of that header block, so keeping either
+// would keep all of it. A body from the stream is kept as it is: a durable batch holds bodies only while they
 // are few (Config.HoldBodies), and copying them cost a kilobyte allocated and copied a request.
-func (h *held) add(r record.Request) {
+func (h *held) add(r record.Request, sum uint64) {
 	if h.n%chunkLen == 0 {
 		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
 	}
@@ -108,7 +104,7 @@ func (h *held) add(r record.Request) {
 	}
 	last := &h.chunks[len(h.chunks)-1]
 	*last = append(*last, p)
-	h.index(p.key, int32(h.n)) // the held copy of the key
+	h.index(p.key, sum, int32(h.n)) // the held copy of the key
 	h.n++
 }
 
