@@ -89,9 +89,9 @@ type Accumulator struct {
 	mu      sync.Mutex
 	drained *sync.Cond // signalled when a sender leaves once Close has begun
 	groups  map[record.Group]*group
-	closed  bool
-	closing atomic.Bool // closed, read by senders without the lock
-	wg      sync.WaitGroup
+	// closed is set by Close under mu; a sender reads it again without mu, after sending.
+	closed atomic.Bool
+	wg     sync.WaitGroup
 
 	pendingRequests atomic.Int64
 	pendingBytes    atomic.Int64
@@ -135,7 +135,7 @@ func New(cfg Config, seal SealFunc, reject RejectFunc, m *Metrics) *Accumulator 
 // full, in requests or in bytes.
 func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	a.mu.Lock()
-	if a.closed {
+	if a.closed.Load() {
 		a.mu.Unlock()
 		return ErrClosed
 	}
@@ -159,7 +159,7 @@ func (a *Accumulator) Add(g record.Group, req record.Request) error {
 	gr.in <- req
 
 	gr.senders.Add(-1)
-	if a.closing.Load() { // Close waits for the last sender
+	if a.closed.Load() { // Close waits for the last sender
 		a.mu.Lock()
 		a.drained.Broadcast()
 		a.mu.Unlock()
@@ -176,8 +176,7 @@ func (a *Accumulator) Pending() (requests, bytes int64) {
 // each SealFunc call has returned.
 func (a *Accumulator) Close() {
 	a.mu.Lock()
-	a.closed = true
-	a.closing.Store(true)
+	a.closed.Store(true)
 	for a.busy() {
 		a.drained.Wait()
 	}
@@ -457,7 +456,7 @@ func (a *Accumulator) retire(gr *group) bool {
 	defer a.mu.Unlock()
 	// A sender counted here has not sent yet; one no longer counted has sent, and what it sent
 	// is still in the queue, as this goroutine alone takes from it.
-	if a.closed || gr.senders.Load() > 0 || len(gr.in) > 0 {
+	if a.closed.Load() || gr.senders.Load() > 0 || len(gr.in) > 0 {
 		return false
 	}
 	delete(a.groups, gr.key)

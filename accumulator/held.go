@@ -88,8 +88,9 @@ var keySeed = maphash.MakeSeed()
 // add keeps a request whose key (hashed to sum) is not held yet. Its body and key are copied out
 // of the message they came in: the body shares an allocation with the message's header block,
 // rounded up to a size class, and the key is a substring of that header block, so keeping either
-// would keep all of it. A body from the stream is kept as it is: a durable batch holds bodies only while they
-// are few (Config.HoldBodies), and copying them cost a kilobyte allocated and copied a request.
+// would keep all of it. A body from the stream is kept as it is: a durable batch holds bodies
+// only while they are few (Config.HoldBodies), and copying them cost a kilobyte allocated and
+// copied a request.
 func (h *held) add(r record.Request, sum uint64) {
 	if h.n%chunkLen == 0 {
 		h.chunks = append(h.chunks, make([]pending, 0, chunkLen))
