@@ -2,6 +2,7 @@ package accumulator_test
 
 import (
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -25,10 +26,15 @@ import (
 // The figure to compare between builds is own-cpu-ns/request; bench's core intake ratio moves
 // with it.
 func BenchmarkCorePath(b *testing.B) {
-	body := []byte(`{"contents":[{"role":"user","parts":[{"text":"` + string(make1KiB()) + `"}]}]}`)
+	const n = 20000 // requests a round, as in bench's core rounds
+	shape := `{"contents":[{"role":"user","parts":[{"text":""}]}]}`
+	text := strings.Repeat("lorem ipsum ", 1024/12+1)[:1024-len(shape)]
+	body := []byte(shape[:len(shape)-len(`"}]}]}`)] + text + `"}]}]}`)
+	if len(body) != 1024 {
+		b.Fatalf("body of %d bytes, want 1024", len(body))
+	}
 	var own, raw time.Duration
 	for b.Loop() {
-		const n = 20000
 		raw += cpuOf(func() { pipeline(body, n, func(*nats.Msg) {}) })
 		acc := accumulator.New(accumulator.Config{Limits: accumulator.Limits{MaxRequests: 10000, MaxBytes: 1 << 30, MaxWait: time.Hour}},
 			func(*record.Record) {}, func(record.Group, record.Request, *gemini.Status) {}, nil)
@@ -39,18 +45,10 @@ func BenchmarkCorePath(b *testing.B) {
 			acc.Close() // every request taken and sealed
 		})
 	}
-	requests := float64(b.N) * 20000
+	requests := float64(b.N) * n
 	b.ReportMetric(float64(own)/requests, "cpu-ns/request")
 	b.ReportMetric(float64(raw)/requests, "raw-cpu-ns/request")
 	b.ReportMetric(float64(own-raw)/requests, "own-cpu-ns/request")
-}
-
-func make1KiB() []byte {
-	text := make([]byte, 1024-len(`{"contents":[{"role":"user","parts":[{"text":""}]}]}`))
-	for i := range text {
-		text[i] = "lorem ipsum "[i%12]
-	}
-	return text
 }
 
 // pipeline builds n messages carrying body on one goroutine, as nats.go's read loop does, and
@@ -67,7 +65,8 @@ func pipeline(body []byte, n int, handle func(*nats.Msg)) {
 			buf := make([]byte, len(hdr)+len(body))
 			copy(buf[copy(buf, hdr):], body)
 			h, _ := nats.DecodeHeadersMsg(buf[:len(hdr)])
-			run = append(run, &nats.Msg{Subject: "gembatch.generate", Reply: string(append(hdr[:0:0], "_INBOX.abcdefghijklmnopqrstuv.1"...)), Header: h, Data: buf[len(hdr):]})
+			reply := strings.Clone("_INBOX.abcdefghijklmnopqrstuv.1") // allocated for each message, as nats.go does
+			run = append(run, &nats.Msg{Subject: "gembatch.generate", Reply: reply, Header: h, Data: buf[len(hdr):]})
 			if len(run) == cap(run) || i == n-1 {
 				msgs <- run
 				run = make([]*nats.Msg, 0, 64)
